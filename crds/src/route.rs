@@ -1,0 +1,119 @@
+//! Routes: which requests a route takes, where its routing key comes from,
+//! and which backend serves it.
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::defaults;
+
+/// One route: a path prefix, the key that places each connection, and the
+/// backend Service that serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// Name of the route, unique within the gateway. It labels the route's
+    /// metrics and status counts. A DNS label: lower-case letters, digits
+    /// and '-'.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Requests whose path starts with this prefix take this route; the
+    /// longest matching prefix wins. Must start with '/'. A request that
+    /// matches no route is answered with 404.
+    #[serde(default = "defaults::path_prefix")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[^?#\s]*$"))]
+    pub path_prefix: String,
+
+    /// Where the routing key comes from. Connections with the same key
+    /// always land on the same data-plane pod and the same backend pod (for
+    /// example every client of one chat room).
+    pub key: RouteKey,
+
+    /// What to do with an upgrade request that carries no key: `Reject`
+    /// answers 400, `Random` places the connection with a random key.
+    #[serde(default)]
+    pub missing_key: MissingKeyPolicy,
+
+    /// The backend Service whose ready endpoints serve this route.
+    pub backend: BackendRef,
+}
+
+/// Where a route's key is read from in the HTTP upgrade request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.source == 'PathSegment' ? (has(self.segment) && !has(self.name)) : (has(self.name) && !has(self.segment))",
+        "message": "source PathSegment takes `segment` (and no `name`); Header, Query and Cookie take `name` (and no `segment`)",
+    },
+]))]
+pub struct RouteKey {
+    /// The part of the request that holds the key: `Header`, `Query`
+    /// (a query parameter), `Cookie` or `PathSegment`.
+    pub source: KeySource,
+
+    /// Name of the header, query parameter or cookie that holds the key.
+    /// Header names match case-insensitively. Required unless source is
+    /// `PathSegment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: Option<String>,
+
+    /// Zero-based index of the path segment that holds the key, counted from
+    /// the start of the path: for `/rooms/42/ws`, segment 1 is `42`.
+    /// Required when source is `PathSegment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 63))]
+    pub segment: Option<u8>,
+}
+
+/// The part of the upgrade request that holds a route's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KeySource {
+    /// A request header, named by `name`.
+    Header,
+    /// A query parameter, named by `name`.
+    Query,
+    /// A cookie, named by `name`.
+    Cookie,
+    /// A segment of the request path, chosen by `segment`.
+    PathSegment,
+}
+
+/// What a route does with an upgrade request that has no key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MissingKeyPolicy {
+    /// Answer 400 Bad Request.
+    #[default]
+    Reject,
+    /// Place the connection by a random key.
+    Random,
+}
+
+/// A backend Service in the gateway's namespace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "string(self.port).matches('^[0-9]+$') ? (int(string(self.port)) >= 1 && int(string(self.port)) <= 65535) : (string(self.port).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(string(self.port)) <= 15)",
+        "message": "port must be a number from 1 to 65535 or a Service port name (at most 15 lower-case letters, digits and '-')",
+        "fieldPath": ".port",
+    },
+]))]
+pub struct BackendRef {
+    /// Name of the Service. Its ready endpoints (from its EndpointSlices)
+    /// are the route's backends.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub service: String,
+
+    /// The Service port that speaks WebSocket: its number (1-65535), or its
+    /// name as written in the Service.
+    pub port: IntOrString,
+}

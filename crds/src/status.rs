@@ -1,0 +1,147 @@
+//! What the operator reports on a gateway: conditions, shards, connections,
+//! the snapshot epoch and the canary's progress.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The observed state of a gateway, written by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketGatewayStatus {
+    /// The `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Progressing` and `Degraded`, each with a reason and a
+    /// message that says what to do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Data-plane pods ready, both slots together.
+    #[serde(default)]
+    pub shards_ready: i32,
+
+    /// Live client connections, summed over every pod's last report.
+    #[serde(default)]
+    pub connections: i64,
+
+    /// Epoch of the routing snapshot that every ready pod has acknowledged.
+    /// It only grows, across operator restarts too.
+    #[serde(default)]
+    pub epoch: i64,
+
+    /// The slot that serves the stable version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<SlotStatus>,
+
+    /// The canary in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// One of the two StatefulSet slots a gateway's versions run in. A canary
+/// runs in the slot that stable does not use; promotion swaps the roles, so
+/// that no connection is drained twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Slot {
+    /// The StatefulSet `<gateway>-a`.
+    A,
+    /// The StatefulSet `<gateway>-b`.
+    B,
+}
+
+/// The pods of one version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotStatus {
+    /// Which StatefulSet slot the version runs in.
+    pub slot: Slot,
+    /// The data-plane image of this version.
+    pub image: String,
+    /// Pods of this version that are ready.
+    pub shards_ready: i32,
+    /// Live client connections held by this version's pods.
+    pub connections: i64,
+}
+
+/// The progress of a canary rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Where the rollout is.
+    pub phase: CanaryPhase,
+    /// The canary's pods.
+    #[serde(flatten)]
+    pub pods: SlotStatus,
+    /// Percent of the key space that every pod has been told belongs to
+    /// the canary.
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: u8,
+    /// The weight requested by the `ringway.dev/canary-weight` annotation,
+    /// when the rollout has not reached it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub target_weight: Option<u8>,
+    /// Connections that the last step closed so that their clients
+    /// reconnect to their new owner.
+    #[serde(default)]
+    pub drained: i64,
+}
+
+/// Where a canary rollout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CanaryPhase {
+    /// The canary's pods are starting; no key is on the canary yet.
+    Starting,
+    /// A weight change was pushed to the pods; connections whose keys moved
+    /// are draining.
+    Shifting,
+    /// Every pod runs the annotated weight; waiting for the next annotation.
+    Holding,
+    /// The next step waits until the disruption budget allows it.
+    WaitingForBudget,
+    /// Weight 100 was reached: the canary becomes stable and the old
+    /// version's pods drain and stop.
+    Promoting,
+    /// `ringway.dev/canary-abort` was set: the canary's keys drain back to
+    /// stable and its pods stop.
+    Aborting,
+}
+
+/// The `type` of every condition the operator writes.
+pub mod condition_types {
+    /// Every shard is ready and runs the latest snapshot.
+    pub const READY: &str = "Ready";
+    /// A rollout, scale change or rebalance is under way.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something needs a person: a bad annotation, a missing backend,
+    /// pods that cannot be reached.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+/// The `reason` of every condition the operator writes.
+pub mod condition_reasons {
+    /// All shards ready and on the latest epoch.
+    pub const SHARDS_READY: &str = "ShardsReady";
+    /// Some shards are not ready yet.
+    pub const SHARDS_NOT_READY: &str = "ShardsNotReady";
+    /// A canary rollout is in progress.
+    pub const CANARY_IN_PROGRESS: &str = "CanaryInProgress";
+    /// A pod-by-pod rolling update is in progress.
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
+    /// A step waits for the disruption budget.
+    pub const WAITING_FOR_BUDGET: &str = "WaitingForBudget";
+    /// Nothing is changing.
+    pub const STABLE: &str = "Stable";
+    /// A `ringway.dev/*` annotation could not be understood.
+    pub const INVALID_ANNOTATION: &str = "InvalidAnnotation";
+    /// A route names a backend Service that does not exist or has no
+    /// ready endpoints.
+    pub const BACKEND_UNAVAILABLE: &str = "BackendUnavailable";
+    /// Some pods did not acknowledge the latest snapshot.
+    pub const SNAPSHOT_NOT_ACKNOWLEDGED: &str = "SnapshotNotAcknowledged";
+    /// Nothing is wrong.
+    pub const HEALTHY: &str = "Healthy";
+}
