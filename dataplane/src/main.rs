@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use ringway_dataplane::{Config, Server, Shutdown};
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Holds client WebSockets and routes each one by a consistent hash of its key.
 #[derive(Debug, Parser)]
@@ -12,11 +14,48 @@ struct Args {
     /// Standalone configuration file (routes and static backends, no operator).
     #[arg(long, env = "RINGWAY_CONFIG")]
     config: PathBuf,
+    /// Log format.
+    #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing-subscriber's EnvFilter syntax).
+    #[arg(long, env = "RINGWAY_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    std::fs::metadata(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    bail!("the data plane is not built yet (issue 3); nothing is listening")
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?;
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+    let config = Config::load(&args.config)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.worker_threads > 0 {
+        runtime.worker_threads(config.runtime.worker_threads);
+    }
+    runtime.enable_all().build()?.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = Server::bind(config).await?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => Shutdown::Graceful,
+            _ = int.recv() => Shutdown::Fast,
+        }
+    };
+    server.run(shutdown).await?;
+    Ok(())
 }

@@ -1,0 +1,47 @@
+//! The Ringway data plane: holds client WebSockets, routes each one by a
+//! consistent hash of a key to a backend, relays frames without rebuilding
+//! them, and drains connections gracefully.
+//!
+//! [`Server::bind`] then [`Server::run`] with a shutdown future; the binary
+//! wires that future to SIGTERM (graceful) and SIGINT (fast).
+
+mod admin;
+pub mod config;
+pub mod drain;
+pub mod frame;
+pub mod handshake;
+mod io;
+pub mod metrics;
+pub mod registry;
+pub mod relay;
+pub mod routing;
+mod server;
+mod tls;
+
+pub use config::Config;
+pub use server::{Server, Shared, Shutdown, build_table};
+
+/// Everything that stops the data plane from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is missing, malformed or inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A port could not be bound.
+    #[error("binding {0}: {1}")]
+    Bind(std::net::SocketAddr, #[source] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+impl Error {
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Bind(..) => "bind",
+            Self::Tls(_) => "tls",
+        }
+    }
+}

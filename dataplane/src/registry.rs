@@ -1,0 +1,172 @@
+//! The live connections of this process, so that a drain can find them and
+//! tell each one to close. A connection registers after its upgrade and is
+//! removed by a guard when its task ends, however it ends (even by panic).
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU8, Ordering},
+};
+
+use slab::Slab;
+use tokio::sync::Notify;
+
+use crate::routing::KeyHash;
+
+/// Why the gateway asks a connection to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainCause {
+    /// The process is stopping (SIGTERM): 1001 going away.
+    Shutdown,
+    /// `POST /drain` on the admin port: 1001 going away.
+    Api,
+    /// The connection's key moved to another shard or backend: 1012.
+    Rebalance,
+}
+
+impl DrainCause {
+    /// The close code the client receives.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Self::Shutdown | Self::Api => 1001,
+            Self::Rebalance => 1012,
+        }
+    }
+
+    /// Label for `ringway_drains_total{cause}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Api => "api",
+            Self::Rebalance => "rebalance",
+        }
+    }
+
+    /// Start of the close reason; the reconnect hint follows.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown | Self::Api => "pod stopping",
+            Self::Rebalance => "key moved",
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Shutdown => 1,
+            Self::Api => 2,
+            Self::Rebalance => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Shutdown,
+            2 => Self::Api,
+            3 => Self::Rebalance,
+            _ => return None,
+        })
+    }
+}
+
+/// What the rest of the process knows of one connection, and how it asks
+/// the connection to close.
+pub struct ConnControl {
+    /// The route it took.
+    pub route: Arc<str>,
+    /// Its key's hash.
+    pub key_hash: KeyHash,
+    /// The backend it was placed on.
+    pub backend: Arc<str>,
+    drain: AtomicU8,
+    notify: Notify,
+}
+
+impl ConnControl {
+    /// A control for a new connection.
+    pub fn new(route: Arc<str>, key_hash: KeyHash, backend: Arc<str>) -> Self {
+        Self {
+            route,
+            key_hash,
+            backend,
+            drain: AtomicU8::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Asks the connection to drain. The first request wins.
+    pub fn request_drain(&self, cause: DrainCause) {
+        if self
+            .drain
+            .compare_exchange(0, cause.to_u8(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The drain asked for, if any.
+    pub fn drain_requested(&self) -> Option<DrainCause> {
+        DrainCause::from_u8(self.drain.load(Ordering::Acquire))
+    }
+
+    /// Resolves when a drain is asked for (at once if it already was).
+    pub async fn drained(&self) -> DrainCause {
+        loop {
+            if let Some(cause) = self.drain_requested() {
+                return cause;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Every live connection.
+#[derive(Default)]
+pub struct Registry {
+    conns: Mutex<Slab<Arc<ConnControl>>>,
+}
+
+impl Registry {
+    /// Adds a connection; dropping the guard removes it.
+    pub fn register(self: &Arc<Self>, control: Arc<ConnControl>) -> RegistryGuard {
+        let key = self.lock().insert(control);
+        RegistryGuard {
+            registry: Arc::clone(self),
+            key,
+        }
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// No live connections.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the current connections (for a drain to work through).
+    pub fn snapshot(&self) -> Vec<Arc<ConnControl>> {
+        self.lock().iter().map(|(_, c)| Arc::clone(c)).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<ConnControl>>> {
+        // A panic while holding this lock cannot leave the slab half-changed
+        // (insert and remove are single calls), so a poisoned lock is usable.
+        self.conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Removes its connection from the registry when dropped.
+pub struct RegistryGuard {
+    registry: Arc<Registry>,
+    key: usize,
+}
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        self.registry.lock().try_remove(self.key);
+    }
+}

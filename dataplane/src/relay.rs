@@ -1,0 +1,756 @@
+//! One proxied connection after the upgrade: the two directions relayed
+//! frame-aware in one task, the gateway's own pings, timeouts and closes
+//! slotted in at frame and message boundaries.
+//!
+//! Both directions live in one `select!` loop with all state local to the
+//! task. A direction whose destination cannot take more holds its unwritten
+//! bytes in `pending` and stops reading its source until they are written:
+//! that is the backpressure, and the only per-connection buffer, which is
+//! empty (unallocated) whenever the connection is idle.
+//!
+//! Close codes the gateway sends (docs/closing.md has the full table):
+//! 1001 pod stopping or idle, 1012 key moved, 1011 no pong in time or a
+//! broken backend, 1002 protocol error, 1009 too big, 1008 slow consumer.
+
+use std::{io, time::Duration};
+
+use tokio::time::{Instant, sleep_until};
+
+use crate::{
+    frame::{
+        ControlFrame, Direction, FrameScanner, Limits, Opcode, Scan, encode_close, encode_control,
+    },
+    io::{Reader, Writer, with_scratch},
+    metrics::Metrics,
+    registry::{ConnControl, DrainCause},
+};
+
+/// Limits and timers of relayed connections.
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// Largest frame payload.
+    pub max_frame: u64,
+    /// Largest message.
+    pub max_message: u64,
+    /// Time between the gateway's pings to the client.
+    pub heartbeat_interval: Duration,
+    /// Time the client has to answer a ping.
+    pub heartbeat_timeout: Duration,
+    /// Close after this long without data; `None` never.
+    pub idle_timeout: Option<Duration>,
+    /// Close a client that takes no data for this long.
+    pub slow_consumer: Duration,
+    /// Time to wait for the answers to a close frame.
+    pub close_timeout: Duration,
+    /// Upper bound of the reconnect hint in drain close reasons.
+    pub reconnect_jitter_ms: u32,
+}
+
+/// How a connection ended, for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The close code of the close handshake, if there was one.
+    pub code: Option<u16>,
+    /// `client` or `backend` (who closed first), or the gateway's reason.
+    pub reason: &'static str,
+}
+
+/// One direction of the relay.
+struct Dir {
+    scanner: FrameScanner,
+    /// An incomplete frame header or control frame, waiting for more bytes.
+    carry: Vec<u8>,
+    /// Bytes the destination has not taken yet.
+    pending: Vec<u8>,
+    /// When `pending` became non-empty.
+    pending_since: Option<Instant>,
+    /// The source ended (or broke the protocol): nothing more to read.
+    eof: bool,
+    /// The destination was half-closed.
+    shut: bool,
+    /// Frames from the source are no longer forwarded (after the gateway
+    /// sent its own close the other way).
+    discard: bool,
+    /// Counts reads, to sample the latency histogram.
+    reads: u8,
+}
+
+impl Dir {
+    fn new(direction: Direction, settings: &RelaySettings, deflate: bool) -> Self {
+        let limits = Limits {
+            max_frame: settings.max_frame,
+            max_message: settings.max_message,
+            rsv1_allowed: deflate,
+        };
+        Self {
+            scanner: FrameScanner::new(direction, limits),
+            carry: Vec::new(),
+            pending: Vec::new(),
+            pending_since: None,
+            eof: false,
+            shut: false,
+            discard: false,
+            reads: 0,
+        }
+    }
+
+    /// Sends `bytes` on: straight to the socket if nothing is waiting,
+    /// otherwise (or for what the socket does not take) into `pending`.
+    fn forward(&mut self, bytes: &[u8], sink: &mut Writer<'_>) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let written = if self.pending.is_empty() {
+            sink.write_now(bytes)?
+        } else {
+            0
+        };
+        if written < bytes.len() {
+            if self.pending.is_empty() {
+                self.pending_since = Some(Instant::now());
+            }
+            self.pending.extend_from_slice(&bytes[written..]);
+        }
+        Ok(())
+    }
+
+    /// Marks `n` pending bytes as written; frees the buffer once all are.
+    fn written(&mut self, n: usize) {
+        self.pending.drain(..n);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+            self.pending_since = None;
+        }
+    }
+
+    fn idle_out(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// One end of the connection.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Backend,
+}
+
+impl Side {
+    fn eof_label(self) -> &'static str {
+        match self {
+            Self::Client => "client_eof",
+            Self::Backend => "backend_eof",
+        }
+    }
+}
+
+/// What the control frames of one read asked for.
+#[derive(Default)]
+struct Seen {
+    /// A close frame arrived: its code (or `None` without one).
+    close: Option<Option<u16>>,
+    /// Data frames passed.
+    data: bool,
+}
+
+/// Scans `input` (carry first) and forwards it frame by frame; control
+/// frames go through `decide`, which says whether to forward them.
+fn pump(
+    dir: &mut Dir,
+    input: &[u8],
+    sink: &mut Writer<'_>,
+    mut decide: impl FnMut(&ControlFrame<'_>) -> bool,
+) -> io::Result<Result<Seen, crate::frame::ProtocolError>> {
+    let mut seen = Seen::default();
+    let (mut pos, mut from) = (0, 0);
+    while pos < input.len() {
+        match dir.scanner.scan(&input[pos..]) {
+            Scan::Data(n) => {
+                seen.data = true;
+                if dir.discard {
+                    from = pos + n;
+                }
+                pos += n;
+            }
+            Scan::Control(frame) => {
+                let len = frame.raw.len();
+                if frame.opcode == Opcode::Close {
+                    seen.close = Some(frame.close_code());
+                }
+                let keep = decide(&frame) && !dir.discard;
+                if !keep {
+                    dir.forward(&input[from..pos], sink)?;
+                    from = pos + len;
+                }
+                pos += len;
+            }
+            Scan::Incomplete => {
+                dir.carry.extend_from_slice(&input[pos..]);
+                break;
+            }
+            Scan::Error(e) => {
+                dir.forward(&input[from..pos], sink)?;
+                return Ok(Err(e));
+            }
+        }
+    }
+    let end = pos.min(input.len());
+    dir.forward(&input[from..end], sink)?;
+    Ok(Ok(seen))
+}
+
+/// The gateway is closing the connection itself.
+struct GatewayClose {
+    code: u16,
+    reason: String,
+    label: &'static str,
+    /// Forward what the backend sends until it answers our close, then
+    /// close the client (drains: nothing already sent is lost).
+    flush_backend: bool,
+    /// A message in progress may be cut (errors, timeouts).
+    cut: bool,
+    to_backend_sent: bool,
+    backend_done: bool,
+    to_client_sent: bool,
+    client_done: bool,
+    /// Stop waiting for the backend's answer and close the client.
+    flush_deadline: Instant,
+}
+
+enum Closing {
+    Open,
+    /// A close frame from one endpoint was relayed; the endpoints finish.
+    Relayed,
+    Gateway(Box<GatewayClose>),
+}
+
+/// Relays one connection until it ends. `client_first` and `backend_first`
+/// are bytes that arrived with the handshakes (already frames).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn relay(
+    mut client_rd: Reader<'_>,
+    mut client_wr: Writer<'_>,
+    mut backend_rd: Reader<'_>,
+    mut backend_wr: Writer<'_>,
+    client_first: &[u8],
+    backend_first: &[u8],
+    deflate: bool,
+    control: &ConnControl,
+    settings: &RelaySettings,
+    metrics: &Metrics,
+) -> Outcome {
+    let now = Instant::now();
+    let mut s = Session {
+        settings,
+        metrics,
+        c2b: Dir::new(Direction::ClientToServer, settings, deflate),
+        b2c: Dir::new(Direction::ServerToClient, settings, deflate),
+        closing: Closing::Open,
+        close_deadline: None,
+        ping_due: now + settings.heartbeat_interval,
+        ping_out: None,
+        ping_seq: 0,
+        last_data: now,
+        first_close: None,
+        end: None,
+    };
+    if let Err(e) = s.on_client_bytes(client_first, &mut backend_wr) {
+        return s.io_failed(e);
+    }
+    if let Err(e) = s.on_backend_bytes(backend_first, &mut client_wr) {
+        return s.io_failed(e);
+    }
+    let drained = control.drained();
+    tokio::pin!(drained);
+    let timer = sleep_until(s.next_deadline());
+    tokio::pin!(timer);
+    let mut timer_at = s.next_deadline();
+    loop {
+        if let Err(e) = s.advance(&mut client_wr, &mut backend_wr).await {
+            return s.io_failed(e);
+        }
+        if let Some(outcome) = s.end {
+            return outcome;
+        }
+        let deadline = s.next_deadline();
+        if deadline != timer_at {
+            timer.as_mut().reset(deadline);
+            timer_at = deadline;
+        }
+        let can_read_client = !s.c2b.eof && s.c2b.idle_out();
+        let can_read_backend = !s.b2c.eof && s.b2c.idle_out();
+        let result: io::Result<()> = tokio::select! {
+            biased;
+            cause = &mut drained, if matches!(s.closing, Closing::Open) => {
+                s.begin_drain(cause);
+                Ok(())
+            }
+            r = client_rd.ready(), if can_read_client => match r {
+                Ok(()) => s.read(Side::Client, &mut client_rd, &mut backend_wr),
+                Err(e) => Err(e),
+            },
+            r = backend_rd.ready(), if can_read_backend => match r {
+                Ok(()) => s.read(Side::Backend, &mut backend_rd, &mut client_wr),
+                Err(e) => Err(e),
+            },
+            r = client_wr.write_some(&s.b2c.pending), if !s.b2c.pending.is_empty() || client_wr.unflushed() => r.map(|n| {
+                if n == s.b2c.pending.len() {
+                    s.sample_latency(false);
+                }
+                s.b2c.written(n);
+            }),
+            r = backend_wr.write_some(&s.c2b.pending), if !s.c2b.pending.is_empty() => r.map(|n| {
+                if n == s.c2b.pending.len() {
+                    s.sample_latency(true);
+                }
+                s.c2b.written(n);
+            }),
+            () = &mut timer => {
+                s.on_timer(Instant::now());
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            return s.io_failed(e);
+        }
+    }
+}
+
+struct Session<'a> {
+    settings: &'a RelaySettings,
+    metrics: &'a Metrics,
+    c2b: Dir,
+    b2c: Dir,
+    closing: Closing,
+    /// The connection is cut at this time whatever state it is in.
+    close_deadline: Option<Instant>,
+    ping_due: Instant,
+    ping_out: Option<([u8; 8], Instant)>,
+    ping_seq: u64,
+    last_data: Instant,
+    /// The first close frame seen, and from whom.
+    first_close: Option<(Option<u16>, &'static str)>,
+    end: Option<Outcome>,
+}
+
+impl Session<'_> {
+    /// Reads what `side` sent and relays it through `sink` (the other side).
+    fn read(&mut self, side: Side, rd: &mut Reader<'_>, sink: &mut Writer<'_>) -> io::Result<()> {
+        let carry = std::mem::take(&mut self.dir_mut(side).carry);
+        with_scratch(|scratch| {
+            scratch[..carry.len()].copy_from_slice(&carry);
+            let n = match rd.read_now(&mut scratch[carry.len()..])? {
+                None => {
+                    self.dir_mut(side).carry = carry;
+                    return Ok(());
+                }
+                Some(0) => {
+                    self.dir_mut(side).eof = true;
+                    self.first_close.get_or_insert((None, side.eof_label()));
+                    return Ok(());
+                }
+                Some(n) => n,
+            };
+            let dir = self.dir_mut(side);
+            dir.reads = dir.reads.wrapping_add(1);
+            let sampled = dir.reads.is_multiple_of(8).then(std::time::Instant::now);
+            let input = &scratch[..carry.len() + n];
+            match side {
+                Side::Client => {
+                    self.metrics.bytes_to_backend.inc_by(n as u64);
+                    self.on_client_bytes(input, sink)?;
+                }
+                Side::Backend => {
+                    self.metrics.bytes_to_client.inc_by(n as u64);
+                    self.on_backend_bytes(input, sink)?;
+                }
+            }
+            if let Some(t0) = sampled
+                && self.dir_mut(side).pending.is_empty()
+            {
+                self.metrics
+                    .relay_latency
+                    .observe(t0.elapsed().as_secs_f64());
+            }
+            Ok(())
+        })
+    }
+
+    /// The direction whose source is `side`.
+    fn dir_mut(&mut self, side: Side) -> &mut Dir {
+        match side {
+            Side::Client => &mut self.c2b,
+            Side::Backend => &mut self.b2c,
+        }
+    }
+
+    /// Frames from the client, on their way to the backend.
+    fn on_client_bytes(&mut self, input: &[u8], backend_wr: &mut Writer<'_>) -> io::Result<()> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        let ping = self.ping_out.map(|(token, _)| token);
+        let gateway_closing = matches!(self.closing, Closing::Gateway(_));
+        let mut our_pong = false;
+        let result = pump(&mut self.c2b, input, backend_wr, |frame| {
+            match frame.opcode {
+                // The answer to the gateway's own ping stays here.
+                Opcode::Pong => {
+                    let (payload, n) = frame.unmasked();
+                    let ours = n == 8 && ping.is_some_and(|t| payload[..8] == t);
+                    our_pong |= ours;
+                    !ours
+                }
+                // During the gateway's close the backend gets the gateway's frame.
+                Opcode::Close => !gateway_closing,
+                _ => true,
+            }
+        })?;
+        self.metrics
+            .messages_to_backend
+            .inc_by(u64::from(self.c2b.scanner.take_messages()));
+        match result {
+            Ok(seen) => {
+                if seen.data {
+                    self.last_data = Instant::now();
+                }
+                if our_pong {
+                    self.ping_out = None;
+                }
+                if let Some(code) = seen.close {
+                    self.on_close_frame(code, true);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.c2b.eof = true;
+                self.begin_close(
+                    e.close_code(),
+                    format!("protocol error: {e}"),
+                    "client_protocol_error",
+                    false,
+                    true,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Frames from the backend, on their way to the client.
+    fn on_backend_bytes(&mut self, input: &[u8], client_wr: &mut Writer<'_>) -> io::Result<()> {
+        if input.is_empty() {
+            return Ok(());
+        }
+        let gateway_closing = matches!(self.closing, Closing::Gateway(_));
+        let result = pump(&mut self.b2c, input, client_wr, |frame| {
+            !(frame.opcode == Opcode::Close && gateway_closing)
+        })?;
+        self.metrics
+            .messages_to_client
+            .inc_by(u64::from(self.b2c.scanner.take_messages()));
+        match result {
+            Ok(seen) => {
+                if seen.data {
+                    self.last_data = Instant::now();
+                }
+                if let Some(code) = seen.close {
+                    self.on_close_frame(code, false);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.b2c.eof = true;
+                self.begin_close(
+                    1011,
+                    format!("backend protocol error: {e}"),
+                    "backend_protocol_error",
+                    false,
+                    true,
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// A close frame arrived from the client (`from_client`) or the backend.
+    fn on_close_frame(&mut self, code: Option<u16>, from_client: bool) {
+        let who = if from_client { "client" } else { "backend" };
+        match &mut self.closing {
+            Closing::Open => {
+                self.first_close = Some((code, who));
+                self.closing = Closing::Relayed;
+                self.close_deadline = Some(Instant::now() + self.settings.close_timeout * 2);
+            }
+            Closing::Relayed => {}
+            Closing::Gateway(g) => {
+                if from_client {
+                    g.client_done = true;
+                } else {
+                    g.backend_done = true;
+                }
+            }
+        }
+    }
+
+    fn begin_drain(&mut self, cause: DrainCause) {
+        self.metrics
+            .drains
+            .get_or_create(&crate::metrics::CauseLabel {
+                cause: cause.label(),
+            })
+            .inc();
+        let hint = fastrand::u32(0..=self.settings.reconnect_jitter_ms);
+        let reason = format!("{}; retry-after-ms={hint}", cause.reason());
+        let label = match cause {
+            DrainCause::Rebalance => "drain_rebalance",
+            DrainCause::Shutdown | DrainCause::Api => "drain_shutdown",
+        };
+        self.begin_close(cause.close_code(), reason, label, true, false);
+    }
+
+    /// Starts the gateway's own close: a close frame to each side at the
+    /// next boundary, then the sockets are shut once both answered.
+    fn begin_close(
+        &mut self,
+        code: u16,
+        reason: String,
+        label: &'static str,
+        flush_backend: bool,
+        cut: bool,
+    ) {
+        if matches!(self.closing, Closing::Gateway(_)) {
+            return;
+        }
+        let now = Instant::now();
+        // A close already under way between the endpoints finishes as it is,
+        // unless the connection broke.
+        if matches!(self.closing, Closing::Relayed) && !cut {
+            return;
+        }
+        let backend_gone = self.c2b.shut || self.b2c.eof;
+        self.closing = Closing::Gateway(Box::new(GatewayClose {
+            code,
+            reason,
+            label,
+            flush_backend,
+            cut,
+            to_backend_sent: backend_gone,
+            backend_done: backend_gone,
+            to_client_sent: false,
+            client_done: self.c2b.eof,
+            flush_deadline: now + self.settings.close_timeout,
+        }));
+        self.close_deadline = Some(now + self.settings.close_timeout * 2);
+    }
+
+    /// Sends what is due at the boundaries reached, propagates half-closes,
+    /// and decides whether the connection is over.
+    async fn advance(
+        &mut self,
+        client_wr: &mut Writer<'_>,
+        backend_wr: &mut Writer<'_>,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        if let Closing::Gateway(g) = &mut self.closing {
+            if !g.to_backend_sent && self.c2b.eof && !self.c2b.scanner.at_frame_boundary() {
+                // The client ended inside a frame: no close frame can follow.
+                g.to_backend_sent = true;
+                g.backend_done = true;
+            }
+            if !g.to_backend_sent
+                && (self.c2b.scanner.at_message_boundary()
+                    || ((g.cut || self.c2b.eof) && self.c2b.scanner.at_frame_boundary()))
+            {
+                encode_close(
+                    1001,
+                    "client going away",
+                    Some(fastrand::u32(..).to_ne_bytes()),
+                    &mut out,
+                );
+                self.c2b.discard = true;
+                self.c2b.forward(&out, backend_wr)?;
+                out.clear();
+                g.to_backend_sent = true;
+            }
+            if !g.to_client_sent && self.b2c.eof && !self.b2c.scanner.at_frame_boundary() {
+                // The backend ended inside a frame: the client cannot be sent
+                // a close frame after it. Cut.
+                self.end = Some(Outcome {
+                    code: None,
+                    reason: g.label,
+                });
+                return Ok(());
+            }
+            let backend_flushed =
+                !g.flush_backend || g.backend_done || self.b2c.eof || now >= g.flush_deadline;
+            let boundary = self.b2c.scanner.at_message_boundary()
+                || ((g.cut || self.b2c.eof || now >= g.flush_deadline)
+                    && self.b2c.scanner.at_frame_boundary());
+            if !g.to_client_sent && g.to_backend_sent && backend_flushed && boundary {
+                encode_close(g.code, &g.reason, None, &mut out);
+                self.b2c.discard = true;
+                self.b2c.forward(&out, client_wr)?;
+                out.clear();
+                g.to_client_sent = true;
+                if g.cut {
+                    // After a protocol error the client's answer is not awaited.
+                    g.client_done = true;
+                }
+            }
+            if g.to_client_sent
+                && (g.client_done || self.c2b.eof)
+                && self.b2c.pending.is_empty()
+                && self.c2b.pending.is_empty()
+            {
+                self.end = Some(Outcome {
+                    code: Some(g.code),
+                    reason: g.label,
+                });
+                if !client_wr.unflushed() {
+                    let _ = client_wr.shutdown().await;
+                }
+                return Ok(());
+            }
+        } else if self.ping_out.is_none()
+            && now >= self.ping_due
+            && matches!(self.closing, Closing::Open)
+            && self.b2c.scanner.at_frame_boundary()
+        {
+            self.ping_seq += 1;
+            let token = self.ping_seq.to_be_bytes();
+            encode_control(Opcode::Ping, &token, None, &mut out);
+            self.b2c.forward(&out, client_wr)?;
+            self.ping_out = Some((token, now));
+            self.ping_due = now + self.settings.heartbeat_interval;
+        }
+        // Half-close propagation: an ended source, once everything it sent
+        // was written, ends the other side's writing too.
+        if self.c2b.eof
+            && !self.c2b.shut
+            && self.c2b.pending.is_empty()
+            && self.c2b.carry.is_empty()
+        {
+            self.c2b.shut = true;
+            let _ = backend_wr.shutdown().await;
+        }
+        let client_close_due = matches!(&self.closing, Closing::Gateway(g) if !g.to_client_sent);
+        if self.b2c.eof
+            && !self.b2c.shut
+            && self.b2c.pending.is_empty()
+            && self.b2c.carry.is_empty()
+            && !client_close_due
+        {
+            self.b2c.shut = true;
+            let _ = client_wr.shutdown().await;
+        }
+        if self.c2b.eof && self.b2c.eof && self.c2b.shut && self.b2c.shut {
+            let (code, reason) = match &self.closing {
+                Closing::Gateway(g) => (Some(g.code), g.label),
+                _ => self.first_close.unwrap_or((None, "eof")),
+            };
+            self.end = Some(Outcome { code, reason });
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, now: Instant) {
+        if let Some(deadline) = self.close_deadline
+            && now >= deadline
+        {
+            self.metrics.failure("close_timeout");
+            let (code, reason) = match &self.closing {
+                Closing::Gateway(g) => (Some(g.code), g.label),
+                _ => self.first_close.unwrap_or((None, "close_timeout")),
+            };
+            self.end = Some(Outcome { code, reason });
+            return;
+        }
+        if !matches!(self.closing, Closing::Open) {
+            return;
+        }
+        if let Some((_, at)) = self.ping_out
+            && now >= at + self.settings.heartbeat_timeout
+        {
+            self.begin_close(
+                1011,
+                "no pong to the gateway's ping".into(),
+                "heartbeat_timeout",
+                false,
+                true,
+            );
+            return;
+        }
+        if let Some(idle) = self.settings.idle_timeout
+            && now >= self.last_data + idle
+        {
+            self.begin_close(1001, "idle timeout".into(), "idle_timeout", false, false);
+            return;
+        }
+        if let Some(since) = self.b2c.pending_since
+            && now >= since + self.settings.slow_consumer
+        {
+            // The client takes no data: a close frame would not reach it
+            // either. Cut both sides.
+            self.metrics.failure("slow_consumer");
+            self.end = Some(Outcome {
+                code: Some(1008),
+                reason: "slow_consumer",
+            });
+        }
+    }
+
+    /// The earliest time something must happen without any I/O.
+    fn next_deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut at = self.close_deadline.unwrap_or(far);
+        if let Closing::Gateway(g) = &self.closing {
+            if !g.to_client_sent {
+                at = at.min(g.flush_deadline);
+            }
+            return at;
+        }
+        at = at.min(match self.ping_out {
+            Some((_, sent)) => sent + self.settings.heartbeat_timeout,
+            None => self.ping_due,
+        });
+        if let Some(idle) = self.settings.idle_timeout {
+            at = at.min(self.last_data + idle);
+        }
+        if let Some(since) = self.b2c.pending_since {
+            at = at.min(since + self.settings.slow_consumer);
+        }
+        at
+    }
+
+    /// Bytes that had to wait for their destination: how long they waited.
+    fn sample_latency(&mut self, to_backend: bool) {
+        let dir = if to_backend { &self.c2b } else { &self.b2c };
+        if let Some(since) = dir.pending_since {
+            self.metrics
+                .relay_latency
+                .observe(since.elapsed().as_secs_f64());
+        }
+    }
+
+    fn io_failed(&mut self, e: io::Error) -> Outcome {
+        let reason = match e.kind() {
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "reset",
+            _ => {
+                self.metrics.failure("io");
+                "io_error"
+            }
+        };
+        tracing::debug!(error = %e, "connection failed");
+        match &self.closing {
+            Closing::Gateway(g) => Outcome {
+                code: Some(g.code),
+                reason: g.label,
+            },
+            _ => Outcome {
+                code: self.first_close.and_then(|c| c.0),
+                reason,
+            },
+        }
+    }
+}

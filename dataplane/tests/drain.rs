@@ -1,0 +1,202 @@
+//! Draining: every message the backend sent before the drain reaches the
+//! client, then a 1001 close with a reconnect hint, spread over the window
+//! and under the rate cap.
+
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback type
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Gateway, connect, next_data};
+use tokio::{net::TcpListener, time::Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A backend that streams numbered messages ("0", "1", ...) every 2 ms to
+/// each client until it receives a close, and records how many it had sent
+/// by then, by room.
+async fn streaming_backend() -> (SocketAddr, Arc<Mutex<HashMap<String, u64>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let sent_at_close = Arc::new(Mutex::new(HashMap::new()));
+    let record = Arc::clone(&sent_at_close);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let room = Arc::new(Mutex::new(String::new()));
+                let seen = Arc::clone(&room);
+                let callback =
+                    move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
+                        *seen.lock().expect("lock") = req.uri().query().unwrap_or("").to_owned();
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                let mut tick = tokio::time::interval(Duration::from_millis(2));
+                let mut sent = 0u64;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if ws.send(Message::text(sent.to_string())).await.is_err() { return }
+                            sent += 1;
+                        }
+                        msg = ws.next() => match msg {
+                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                                record.lock().expect("lock").insert(room.lock().expect("lock").clone(), sent);
+                                let _ = ws.flush().await;
+                                return;
+                            }
+                            Some(Ok(_)) => {}
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, sent_at_close)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_drain_loses_nothing_and_respects_the_rate_cap() {
+    let (backend, sent_at_close) = streaming_backend().await;
+    let gw = Gateway::echo(
+        &[backend],
+        "drain: {windowSeconds: 2, closeTimeoutSeconds: 2, maxClosesPerSecond: 10}\n",
+    )
+    .await;
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let (ws, _) = connect(&gw.url(&format!("/echo?room=r{i}"))).await;
+        let room = format!("room=r{i}");
+        clients.push(tokio::spawn(async move {
+            let mut ws = ws;
+            let mut received = 0u64;
+            loop {
+                match next_data(&mut ws)
+                    .await
+                    .expect("the stream ends with a close frame")
+                {
+                    Message::Text(t) => {
+                        assert_eq!(
+                            t.as_str(),
+                            received.to_string(),
+                            "{room}: a message was lost or reordered"
+                        );
+                        received += 1;
+                    }
+                    Message::Close(Some(frame)) => {
+                        return (
+                            room,
+                            received,
+                            u16::from(frame.code),
+                            frame.reason.to_string(),
+                            Instant::now(),
+                        );
+                    }
+                    other => panic!("{room}: unexpected {other:?}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let drain_started = Instant::now();
+    let stopping = tokio::spawn(gw.stop(ringway_dataplane::Shutdown::Graceful));
+    let mut closes = Vec::new();
+    for c in clients {
+        closes.push(c.await.expect("client task"));
+    }
+    stopping.await.expect("the gateway stops");
+    let sent = sent_at_close.lock().expect("lock").clone();
+    let mut times = Vec::new();
+    for (room, received, code, reason, at) in closes {
+        assert_eq!(code, 1001, "{room}: {reason}");
+        assert!(
+            reason.starts_with("pod stopping; retry-after-ms="),
+            "{room}: {reason}"
+        );
+        let hint: u32 = reason
+            .rsplit('=')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a number of milliseconds");
+        assert!(hint <= 5_000);
+        assert_eq!(
+            Some(&received),
+            sent.get(&room),
+            "{room}: the client got {received} messages, the backend sent {:?}",
+            sent.get(&room)
+        );
+        assert!(
+            received > 50,
+            "{room}: only {received} messages before the drain"
+        );
+        times.push(at.duration_since(drain_started));
+    }
+    times.sort();
+    let last = *times.last().expect("20 closes");
+    assert!(
+        last <= Duration::from_secs(4),
+        "the drain took {last:?} (window 2 s + close timeout 2 s)"
+    );
+    assert!(
+        last >= Duration::from_millis(1700),
+        "20 closes at 10/s must take about 2 s, took {last:?}"
+    );
+    // At most 10 per second; one more is allowed for the jitter between the
+    // gateway's request and the frame's arrival.
+    for (i, t) in times.iter().enumerate() {
+        let in_second = times[i..]
+            .iter()
+            .take_while(|u| **u < *t + Duration::from_secs(1))
+            .count();
+        assert!(
+            in_second <= 11,
+            "{in_second} closes within one second from {t:?}: {times:?}"
+        );
+    }
+    let _ = start;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_api_closes_everything_and_waits() {
+    let backend = support::echo_backend("b1").await;
+    let gw = Gateway::echo(
+        &[backend],
+        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(connect(&gw.url(&format!("/echo?room={i}"))).await.0);
+    }
+    let admin = gw.admin.expect("admin port");
+    let ready = support::raw(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let drained = tokio::spawn(async move {
+        support::raw(admin, b"POST /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n").await
+    });
+    for mut ws in clients {
+        let (code, reason) = support::close_of(&mut ws).await.expect("a close frame");
+        assert_eq!(code, 1001, "{reason}");
+    }
+    let answer = drained.await.expect("admin call");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("drained\n"),
+        "{answer}"
+    );
+    let metrics = gw.shared.metrics.render();
+    assert!(
+        metrics.contains("ringway_drains_total{cause=\"api\"} 10"),
+        "{metrics}"
+    );
+}
