@@ -201,7 +201,10 @@ fn pump(
 
 /// The gateway is closing the connection itself.
 struct GatewayClose {
+    /// The code the client gets.
     code: u16,
+    /// The code the backend gets.
+    backend_code: u16,
     reason: String,
     label: &'static str,
     /// Forward what the backend sends until it answers our close, then
@@ -423,12 +426,15 @@ impl Session<'_> {
                 Ok(())
             }
             Err(e) => {
+                // Fail the client, but first let the backend answer what the
+                // client sent before the bad frame: the client gets exactly
+                // what it would have got from the backend alone.
                 self.c2b.eof = true;
                 self.begin_close(
                     e.close_code(),
                     format!("protocol error: {e}"),
                     "client_protocol_error",
-                    false,
+                    true,
                     true,
                 );
                 Ok(())
@@ -528,8 +534,16 @@ impl Session<'_> {
             return;
         }
         let backend_gone = self.c2b.shut || self.b2c.eof;
+        // The backend is told the client is going away, unless the client
+        // broke the protocol: then it learns why.
+        let backend_code = if label == "client_protocol_error" {
+            code
+        } else {
+            1001
+        };
         self.closing = Closing::Gateway(Box::new(GatewayClose {
             code,
+            backend_code,
             reason,
             label,
             flush_backend,
@@ -562,9 +576,14 @@ impl Session<'_> {
                 && (self.c2b.scanner.at_message_boundary()
                     || ((g.cut || self.c2b.eof) && self.c2b.scanner.at_frame_boundary()))
             {
+                let reason = if g.backend_code == 1001 {
+                    "client going away"
+                } else {
+                    g.reason.as_str()
+                };
                 encode_close(
-                    1001,
-                    "client going away",
+                    g.backend_code,
+                    reason,
                     Some(fastrand::u32(..).to_ne_bytes()),
                     &mut out,
                 );
