@@ -1,25 +1,21 @@
-//! Reading and writing the two sockets of a proxied connection without
-//! holding a buffer while the connection is idle.
+//! The two sockets of a proxied connection, read and written by polling:
+//! no future per operation, and no buffer held while the connection is
+//! idle.
 //!
-//! Plain TCP: wait for readiness, then read into the worker thread's scratch
-//! buffer and write on at once; only bytes the peer cannot take yet are
-//! copied into a per-connection buffer. TLS streams keep a read buffer of
-//! their own (rustls holds per-connection buffers anyway).
+//! A read goes into the worker thread's scratch buffer and is written on
+//! within the same poll; only bytes the destination cannot take yet are
+//! copied into the connection's own (otherwise empty) buffer.
 
 use std::{
     cell::RefCell,
-    future::poll_fn,
     io,
     pin::Pin,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll, ready},
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{
-        TcpStream,
-        tcp::{ReadHalf, WriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
 };
 use tokio_rustls::server::TlsStream;
 
@@ -28,7 +24,7 @@ pub(crate) const SCRATCH_BYTES: usize = 32 * 1024;
 
 thread_local! {
     /// One read buffer per worker thread, shared by all its connections:
-    /// a read is scanned and written on before the task yields.
+    /// a read is scanned and written on before the poll returns.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice());
 }
 
@@ -37,207 +33,99 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
     SCRATCH.with_borrow_mut(|s| f(s))
 }
 
-/// A client connection after accept (and TLS, when configured).
-pub(crate) enum ClientStream {
+/// One side's socket: plain TCP, or TLS over TCP (the client side).
+pub(crate) enum Io {
     /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tcp(TcpStream),
+    /// TLS; `unflushed` when records are waiting to be written.
+    Tls(Box<TlsStream<TcpStream>>, bool),
 }
 
-type TlsRead = tokio::io::ReadHalf<TlsStream<TcpStream>>;
-type TlsWrite = tokio::io::WriteHalf<TlsStream<TcpStream>>;
-
-/// The reading side of a socket.
-pub(crate) enum Reader<'a> {
-    Tcp(ReadHalf<'a>),
-    Tls {
-        half: TlsRead,
-        buf: Box<[u8]>,
-        start: usize,
-        end: usize,
-        eof: bool,
-    },
-}
-
-/// The writing side of a socket.
-pub(crate) enum Writer<'a> {
-    Tcp(WriteHalf<'a>),
-    Tls {
-        half: TlsWrite,
-        /// Plaintext was accepted but its records are not all on the wire.
-        unflushed: bool,
-    },
-}
-
-impl<'a> Reader<'a> {
-    /// Waits until a read will not block (data, EOF or an error).
-    pub(crate) async fn ready(&mut self) -> io::Result<()> {
-        match self {
-            Self::Tcp(half) => half.readable().await,
-            Self::Tls {
-                half,
-                buf,
-                start,
-                end,
-                eof,
-            } => {
-                if *start < *end || *eof {
-                    return Ok(());
-                }
-                let n = tokio::io::AsyncReadExt::read(half, buf).await?;
-                *start = 0;
-                *end = n;
-                *eof = n == 0;
-                Ok(())
-            }
-        }
+impl Io {
+    /// TLS over `stream`.
+    pub(crate) fn tls(stream: TlsStream<TcpStream>) -> Self {
+        Self::Tls(Box::new(stream), false)
     }
 
-    /// Reads what is there without waiting: `Ok(None)` if nothing is,
-    /// `Ok(Some(0))` at end of stream.
-    pub(crate) fn read_now(&mut self, dst: &mut [u8]) -> io::Result<Option<usize>> {
-        match self {
-            Self::Tcp(half) => {
-                let mut buf = ReadBuf::new(dst);
-                // Polling with a no-op waker performs the read; on a short
-                // read tokio clears the readiness, so no extra read returns
-                // EAGAIN. `ready()` registers the real waker.
-                match Pin::new(half).poll_read(&mut noop_cx(), &mut buf) {
-                    Poll::Ready(Ok(())) => Ok(Some(buf.filled().len())),
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                    Poll::Ready(Err(e)) => Err(e),
-                    Poll::Pending => Ok(None),
-                }
-            }
-            Self::Tls {
-                buf,
-                start,
-                end,
-                eof,
-                ..
-            } => {
-                if *start < *end {
-                    let n = (*end - *start).min(dst.len());
-                    dst[..n].copy_from_slice(&buf[*start..*start + n]);
-                    *start += n;
-                    Ok(Some(n))
-                } else if *eof {
-                    Ok(Some(0))
-                } else {
-                    Ok(None)
-                }
-            }
-        }
-    }
-}
-
-impl Writer<'_> {
-    /// Writes what the socket takes now, without waiting.
-    pub(crate) fn write_now(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut cx = noop_cx();
-        match self {
-            Self::Tcp(half) => match Pin::new(half).poll_write(&mut cx, data) {
-                Poll::Ready(Ok(n)) => Ok(n),
-                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
-                Poll::Ready(Err(e)) => Err(e),
-                Poll::Pending => Ok(0),
-            },
-            Self::Tls { half, unflushed } => {
-                let n = match Pin::new(&mut *half).poll_write(&mut cx, data) {
-                    Poll::Ready(Ok(n)) => n,
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => 0,
-                };
-                *unflushed = match Pin::new(half).poll_flush(&mut cx) {
-                    Poll::Ready(Ok(())) => false,
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => true,
-                };
-                Ok(n)
-            }
-        }
+    /// Reads into `buf`; `Ready(Ok(0))` at end of stream. On `Pending` the
+    /// task is woken when there is something to read.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut rb = ReadBuf::new(buf);
+        ready!(match self {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, &mut rb),
+            Self::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, &mut rb),
+        })?;
+        Poll::Ready(Ok(rb.filled().len()))
     }
 
-    /// Waits until the socket takes some of `data`, and writes it. With
-    /// no data, writes the TLS records still waiting.
-    pub(crate) async fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
-        if data.is_empty() {
-            self.flush().await?;
-            return Ok(0);
-        }
-        loop {
-            match self {
-                Self::Tcp(half) => {
-                    half.writable().await?;
-                }
-                Self::Tls { half, unflushed } => {
-                    let n = poll_fn(|cx| Pin::new(&mut *half).poll_write(cx, data)).await?;
-                    poll_fn(|cx| Pin::new(&mut *half).poll_flush(cx)).await?;
+    /// Writes some of `data`. On `Pending` the task is woken when the
+    /// socket takes more.
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            Self::Tls(s, unflushed) => {
+                let n = ready!(Pin::new(s.as_mut()).poll_write(cx, data))?;
+                *unflushed = true;
+                if let Poll::Ready(r) = Pin::new(s.as_mut()).poll_flush(cx) {
+                    r?;
                     *unflushed = false;
-                    return Ok(n);
                 }
-            }
-            let n = self.write_now(data)?;
-            if n > 0 {
-                return Ok(n);
+                Poll::Ready(Ok(n))
             }
         }
     }
 
     /// TLS records are waiting to be written.
     pub(crate) fn unflushed(&self) -> bool {
-        matches!(
-            self,
-            Self::Tls {
-                unflushed: true,
-                ..
-            }
-        )
+        matches!(self, Self::Tls(_, true))
     }
 
-    /// Writes the waiting TLS records.
-    pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if let Self::Tls { half, unflushed } = self {
-            poll_fn(|cx| Pin::new(&mut *half).poll_flush(cx)).await?;
+    /// Writes waiting TLS records.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Self::Tls(s, unflushed) = self {
+            ready!(Pin::new(s.as_mut()).poll_flush(cx))?;
             *unflushed = false;
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Half-closes the stream (FIN; TLS close_notify first).
-    pub(crate) async fn shutdown(&mut self) -> io::Result<()> {
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Tcp(half) => poll_fn(|cx| Pin::new(&mut *half).poll_shutdown(cx)).await,
-            Self::Tls { half, .. } => poll_fn(|cx| Pin::new(&mut *half).poll_shutdown(cx)).await,
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
-}
 
-/// Splits a TCP stream into borrowed halves (no allocation, no lock).
-pub(crate) fn split_tcp(stream: &mut TcpStream) -> (Reader<'_>, Writer<'_>) {
-    let (r, w) = stream.split();
-    (Reader::Tcp(r), Writer::Tcp(w))
-}
+    /// Reads some bytes, waiting for them (handshake phase).
+    pub(crate) async fn read_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf).await,
+            Self::Tls(s, _) => s.read(buf).await,
+        }
+    }
 
-/// Splits a TLS stream; the reader gets a buffer of its own.
-pub(crate) fn split_tls(stream: TlsStream<TcpStream>) -> (Reader<'static>, Writer<'static>) {
-    let (r, w) = tokio::io::split(stream);
-    (
-        Reader::Tls {
-            half: r,
-            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            eof: false,
-        },
-        Writer::Tls {
-            half: w,
-            unflushed: false,
-        },
-    )
-}
+    /// Writes all of `bytes` and flushes (handshake phase).
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.write_all(bytes).await,
+            Self::Tls(s, _) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
 
-fn noop_cx() -> Context<'static> {
-    Context::from_waker(Waker::noop())
+    /// Whether the stream is TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Self::Tls(..))
+    }
 }

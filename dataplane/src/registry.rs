@@ -7,8 +7,8 @@ use std::sync::{
     atomic::{AtomicU8, Ordering},
 };
 
+use futures_util::task::AtomicWaker;
 use slab::Slab;
-use tokio::sync::Notify;
 
 use crate::routing::KeyHash;
 
@@ -49,7 +49,7 @@ impl DrainCause {
         }
     }
 
-    fn to_u8(self) -> u8 {
+    pub(crate) fn to_u8(self) -> u8 {
         match self {
             Self::Shutdown => 1,
             Self::Api => 2,
@@ -57,7 +57,7 @@ impl DrainCause {
         }
     }
 
-    fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => Self::Shutdown,
             2 => Self::Api,
@@ -77,7 +77,7 @@ pub struct ConnControl {
     /// The backend it was placed on.
     pub backend: Arc<str>,
     drain: AtomicU8,
-    notify: Notify,
+    waker: AtomicWaker,
 }
 
 impl ConnControl {
@@ -88,7 +88,7 @@ impl ConnControl {
             key_hash,
             backend,
             drain: AtomicU8::new(0),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -99,7 +99,7 @@ impl ConnControl {
             .compare_exchange(0, cause.to_u8(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
@@ -108,14 +108,10 @@ impl ConnControl {
         DrainCause::from_u8(self.drain.load(Ordering::Acquire))
     }
 
-    /// Resolves when a drain is asked for (at once if it already was).
-    pub async fn drained(&self) -> DrainCause {
-        loop {
-            if let Some(cause) = self.drain_requested() {
-                return cause;
-            }
-            self.notify.notified().await;
-        }
+    /// Wakes `waker` when a drain is asked for. Register, then check
+    /// [`ConnControl::drain_requested`], so that no request is missed.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 }
 

@@ -12,15 +12,22 @@
 //! 1001 pod stopping or idle, 1012 key moved, 1011 no pong in time or a
 //! broken backend, 1002 protocol error, 1009 too big, 1008 slow consumer.
 
-use std::{io, time::Duration};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::{
     frame::{
         ControlFrame, Direction, FrameScanner, Limits, Opcode, Scan, encode_close, encode_control,
     },
-    io::{Reader, Writer, with_scratch},
+    io::{Io, with_scratch},
     metrics::Metrics,
     registry::{ConnControl, DrainCause},
 };
@@ -96,12 +103,15 @@ impl Dir {
 
     /// Sends `bytes` on: straight to the socket if nothing is waiting,
     /// otherwise (or for what the socket does not take) into `pending`.
-    fn forward(&mut self, bytes: &[u8], sink: &mut Writer<'_>) -> io::Result<()> {
+    fn forward(&mut self, bytes: &[u8], sink: &mut Io, cx: &mut Context<'_>) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
         let written = if self.pending.is_empty() {
-            sink.write_now(bytes)?
+            match sink.poll_write(cx, bytes) {
+                Poll::Ready(r) => r?,
+                Poll::Pending => 0,
+            }
         } else {
             0
         };
@@ -114,13 +124,17 @@ impl Dir {
         Ok(())
     }
 
-    /// Marks `n` pending bytes as written; frees the buffer once all are.
-    fn written(&mut self, n: usize) {
+    /// Marks `n` pending bytes as written; frees the buffer once all are,
+    /// and says how long they waited.
+    fn written(&mut self, n: usize) -> Option<Duration> {
         self.pending.drain(..n);
+        let mut waited = None;
         if self.pending.is_empty() {
+            waited = self.pending_since.map(|since| since.elapsed());
             self.pending = Vec::new();
             self.pending_since = None;
         }
+        waited
     }
 
     fn idle_out(&self) -> bool {
@@ -158,7 +172,8 @@ struct Seen {
 fn pump(
     dir: &mut Dir,
     input: &[u8],
-    sink: &mut Writer<'_>,
+    sink: &mut Io,
+    cx: &mut Context<'_>,
     mut decide: impl FnMut(&ControlFrame<'_>) -> bool,
 ) -> io::Result<Result<Seen, crate::frame::ProtocolError>> {
     let mut seen = Seen::default();
@@ -179,7 +194,7 @@ fn pump(
                 }
                 let keep = decide(&frame) && !dir.discard;
                 if !keep {
-                    dir.forward(&input[from..pos], sink)?;
+                    dir.forward(&input[from..pos], sink, cx)?;
                     from = pos + len;
                 }
                 pos += len;
@@ -189,13 +204,13 @@ fn pump(
                 break;
             }
             Scan::Error(e) => {
-                dir.forward(&input[from..pos], sink)?;
+                dir.forward(&input[from..pos], sink, cx)?;
                 return Ok(Err(e));
             }
         }
     }
     let end = pos.min(input.len());
-    dir.forward(&input[from..end], sink)?;
+    dir.forward(&input[from..end], sink, cx)?;
     Ok(Ok(seen))
 }
 
@@ -227,108 +242,90 @@ enum Closing {
     Gateway(Box<GatewayClose>),
 }
 
-/// Relays one connection until it ends. `client_first` and `backend_first`
-/// are bytes that arrived with the handshakes (already frames).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn relay(
-    mut client_rd: Reader<'_>,
-    mut client_wr: Writer<'_>,
-    mut backend_rd: Reader<'_>,
-    mut backend_wr: Writer<'_>,
-    client_first: &[u8],
-    backend_first: &[u8],
-    deflate: bool,
-    control: &ConnControl,
-    settings: &RelaySettings,
-    metrics: &Metrics,
-) -> Outcome {
-    let now = Instant::now();
-    let mut s = Session {
-        settings,
-        metrics,
-        c2b: Dir::new(Direction::ClientToServer, settings, deflate),
-        b2c: Dir::new(Direction::ServerToClient, settings, deflate),
-        closing: Closing::Open,
-        close_deadline: None,
-        ping_due: now + settings.heartbeat_interval,
-        ping_out: None,
-        ping_seq: 0,
-        last_data: now,
-        first_close: None,
-        end: None,
-    };
-    if let Err(e) = s.on_client_bytes(client_first, &mut backend_wr) {
-        return s.io_failed(e);
+pin_project_lite::pin_project! {
+    /// One relayed connection as a future of its own: the task that holds
+    /// it stores exactly these fields (about 700 bytes), so an idle
+    /// connection costs little more than its sockets.
+    pub(crate) struct Relay {
+        session: Session,
+        client: Io,
+        backend: Io,
+        control: Arc<ConnControl>,
+        // Bytes that arrived with the handshakes (already frames).
+        first: Option<Box<(Vec<u8>, Vec<u8>)>>,
+        #[pin]
+        timer: Sleep,
     }
-    if let Err(e) = s.on_backend_bytes(backend_first, &mut client_wr) {
-        return s.io_failed(e);
-    }
-    let drained = control.drained();
-    tokio::pin!(drained);
-    let timer = sleep_until(s.next_deadline());
-    tokio::pin!(timer);
-    let mut timer_at = s.next_deadline();
-    loop {
-        if let Err(e) = s.advance(&mut client_wr, &mut backend_wr).await {
-            return s.io_failed(e);
-        }
-        if let Some(outcome) = s.end {
-            return outcome;
-        }
-        let deadline = s.next_deadline();
-        if deadline != timer_at {
-            timer.as_mut().reset(deadline);
-            timer_at = deadline;
-        }
-        let can_read_client = !s.c2b.eof && s.c2b.idle_out();
-        let can_read_backend = !s.b2c.eof && s.b2c.idle_out();
-        let result: io::Result<()> = tokio::select! {
-            biased;
-            cause = &mut drained, if matches!(s.closing, Closing::Open) => {
-                s.begin_drain(cause);
-                Ok(())
-            }
-            r = client_rd.ready(), if can_read_client => match r {
-                Ok(()) => s.read(Side::Client, &mut client_rd, &mut backend_wr),
-                Err(e) => Err(e),
-            },
-            r = backend_rd.ready(), if can_read_backend => match r {
-                Ok(()) => s.read(Side::Backend, &mut backend_rd, &mut client_wr),
-                Err(e) => Err(e),
-            },
-            r = client_wr.write_some(&s.b2c.pending), if !s.b2c.pending.is_empty() || client_wr.unflushed() => r.map(|n| {
-                if n == s.b2c.pending.len() {
-                    s.sample_latency(false);
-                }
-                s.b2c.written(n);
-            }),
-            r = backend_wr.write_some(&s.c2b.pending), if !s.c2b.pending.is_empty() => r.map(|n| {
-                if n == s.c2b.pending.len() {
-                    s.sample_latency(true);
-                }
-                s.c2b.written(n);
-            }),
-            () = &mut timer => {
-                s.on_timer(Instant::now());
-                Ok(())
-            }
+}
+
+impl Relay {
+    /// A relay between `client` and `backend`, whose upgrade is done.
+    pub(crate) fn new(
+        client: Io,
+        backend: Io,
+        first: (Vec<u8>, Vec<u8>),
+        deflate: bool,
+        control: Arc<ConnControl>,
+        settings: Arc<RelaySettings>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let now = Instant::now();
+        let session = Session {
+            c2b: Dir::new(Direction::ClientToServer, &settings, deflate),
+            b2c: Dir::new(Direction::ServerToClient, &settings, deflate),
+            closing: Closing::Open,
+            close_deadline: None,
+            ping_due: now + settings.heartbeat_interval,
+            ping_out: None,
+            ping_seq: 0,
+            last_data: now,
+            first_close: None,
+            end: None,
+            settings,
+            metrics,
         };
-        if let Err(e) = result {
-            return s.io_failed(e);
+        let first = (!first.0.is_empty() || !first.1.is_empty()).then(|| Box::new(first));
+        Self {
+            session,
+            client,
+            backend,
+            control,
+            first,
+            timer: sleep_until(now),
         }
     }
 }
 
-struct Session<'a> {
-    settings: &'a RelaySettings,
-    metrics: &'a Metrics,
+impl Future for Relay {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.project();
+        let s = this.session;
+        if let Some(first) = this.first.take() {
+            let (c, b) = *first;
+            let sent = s
+                .on_client_bytes(&c, this.backend, cx)
+                .and_then(|()| s.on_backend_bytes(&b, this.client, cx));
+            if let Err(e) = sent {
+                return Poll::Ready(s.io_failed(e));
+            }
+        }
+        s.poll(cx, this.client, this.backend, this.control, this.timer)
+    }
+}
+
+struct Session {
+    settings: Arc<RelaySettings>,
+    metrics: Arc<Metrics>,
     c2b: Dir,
     b2c: Dir,
     closing: Closing,
     /// The connection is cut at this time whatever state it is in.
     close_deadline: Option<Instant>,
     ping_due: Instant,
-    ping_out: Option<([u8; 8], Instant)>,
+    /// When the unanswered ping (token `ping_seq`) was sent.
+    ping_out: Option<Instant>,
     ping_seq: u64,
     last_data: Instant,
     /// The first close frame seen, and from whom.
@@ -336,23 +333,116 @@ struct Session<'a> {
     end: Option<Outcome>,
 }
 
-impl Session<'_> {
-    /// Reads what `side` sent and relays it through `sink` (the other side).
-    fn read(&mut self, side: Side, rd: &mut Reader<'_>, sink: &mut Writer<'_>) -> io::Result<()> {
+impl Session {
+    /// Does everything that can be done now; `Ready` when the connection
+    /// is over. Every `Pending` leaves a waker with each socket, the drain
+    /// control and the timer that may need it.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut Io,
+        backend: &mut Io,
+        control: &ConnControl,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Poll<Outcome> {
+        // Bounded work per poll, so that a busy connection does not starve
+        // the others on its thread.
+        for _ in 0..32 {
+            if matches!(self.closing, Closing::Open) {
+                control.register(cx.waker());
+                if let Some(cause) = control.drain_requested() {
+                    self.begin_drain(cause);
+                }
+            }
+            if let Err(e) = self.advance(client, backend, cx) {
+                return Poll::Ready(self.io_failed(e));
+            }
+            if let Some(outcome) = self.end {
+                return Poll::Ready(outcome);
+            }
+            let step = (|| -> io::Result<bool> {
+                // Writing first frees `pending`, which lets the source be read.
+                let mut progress = Self::flush(&mut self.b2c, client, cx, &self.metrics)?;
+                progress |= Self::flush(&mut self.c2b, backend, cx, &self.metrics)?;
+                if !self.c2b.eof && self.c2b.idle_out() {
+                    progress |= self.read(Side::Client, client, backend, cx)?;
+                }
+                if !self.b2c.eof && self.b2c.idle_out() {
+                    progress |= self.read(Side::Backend, backend, client, cx)?;
+                }
+                Ok(progress)
+            })();
+            let mut progress = match step {
+                Ok(p) => p,
+                Err(e) => return Poll::Ready(self.io_failed(e)),
+            };
+            let deadline = self.next_deadline();
+            if deadline != timer.deadline() {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                self.on_timer(Instant::now());
+                progress = true;
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes `dir`'s pending bytes to `sink`; `Ok(true)` if any went.
+    fn flush(
+        dir: &mut Dir,
+        sink: &mut Io,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+    ) -> io::Result<bool> {
+        if dir.pending.is_empty() {
+            if sink.unflushed() {
+                return Ok(sink.poll_flush(cx)?.is_ready());
+            }
+            return Ok(false);
+        }
+        match sink.poll_write(cx, &dir.pending) {
+            Poll::Pending => Ok(false),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                if let Some(waited) = dir.written(n) {
+                    // Bytes that had to wait for their destination: how long.
+                    metrics.relay_latency.observe(waited.as_secs_f64());
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reads what `side` sent and relays it to `sink` (the other side).
+    /// `Ok(false)`: nothing to read yet (the task will be woken).
+    fn read(
+        &mut self,
+        side: Side,
+        src: &mut Io,
+        sink: &mut Io,
+        cx: &mut Context<'_>,
+    ) -> io::Result<bool> {
         let carry = std::mem::take(&mut self.dir_mut(side).carry);
         with_scratch(|scratch| {
             scratch[..carry.len()].copy_from_slice(&carry);
-            let n = match rd.read_now(&mut scratch[carry.len()..])? {
-                None => {
+            let n = match src.poll_read(cx, &mut scratch[carry.len()..]) {
+                Poll::Pending => {
                     self.dir_mut(side).carry = carry;
-                    return Ok(());
+                    return Ok(false);
                 }
-                Some(0) => {
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(0)) => {
                     self.dir_mut(side).eof = true;
                     self.first_close.get_or_insert((None, side.eof_label()));
-                    return Ok(());
+                    return Ok(true);
                 }
-                Some(n) => n,
+                Poll::Ready(Ok(n)) => n,
             };
             let dir = self.dir_mut(side);
             dir.reads = dir.reads.wrapping_add(1);
@@ -361,11 +451,11 @@ impl Session<'_> {
             match side {
                 Side::Client => {
                     self.metrics.bytes_to_backend.inc_by(n as u64);
-                    self.on_client_bytes(input, sink)?;
+                    self.on_client_bytes(input, sink, cx)?;
                 }
                 Side::Backend => {
                     self.metrics.bytes_to_client.inc_by(n as u64);
-                    self.on_backend_bytes(input, sink)?;
+                    self.on_backend_bytes(input, sink, cx)?;
                 }
             }
             if let Some(t0) = sampled
@@ -375,7 +465,7 @@ impl Session<'_> {
                     .relay_latency
                     .observe(t0.elapsed().as_secs_f64());
             }
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -388,14 +478,19 @@ impl Session<'_> {
     }
 
     /// Frames from the client, on their way to the backend.
-    fn on_client_bytes(&mut self, input: &[u8], backend_wr: &mut Writer<'_>) -> io::Result<()> {
+    fn on_client_bytes(
+        &mut self,
+        input: &[u8],
+        backend: &mut Io,
+        cx: &mut Context<'_>,
+    ) -> io::Result<()> {
         if input.is_empty() {
             return Ok(());
         }
-        let ping = self.ping_out.map(|(token, _)| token);
+        let ping = self.ping_out.map(|_| self.ping_seq.to_be_bytes());
         let gateway_closing = matches!(self.closing, Closing::Gateway(_));
         let mut our_pong = false;
-        let result = pump(&mut self.c2b, input, backend_wr, |frame| {
+        let result = pump(&mut self.c2b, input, backend, cx, |frame| {
             match frame.opcode {
                 // The answer to the gateway's own ping stays here.
                 Opcode::Pong => {
@@ -443,12 +538,17 @@ impl Session<'_> {
     }
 
     /// Frames from the backend, on their way to the client.
-    fn on_backend_bytes(&mut self, input: &[u8], client_wr: &mut Writer<'_>) -> io::Result<()> {
+    fn on_backend_bytes(
+        &mut self,
+        input: &[u8],
+        client: &mut Io,
+        cx: &mut Context<'_>,
+    ) -> io::Result<()> {
         if input.is_empty() {
             return Ok(());
         }
         let gateway_closing = matches!(self.closing, Closing::Gateway(_));
-        let result = pump(&mut self.b2c, input, client_wr, |frame| {
+        let result = pump(&mut self.b2c, input, client, cx, |frame| {
             !(frame.opcode == Opcode::Close && gateway_closing)
         })?;
         self.metrics
@@ -559,10 +659,11 @@ impl Session<'_> {
 
     /// Sends what is due at the boundaries reached, propagates half-closes,
     /// and decides whether the connection is over.
-    async fn advance(
+    fn advance(
         &mut self,
-        client_wr: &mut Writer<'_>,
-        backend_wr: &mut Writer<'_>,
+        client: &mut Io,
+        backend: &mut Io,
+        cx: &mut Context<'_>,
     ) -> io::Result<()> {
         let now = Instant::now();
         let mut out = Vec::new();
@@ -588,7 +689,7 @@ impl Session<'_> {
                     &mut out,
                 );
                 self.c2b.discard = true;
-                self.c2b.forward(&out, backend_wr)?;
+                self.c2b.forward(&out, backend, cx)?;
                 out.clear();
                 g.to_backend_sent = true;
             }
@@ -609,7 +710,7 @@ impl Session<'_> {
             if !g.to_client_sent && g.to_backend_sent && backend_flushed && boundary {
                 encode_close(g.code, &g.reason, None, &mut out);
                 self.b2c.discard = true;
-                self.b2c.forward(&out, client_wr)?;
+                self.b2c.forward(&out, client, cx)?;
                 out.clear();
                 g.to_client_sent = true;
                 if g.cut {
@@ -626,8 +727,8 @@ impl Session<'_> {
                     code: Some(g.code),
                     reason: g.label,
                 });
-                if !client_wr.unflushed() {
-                    let _ = client_wr.shutdown().await;
+                if !client.unflushed() {
+                    let _ = client.poll_shutdown(cx);
                 }
                 return Ok(());
             }
@@ -639,8 +740,8 @@ impl Session<'_> {
             self.ping_seq += 1;
             let token = self.ping_seq.to_be_bytes();
             encode_control(Opcode::Ping, &token, None, &mut out);
-            self.b2c.forward(&out, client_wr)?;
-            self.ping_out = Some((token, now));
+            self.b2c.forward(&out, client, cx)?;
+            self.ping_out = Some(now);
             self.ping_due = now + self.settings.heartbeat_interval;
         }
         // Half-close propagation: an ended source, once everything it sent
@@ -650,8 +751,8 @@ impl Session<'_> {
             && self.c2b.pending.is_empty()
             && self.c2b.carry.is_empty()
         {
-            self.c2b.shut = true;
-            let _ = backend_wr.shutdown().await;
+            // TCP's shutdown never waits; TLS's may, and is retried.
+            self.c2b.shut = backend.poll_shutdown(cx).is_ready();
         }
         let client_close_due = matches!(&self.closing, Closing::Gateway(g) if !g.to_client_sent);
         if self.b2c.eof
@@ -660,8 +761,7 @@ impl Session<'_> {
             && self.b2c.carry.is_empty()
             && !client_close_due
         {
-            self.b2c.shut = true;
-            let _ = client_wr.shutdown().await;
+            self.b2c.shut = client.poll_shutdown(cx).is_ready();
         }
         if self.c2b.eof && self.b2c.eof && self.c2b.shut && self.b2c.shut {
             let (code, reason) = match &self.closing {
@@ -688,7 +788,7 @@ impl Session<'_> {
         if !matches!(self.closing, Closing::Open) {
             return;
         }
-        if let Some((_, at)) = self.ping_out
+        if let Some(at) = self.ping_out
             && now >= at + self.settings.heartbeat_timeout
         {
             self.begin_close(
@@ -721,17 +821,20 @@ impl Session<'_> {
 
     /// The earliest time something must happen without any I/O.
     fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
+        let now = Instant::now();
+        let far = now + Duration::from_secs(3600);
+        // A deadline already passed that waits for a frame boundary (not for
+        // time) must not keep the timer firing.
+        let future = |t: Instant| if t > now { t } else { far };
         let mut at = self.close_deadline.unwrap_or(far);
-        if let Closing::Gateway(g) = &self.closing {
-            if !g.to_client_sent {
-                at = at.min(g.flush_deadline);
-            }
-            return at;
+        match &self.closing {
+            Closing::Gateway(g) if !g.to_client_sent => return at.min(future(g.flush_deadline)),
+            Closing::Gateway(_) | Closing::Relayed => return at,
+            Closing::Open => {}
         }
         at = at.min(match self.ping_out {
-            Some((_, sent)) => sent + self.settings.heartbeat_timeout,
-            None => self.ping_due,
+            Some(sent) => sent + self.settings.heartbeat_timeout,
+            None => future(self.ping_due),
         });
         if let Some(idle) = self.settings.idle_timeout {
             at = at.min(self.last_data + idle);
@@ -740,16 +843,6 @@ impl Session<'_> {
             at = at.min(since + self.settings.slow_consumer);
         }
         at
-    }
-
-    /// Bytes that had to wait for their destination: how long they waited.
-    fn sample_latency(&mut self, to_backend: bool) {
-        let dir = if to_backend { &self.c2b } else { &self.b2c };
-        if let Some(since) = dir.pending_since {
-            self.metrics
-                .relay_latency
-                .observe(since.elapsed().as_secs_f64());
-        }
     }
 
     fn io_failed(&mut self, e: io::Error) -> Outcome {

@@ -6,17 +6,18 @@ use std::{
     future::Future,
     net::SocketAddr,
     panic::AssertUnwindSafe,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU8, Ordering},
     },
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
     time::{Instant, timeout, timeout_at},
@@ -29,12 +30,15 @@ use crate::{
     config::{Config, KeySourceKind, MissingKey, secs},
     drain,
     handshake::{self, BackendFailure, MAX_HEADERS, Refusal, parse_request, upgrade_backend},
-    io::{ClientStream, split_tcp, split_tls},
+    io::Io,
     metrics::{Metrics, RouteLabel},
-    registry::{ConnControl, DrainCause, Registry},
-    relay::{RelaySettings, relay},
+};
+use crate::{
+    registry::{ConnControl, DrainCause, Registry, RegistryGuard},
+    relay::{Relay, RelaySettings},
     routing::{Backend, KeyHash, KeySource, RouteEntry, RouteTable, hash_key},
 };
+use prometheus_client::metrics::gauge::Gauge;
 
 /// How the process stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,20 +54,26 @@ pub struct Shared {
     config: Config,
     table: ArcSwap<RouteTable>,
     /// The process's metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub(crate) registry: Arc<Registry>,
-    relay: RelaySettings,
+    relay: Arc<RelaySettings>,
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
     ready: AtomicBool,
-    draining: AtomicBool,
+    /// The cause of the drain in progress (0: none).
+    draining: AtomicU8,
     drain_requested: Notify,
 }
 
 impl Shared {
     /// Accepting connections and not stopping.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.drain_cause().is_none()
+    }
+
+    /// The drain in progress, if any.
+    pub(crate) fn drain_cause(&self) -> Option<DrainCause> {
+        DrainCause::from_u8(self.draining.load(Ordering::SeqCst))
     }
 
     /// Live connections.
@@ -78,7 +88,7 @@ impl Shared {
 
     /// Resolves once a drain has started and every connection has ended.
     pub(crate) async fn wait_drained(&self) {
-        while !(self.draining.load(Ordering::SeqCst) && self.registry.is_empty()) {
+        while !(self.drain_cause().is_some() && self.registry.is_empty()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -124,12 +134,12 @@ impl Server {
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(c.max_connections)),
             table: ArcSwap::from_pointee(table),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
             registry: Arc::default(),
-            relay,
+            relay: Arc::new(relay),
             tls,
             ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
+            draining: AtomicU8::new(0),
             drain_requested: Notify::new(),
             config,
         });
@@ -185,7 +195,7 @@ impl Server {
             }
         };
         drop(listener);
-        shared.draining.store(true, Ordering::SeqCst);
+        shared.draining.store(cause.to_u8(), Ordering::SeqCst);
         let drain = &shared.config.drain;
         let victims = shared.registry.snapshot();
         tracing::info!(
@@ -297,15 +307,16 @@ fn accept(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     let span = tracing::debug_span!("conn", %peer, route = tracing::field::Empty, key_hash = tracing::field::Empty, backend = tracing::field::Empty);
     tokio::spawn(
         async move {
-            let metrics_shared = Arc::clone(&shared);
-            let result = AssertUnwindSafe(connection(stream, peer, shared, permit)).catch_unwind().await;
+            let handshake = Box::pin(establish(stream, peer, Arc::clone(&shared), permit));
+            let task = ConnectionTask::Establishing { handshake };
+            let result = AssertUnwindSafe(task).catch_unwind().await;
             if let Err(panic) = result {
                 let message = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                metrics_shared.metrics.failure("panic");
+                shared.metrics.failure("panic");
                 tracing::error!(panic = %message, "connection task panicked; the connection was closed");
             }
         }
@@ -323,28 +334,82 @@ struct Placement {
     leftover: Vec<u8>,
 }
 
-async fn connection(
+pin_project_lite::pin_project! {
+    /// A client connection's task: the handshake (boxed: its buffers live
+    /// only while it runs), then the relay, held inline.
+    #[project = TaskProj]
+    enum ConnectionTask {
+        Establishing { handshake: Pin<Box<dyn Future<Output = Option<(Relay, Open)>> + Send>> },
+        Relaying { #[pin] relay: Relay, open: Open },
+        Done,
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                TaskProj::Establishing { handshake } => match ready!(handshake.as_mut().poll(cx)) {
+                    Some((relay, open)) => self.set(Self::Relaying { relay, open }),
+                    None => {
+                        self.set(Self::Done);
+                        return Poll::Ready(());
+                    }
+                },
+                TaskProj::Relaying { relay, open } => {
+                    let outcome = ready!(relay.poll(cx));
+                    open.metrics.close(outcome.code, outcome.reason);
+                    tracing::debug!(code = ?outcome.code, reason = outcome.reason, "connection closed");
+                    self.set(Self::Done);
+                    return Poll::Ready(());
+                }
+                TaskProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// An open connection's place in the books: registered for drains,
+/// counted in the gauge and the connection limit, until dropped.
+struct Open {
+    metrics: Arc<Metrics>,
+    gauge: Gauge,
+    _registered: RegistryGuard,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// TLS, the upgrade request, routing and the backend's upgrade; `None`
+/// when any of it failed (answered and counted).
+async fn establish(
     tcp: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    _permit: OwnedSemaphorePermit,
-) {
+    permit: OwnedSemaphorePermit,
+) -> Option<(Relay, Open)> {
     let _ = tcp.set_nodelay(true);
     let cfg = &shared.config.connections;
     let metrics = &shared.metrics;
     let deadline = Instant::now() + secs(cfg.handshake_timeout_seconds);
     let mut client = match &shared.tls {
-        None => ClientStream::Plain(tcp),
+        None => Io::Tcp(tcp),
         Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+            Ok(Ok(tls)) => Io::tls(tls),
             Ok(Err(e)) => {
                 metrics.handshake("tls_error");
                 tracing::debug!(error = %e, "TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 metrics.handshake("timeout");
-                return;
+                return None;
             }
         },
     };
@@ -359,20 +424,20 @@ async fn connection(
             );
             let _ = timeout(
                 Duration::from_secs(1),
-                write_all(&mut client, &refusal.response()),
+                client.write_all(&refusal.response()),
             )
             .await;
-            return;
+            return None;
         }
         Err(_) => {
             metrics.handshake("timeout");
             let refusal = Refusal::new(408, "timeout", "the upgrade request took too long");
             let _ = timeout(
                 Duration::from_millis(200),
-                write_all(&mut client, &refusal.response()),
+                client.write_all(&refusal.response()),
             )
             .await;
-            return;
+            return None;
         }
     };
     let span = tracing::Span::current();
@@ -416,31 +481,33 @@ async fn connection(
                     &[],
                 ),
             };
-            let _ = timeout(Duration::from_secs(1), write_all(&mut client, &response)).await;
-            return;
+            let _ = timeout(Duration::from_secs(1), client.write_all(&response)).await;
+            return None;
         }
     };
-    let close_timeout = shared.relay.close_timeout;
-    if timeout(
-        close_timeout,
-        write_all(&mut client, &upgrade.response_head),
-    )
-    .await
-    .is_err()
-    {
-        metrics.handshake("timeout");
-        return;
-    }
-    metrics.handshake("ok");
-
+    // Registered before the client learns it is connected, so that a drain
+    // that starts now cannot miss it.
     let control = Arc::new(ConnControl::new(
         Arc::clone(&placement.route),
         placement.key_hash,
         Arc::clone(&placement.backend.id),
     ));
-    let _registered = shared.registry.register(Arc::clone(&control));
-    if shared.draining.load(Ordering::SeqCst) {
-        control.request_drain(DrainCause::Shutdown);
+    let registered = shared.registry.register(Arc::clone(&control));
+    let close_timeout = shared.relay.close_timeout;
+    match timeout(close_timeout, client.write_all(&upgrade.response_head)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            metrics.handshake("client_gone");
+            return None;
+        }
+        Err(_) => {
+            metrics.handshake("timeout");
+            return None;
+        }
+    }
+    metrics.handshake("ok");
+    if let Some(cause) = shared.drain_cause() {
+        control.request_drain(cause);
     }
     let gauge = metrics
         .connections_open
@@ -449,58 +516,36 @@ async fn connection(
         })
         .clone();
     gauge.inc();
-    let mut backend = upgrade.stream;
-    let (backend_rd, backend_wr) = split_tcp(&mut backend);
-    let outcome = match client {
-        ClientStream::Plain(mut tcp) => {
-            let (client_rd, client_wr) = split_tcp(&mut tcp);
-            relay(
-                client_rd,
-                client_wr,
-                backend_rd,
-                backend_wr,
-                &placement.leftover,
-                &upgrade.leftover,
-                upgrade.deflate,
-                &control,
-                &shared.relay,
-                metrics,
-            )
-            .await
-        }
-        ClientStream::Tls(tls) => {
-            let (client_rd, client_wr) = split_tls(*tls);
-            relay(
-                client_rd,
-                client_wr,
-                backend_rd,
-                backend_wr,
-                &placement.leftover,
-                &upgrade.leftover,
-                upgrade.deflate,
-                &control,
-                &shared.relay,
-                metrics,
-            )
-            .await
-        }
+    let relay = Relay::new(
+        client,
+        Io::Tcp(upgrade.stream),
+        (placement.leftover, upgrade.leftover),
+        upgrade.deflate,
+        control,
+        Arc::clone(&shared.relay),
+        Arc::clone(&shared.metrics),
+    );
+    let open = Open {
+        metrics: Arc::clone(&shared.metrics),
+        gauge,
+        _registered: registered,
+        _permit: permit,
     };
-    gauge.dec();
-    metrics.close(outcome.code, outcome.reason);
-    tracing::debug!(code = ?outcome.code, reason = outcome.reason, "connection closed");
+    Some((relay, open))
 }
 
 /// Reads the upgrade request and decides route, key and backend.
 async fn read_and_route(
-    client: &mut ClientStream,
+    client: &mut Io,
     peer: SocketAddr,
     shared: &Shared,
 ) -> Result<Placement, Refusal> {
     let cap = shared.config.connections.max_request_header_bytes;
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut chunk = [0u8; 2048];
-        let room = (cap - buf.len()).min(chunk.len());
+        // Read straight into `buf`: a stack array would live in the
+        // connection's future across the await.
+        let room = (cap - buf.len()).min(2048);
         if room == 0 {
             return Err(Refusal::new(
                 431,
@@ -508,9 +553,13 @@ async fn read_and_route(
                 format!("the request head is larger than {cap} bytes"),
             ));
         }
-        let n = read_some(client, &mut chunk[..room])
+        let filled = buf.len();
+        buf.resize(filled + room, 0);
+        let n = client
+            .read_some(&mut buf[filled..])
             .await
             .map_err(|_| Refusal::new(400, "client_gone", "connection closed"))?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(Refusal::new(
                 400,
@@ -518,7 +567,6 @@ async fn read_and_route(
                 "connection closed before the request was complete",
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Some(req) = parse_request(&buf, &mut headers)? else {
             continue;
@@ -563,7 +611,7 @@ async fn read_and_route(
             route: Arc::clone(&route.name),
             key_hash,
             backend,
-            request: req.backend_request(peer, matches!(client, ClientStream::Tls(_))),
+            request: req.backend_request(peer, client.is_tls()),
             ws_key: req.ws_key.to_owned(),
             leftover: buf[req.head_len..].to_vec(),
         });
@@ -576,23 +624,5 @@ fn describe(key: &KeySource) -> String {
         KeySource::Query(n) => format!("query parameter {n}"),
         KeySource::Cookie(n) => format!("cookie {n}"),
         KeySource::PathSegment(i) => format!("path segment {i}"),
-    }
-}
-
-async fn read_some(client: &mut ClientStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    match client {
-        ClientStream::Plain(s) => s.read(buf).await,
-        ClientStream::Tls(s) => s.read(buf).await,
-    }
-}
-
-async fn write_all(client: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
-    async fn go<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std::io::Result<()> {
-        s.write_all(bytes).await?;
-        s.flush().await
-    }
-    match client {
-        ClientStream::Plain(s) => go(s, bytes).await,
-        ClientStream::Tls(s) => go(s.as_mut(), bytes).await,
     }
 }

@@ -88,17 +88,18 @@ async fn exchange(
         .map_err(|e| BackendFailure::BadResponse(format!("sending the upgrade: {e}")))?;
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut chunk = [0u8; 2048];
+        let filled = buf.len();
+        buf.resize(filled + 2048, 0);
         let n = stream
-            .read(&mut chunk)
+            .read(&mut buf[filled..])
             .await
             .map_err(|e| BackendFailure::BadResponse(format!("reading the answer: {e}")))?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(BackendFailure::BadResponse(
                 "closed before answering the upgrade".into(),
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let head_len = match resp.parse(&buf) {
