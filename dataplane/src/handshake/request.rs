@@ -78,6 +78,15 @@ pub fn parse_request<'h, 'b>(
         return Err(Refusal::new(400, "malformed", "incomplete request line"));
     };
     let headers: &'h [httparse::Header<'b>] = req.headers;
+    // The backend gets three forwarding headers more; its request must fit
+    // the same limit.
+    if headers.len() > super::MAX_HEADERS - FORWARDING_HEADERS {
+        return Err(Refusal::new(
+            431,
+            "too_many_headers",
+            "too many request headers",
+        ));
+    }
     let find = |name: &str| {
         headers
             .iter()
@@ -141,6 +150,9 @@ pub fn parse_request<'h, 'b>(
     }))
 }
 
+/// Headers the gateway adds to the backend's request.
+const FORWARDING_HEADERS: usize = 3;
+
 /// A key is 16 random bytes in base64: 22 characters and `==`.
 fn is_valid_key(key: &str) -> bool {
     let b = key.as_bytes();
@@ -168,13 +180,14 @@ impl UpgradeRequest<'_, '_> {
         out.extend_from_slice(b"GET ");
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut xff: Option<&[u8]> = None;
-        let mut forwarded: Option<&[u8]> = None;
+        // Repeated headers form one comma-separated list (RFC 9110 §5.3).
+        let mut xff: Vec<u8> = Vec::new();
+        let mut forwarded: Vec<u8> = Vec::new();
         for h in self.headers {
             if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-                xff = Some(h.value);
+                join(&mut xff, h.value);
             } else if h.name.eq_ignore_ascii_case("forwarded") {
-                forwarded = Some(h.value);
+                join(&mut forwarded, h.value);
             } else if !h.name.eq_ignore_ascii_case("x-forwarded-proto") {
                 push_header(&mut out, h.name.as_bytes(), h.value);
             }
@@ -186,12 +199,13 @@ impl UpgradeRequest<'_, '_> {
             ip.clone()
         };
         let proto = if tls { "https" } else { "http" };
-        push_header(&mut out, b"X-Forwarded-For", &append(xff, ip.as_bytes()));
-        push_header(
-            &mut out,
-            b"Forwarded",
-            &append(forwarded, format!("for={node};proto={proto}").as_bytes()),
+        join(&mut xff, ip.as_bytes());
+        join(
+            &mut forwarded,
+            format!("for={node};proto={proto}").as_bytes(),
         );
+        push_header(&mut out, b"X-Forwarded-For", &xff);
+        push_header(&mut out, b"Forwarded", &forwarded);
         push_header(&mut out, b"X-Forwarded-Proto", proto.as_bytes());
         out.extend_from_slice(b"\r\n");
         out
@@ -205,11 +219,16 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn append(prior: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
-    match prior {
-        Some(p) if !p.trim_ascii().is_empty() => [p.trim_ascii(), b", ", value].concat(),
-        _ => value.to_vec(),
+/// Appends `value` to a comma-separated list.
+fn join(list: &mut Vec<u8>, value: &[u8]) {
+    let value = value.trim_ascii();
+    if value.is_empty() {
+        return;
     }
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(value);
 }
 
 #[cfg(test)]
@@ -283,6 +302,25 @@ mod tests {
             refused(&GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{many}"))),
             (431, "too_many_headers")
         );
+        // Found by fuzzing: 62 headers would become 65 on the way to the
+        // backend, past the limit of the backend's own parser.
+        let sixty_two: String = (0..55).map(|i| format!("X-{i}: v\r\n")).collect();
+        let request = GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{sixty_two}"));
+        assert_eq!(refused(&request), (431, "too_many_headers"));
+        let sixty_one: String = (0..54).map(|i| format!("X-{i}: v\r\n")).collect();
+        let request = GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{sixty_one}"));
+        let mut headers = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
+        let req = parse_request(request.as_bytes(), &mut headers)
+            .expect("61 headers are fine")
+            .expect("complete");
+        let backend = req.backend_request("192.0.2.7:1".parse().expect("addr"), false);
+        let mut again = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
+        // The backend parses it in the same 64 header slots.
+        let parsed = httparse::Request::new(&mut again).parse(&backend);
+        assert!(
+            matches!(parsed, Ok(httparse::Status::Complete(_))),
+            "{parsed:?}"
+        );
         let r = parse(&GOOD.replace("Version: 13", "Version: 8")).expect_err("refused");
         let response = String::from_utf8(r.response()).expect("utf-8");
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
@@ -304,6 +342,21 @@ mod tests {
         assert!(out.contains("X-Forwarded-For: 10.1.1.1, 192.0.2.7\r\n"));
         assert!(out.contains("Forwarded: for=192.0.2.7;proto=http\r\n"));
         assert!(out.ends_with("X-Forwarded-Proto: http\r\n\r\n"));
+        let twice = GOOD.replace(
+            "X-Forwarded-For: 10.1.1.1\r\n",
+            "X-Forwarded-For: 10.1.1.1\r\nX-Forwarded-For: 10.2.2.2, 10.3.3.3\r\n",
+        );
+        let mut headers = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
+        let req = parse_request(twice.as_bytes(), &mut headers)
+            .expect("valid")
+            .expect("complete");
+        let out =
+            String::from_utf8(req.backend_request("192.0.2.7:1".parse().expect("addr"), false))
+                .expect("utf-8");
+        assert!(
+            out.contains("X-Forwarded-For: 10.1.1.1, 10.2.2.2, 10.3.3.3, 192.0.2.7\r\n"),
+            "{out}"
+        );
         let v6 =
             String::from_utf8(req.backend_request("[2001:db8::1]:1".parse().expect("addr"), true))
                 .expect("utf-8");

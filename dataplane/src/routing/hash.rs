@@ -175,3 +175,60 @@ mod tests {
         assert_eq!(Rendezvous::default().pick(hash_key(b"x")), None);
     }
 }
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    /// Prints the numbers quoted in docs/routing.md:
+    /// `cargo test -p ringway-dataplane --lib routing::hash::measure -- --ignored --nocapture`
+    #[test]
+    #[ignore = "prints measurements for the docs"]
+    fn balance_and_movement() {
+        for (keys, nodes) in [(10_000usize, 10usize), (100_000, 10), (100_000, 100)] {
+            let ring = Rendezvous::new((0..nodes).map(|i| format!("10.0.0.{i}:8080")));
+            let mut counts = vec![0usize; nodes];
+            for i in 0..keys {
+                counts[ring
+                    .pick(hash_key(format!("room-{i}").as_bytes()))
+                    .expect("nodes")] += 1;
+            }
+            let even = keys as f64 / nodes as f64;
+            let worst = counts
+                .iter()
+                .map(|&c| (c as f64 - even).abs() / even * 100.0)
+                .fold(0.0, f64::max);
+            let sigma = (even * (1.0 - 1.0 / nodes as f64)).sqrt() / even * 100.0;
+            println!(
+                "{keys} keys over {nodes} nodes: worst {worst:.2}% off even (one sigma of pure sampling: {sigma:.2}%)"
+            );
+        }
+        for nodes in [10usize, 100] {
+            let before = Rendezvous::new((0..nodes).map(|i| format!("10.0.0.{i}:8080")));
+            let after = Rendezvous::new((0..=nodes).map(|i| format!("10.0.0.{i}:8080")));
+            let keys = 100_000;
+            let moved = (0..keys)
+                .filter(|i| {
+                    let k = hash_key(format!("room-{i}").as_bytes());
+                    before.pick(k) != after.pick(k)
+                })
+                .count();
+            println!(
+                "{nodes} -> {} nodes: {:.2}% of {keys} keys moved (ideal {:.2}%)",
+                nodes + 1,
+                moved as f64 / keys as f64 * 100.0,
+                100.0 / (nodes + 1) as f64
+            );
+        }
+        let ring = Rendezvous::new((0..100).map(|i| format!("10.0.0.{i}:8080")));
+        let start = std::time::Instant::now();
+        let mut sink = 0;
+        for i in 0..100_000u64 {
+            sink ^= ring.pick(KeyHash(i)).expect("nodes");
+        }
+        println!(
+            "pick over 100 nodes: {:.0} ns ({sink})",
+            start.elapsed().as_nanos() as f64 / 100_000.0
+        );
+    }
+}
