@@ -305,8 +305,8 @@ impl Future for Relay {
         if let Some(first) = this.first.take() {
             let (c, b) = *first;
             let sent = s
-                .on_client_bytes(&c, this.backend, cx)
-                .and_then(|()| s.on_backend_bytes(&b, this.client, cx));
+                .on_bytes(Side::Client, &c, this.backend, cx)
+                .and_then(|()| s.on_bytes(Side::Backend, &b, this.client, cx));
             if let Err(e) = sent {
                 return Poll::Ready(s.io_failed(e));
             }
@@ -447,17 +447,11 @@ impl Session {
             let dir = self.dir_mut(side);
             dir.reads = dir.reads.wrapping_add(1);
             let sampled = dir.reads.is_multiple_of(8).then(std::time::Instant::now);
-            let input = &scratch[..carry.len() + n];
             match side {
-                Side::Client => {
-                    self.metrics.bytes_to_backend.inc_by(n as u64);
-                    self.on_client_bytes(input, sink, cx)?;
-                }
-                Side::Backend => {
-                    self.metrics.bytes_to_client.inc_by(n as u64);
-                    self.on_backend_bytes(input, sink, cx)?;
-                }
-            }
+                Side::Client => self.metrics.bytes_to_backend.inc_by(n as u64),
+                Side::Backend => self.metrics.bytes_to_client.inc_by(n as u64),
+            };
+            self.on_bytes(side, &scratch[..carry.len() + n], sink, cx)?;
             if let Some(t0) = sampled
                 && self.dir_mut(side).pending.is_empty()
             {
@@ -477,36 +471,45 @@ impl Session {
         }
     }
 
-    /// Frames from the client, on their way to the backend.
-    fn on_client_bytes(
+    /// Frames that `side` sent, on their way to the other side (`sink`).
+    fn on_bytes(
         &mut self,
+        side: Side,
         input: &[u8],
-        backend: &mut Io,
+        sink: &mut Io,
         cx: &mut Context<'_>,
     ) -> io::Result<()> {
         if input.is_empty() {
             return Ok(());
         }
-        let ping = self.ping_out.map(|_| self.ping_seq.to_be_bytes());
+        // Only the client answers the gateway's pings.
+        let ping = match side {
+            Side::Client => self.ping_out.map(|_| self.ping_seq.to_be_bytes()),
+            Side::Backend => None,
+        };
         let gateway_closing = matches!(self.closing, Closing::Gateway(_));
         let mut our_pong = false;
-        let result = pump(&mut self.c2b, input, backend, cx, |frame| {
-            match frame.opcode {
-                // The answer to the gateway's own ping stays here.
-                Opcode::Pong => {
-                    let (payload, n) = frame.unmasked();
-                    let ours = n == 8 && ping.is_some_and(|t| payload[..8] == t);
-                    our_pong |= ours;
-                    !ours
-                }
-                // During the gateway's close the backend gets the gateway's frame.
-                Opcode::Close => !gateway_closing,
-                _ => true,
+        let dir = match side {
+            Side::Client => &mut self.c2b,
+            Side::Backend => &mut self.b2c,
+        };
+        let result = pump(dir, input, sink, cx, |frame| match frame.opcode {
+            // The answer to the gateway's own ping stays here.
+            Opcode::Pong => {
+                let (payload, n) = frame.unmasked();
+                let ours = n == 8 && ping.is_some_and(|t| payload[..8] == t);
+                our_pong |= ours;
+                !ours
             }
+            // During the gateway's close each side gets the gateway's frame.
+            Opcode::Close => !gateway_closing,
+            _ => true,
         })?;
-        self.metrics
-            .messages_to_backend
-            .inc_by(u64::from(self.c2b.scanner.take_messages()));
+        let messages = u64::from(dir.scanner.take_messages());
+        match side {
+            Side::Client => self.metrics.messages_to_backend.inc_by(messages),
+            Side::Backend => self.metrics.messages_to_client.inc_by(messages),
+        };
         match result {
             Ok(seen) => {
                 if seen.data {
@@ -516,71 +519,41 @@ impl Session {
                     self.ping_out = None;
                 }
                 if let Some(code) = seen.close {
-                    self.on_close_frame(code, true);
+                    self.on_close_frame(code, side);
                 }
-                Ok(())
             }
             Err(e) => {
-                // Fail the client, but first let the backend answer what the
-                // client sent before the bad frame: the client gets exactly
-                // what it would have got from the backend alone.
-                self.c2b.eof = true;
-                self.begin_close(
-                    e.close_code(),
-                    format!("protocol error: {e}"),
-                    "client_protocol_error",
-                    true,
-                    true,
-                );
-                Ok(())
+                self.dir_mut(side).eof = true;
+                match side {
+                    // Fail the client, but first let the backend answer what
+                    // the client sent before the bad frame: the client gets
+                    // exactly what it would have got from the backend alone.
+                    Side::Client => self.begin_close(
+                        e.close_code(),
+                        format!("protocol error: {e}"),
+                        "client_protocol_error",
+                        true,
+                        true,
+                    ),
+                    Side::Backend => self.begin_close(
+                        1011,
+                        format!("backend protocol error: {e}"),
+                        "backend_protocol_error",
+                        false,
+                        true,
+                    ),
+                }
             }
         }
+        Ok(())
     }
 
-    /// Frames from the backend, on their way to the client.
-    fn on_backend_bytes(
-        &mut self,
-        input: &[u8],
-        client: &mut Io,
-        cx: &mut Context<'_>,
-    ) -> io::Result<()> {
-        if input.is_empty() {
-            return Ok(());
-        }
-        let gateway_closing = matches!(self.closing, Closing::Gateway(_));
-        let result = pump(&mut self.b2c, input, client, cx, |frame| {
-            !(frame.opcode == Opcode::Close && gateway_closing)
-        })?;
-        self.metrics
-            .messages_to_client
-            .inc_by(u64::from(self.b2c.scanner.take_messages()));
-        match result {
-            Ok(seen) => {
-                if seen.data {
-                    self.last_data = Instant::now();
-                }
-                if let Some(code) = seen.close {
-                    self.on_close_frame(code, false);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.b2c.eof = true;
-                self.begin_close(
-                    1011,
-                    format!("backend protocol error: {e}"),
-                    "backend_protocol_error",
-                    false,
-                    true,
-                );
-                Ok(())
-            }
-        }
-    }
-
-    /// A close frame arrived from the client (`from_client`) or the backend.
-    fn on_close_frame(&mut self, code: Option<u16>, from_client: bool) {
-        let who = if from_client { "client" } else { "backend" };
+    /// A close frame arrived from `side`.
+    fn on_close_frame(&mut self, code: Option<u16>, side: Side) {
+        let who = match side {
+            Side::Client => "client",
+            Side::Backend => "backend",
+        };
         match &mut self.closing {
             Closing::Open => {
                 self.first_close = Some((code, who));
@@ -588,13 +561,10 @@ impl Session {
                 self.close_deadline = Some(Instant::now() + self.settings.close_timeout * 2);
             }
             Closing::Relayed => {}
-            Closing::Gateway(g) => {
-                if from_client {
-                    g.client_done = true;
-                } else {
-                    g.backend_done = true;
-                }
-            }
+            Closing::Gateway(g) => match side {
+                Side::Client => g.client_done = true,
+                Side::Backend => g.backend_done = true,
+            },
         }
     }
 
