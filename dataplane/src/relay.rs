@@ -281,6 +281,8 @@ impl Relay {
             last_data: now,
             first_close: None,
             end: None,
+            saw_data: false,
+            timer_armed: false,
             settings,
             metrics,
         };
@@ -331,6 +333,19 @@ struct Session {
     /// The first close frame seen, and from whom.
     first_close: Option<(Option<u16>, &'static str)>,
     end: Option<Outcome>,
+    /// Data frames passed since `last_data` was last set.
+    saw_data: bool,
+    /// The timer has our waker for its current deadline.
+    timer_armed: bool,
+}
+
+/// What refused more work in one wake-up of a connection.
+#[derive(Default)]
+struct Blocked {
+    from_client: bool,
+    from_backend: bool,
+    to_client: bool,
+    to_backend: bool,
 }
 
 impl Session {
@@ -345,16 +360,24 @@ impl Session {
         control: &ConnControl,
         mut timer: Pin<&mut Sleep>,
     ) -> Poll<Outcome> {
+        if matches!(self.closing, Closing::Open) {
+            // One registration per wake-up is enough: the task's waker does
+            // not change between the loop's rounds.
+            control.register(cx.waker());
+        }
+        // A socket that said "not now" in this wake-up has our waker; asking
+        // it again before we are woken would only take its lock again.
+        let mut blocked = Blocked::default();
         // Bounded work per poll, so that a busy connection does not starve
         // the others on its thread.
         for _ in 0..32 {
-            if matches!(self.closing, Closing::Open) {
-                control.register(cx.waker());
-                if let Some(cause) = control.drain_requested() {
-                    self.begin_drain(cause);
-                }
+            let now = Instant::now();
+            if matches!(self.closing, Closing::Open)
+                && let Some(cause) = control.drain_requested()
+            {
+                self.begin_drain(cause);
             }
-            if let Err(e) = self.advance(client, backend, cx) {
+            if let Err(e) = self.advance(client, backend, cx, now) {
                 return Poll::Ready(self.io_failed(e));
             }
             if let Some(outcome) = self.end {
@@ -362,13 +385,26 @@ impl Session {
             }
             let step = (|| -> io::Result<bool> {
                 // Writing first frees `pending`, which lets the source be read.
-                let mut progress = Self::flush(&mut self.b2c, client, cx, &self.metrics)?;
-                progress |= Self::flush(&mut self.c2b, backend, cx, &self.metrics)?;
-                if !self.c2b.eof && self.c2b.idle_out() {
-                    progress |= self.read(Side::Client, client, backend, cx)?;
+                let mut progress = false;
+                if !blocked.to_client {
+                    let wrote = Self::flush(&mut self.b2c, client, cx, &self.metrics)?;
+                    blocked.to_client = wrote.is_none();
+                    progress |= wrote == Some(true);
                 }
-                if !self.b2c.eof && self.b2c.idle_out() {
-                    progress |= self.read(Side::Backend, backend, client, cx)?;
+                if !blocked.to_backend {
+                    let wrote = Self::flush(&mut self.c2b, backend, cx, &self.metrics)?;
+                    blocked.to_backend = wrote.is_none();
+                    progress |= wrote == Some(true);
+                }
+                if !blocked.from_client && !self.c2b.eof && self.c2b.idle_out() {
+                    let read = self.read(Side::Client, client, backend, cx)?;
+                    blocked.from_client = !read;
+                    progress |= read;
+                }
+                if !blocked.from_backend && !self.b2c.eof && self.b2c.idle_out() {
+                    let read = self.read(Side::Backend, backend, client, cx)?;
+                    blocked.from_backend = !read;
+                    progress |= read;
                 }
                 Ok(progress)
             })();
@@ -376,13 +412,23 @@ impl Session {
                 Ok(p) => p,
                 Err(e) => return Poll::Ready(self.io_failed(e)),
             };
-            let deadline = self.next_deadline();
+            if std::mem::take(&mut self.saw_data) {
+                self.last_data = now;
+            }
+            let deadline = self.next_deadline(now);
             if deadline != timer.deadline() {
                 timer.as_mut().reset(deadline);
+                self.timer_armed = false;
             }
-            if timer.as_mut().poll(cx).is_ready() {
-                self.on_timer(Instant::now());
-                progress = true;
+            // The timer keeps our waker once polled; it needs polling again
+            // only when reset or due.
+            if !self.timer_armed || now >= deadline {
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.on_timer(now);
+                    progress = true;
+                } else {
+                    self.timer_armed = true;
+                }
             }
             if !progress {
                 return Poll::Pending;
@@ -392,21 +438,23 @@ impl Session {
         Poll::Pending
     }
 
-    /// Writes `dir`'s pending bytes to `sink`; `Ok(true)` if any went.
+    /// Writes `dir`'s pending bytes to `sink`: `Some(true)` if any went,
+    /// `Some(false)` if there was nothing to write, `None` if the socket
+    /// takes nothing now (it will wake the task).
     fn flush(
         dir: &mut Dir,
         sink: &mut Io,
         cx: &mut Context<'_>,
         metrics: &Metrics,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Option<bool>> {
         if dir.pending.is_empty() {
             if sink.unflushed() {
-                return Ok(sink.poll_flush(cx)?.is_ready());
+                return Ok(sink.poll_flush(cx)?.is_ready().then_some(true));
             }
-            return Ok(false);
+            return Ok(Some(false));
         }
         match sink.poll_write(cx, &dir.pending) {
-            Poll::Pending => Ok(false),
+            Poll::Pending => Ok(None),
             Poll::Ready(Err(e)) => Err(e),
             Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
             Poll::Ready(Ok(n)) => {
@@ -414,7 +462,7 @@ impl Session {
                     // Bytes that had to wait for their destination: how long.
                     metrics.relay_latency.observe(waited.as_secs_f64());
                 }
-                Ok(true)
+                Ok(Some(true))
             }
         }
     }
@@ -512,9 +560,7 @@ impl Session {
         };
         match result {
             Ok(seen) => {
-                if seen.data {
-                    self.last_data = Instant::now();
-                }
+                self.saw_data |= seen.data;
                 if our_pong {
                     self.ping_out = None;
                 }
@@ -634,8 +680,8 @@ impl Session {
         client: &mut Io,
         backend: &mut Io,
         cx: &mut Context<'_>,
+        now: Instant,
     ) -> io::Result<()> {
-        let now = Instant::now();
         let mut out = Vec::new();
         if let Closing::Gateway(g) = &mut self.closing {
             if !g.to_backend_sent && self.c2b.eof && !self.c2b.scanner.at_frame_boundary() {
@@ -790,8 +836,7 @@ impl Session {
     }
 
     /// The earliest time something must happen without any I/O.
-    fn next_deadline(&self) -> Instant {
-        let now = Instant::now();
+    fn next_deadline(&self, now: Instant) -> Instant {
         let far = now + Duration::from_secs(3600);
         // A deadline already passed that waits for a frame boundary (not for
         // time) must not keep the timer firing.
