@@ -26,7 +26,55 @@ pub fn closes_due(total: usize, elapsed: Duration, window: Duration, rate: u32) 
     spread.min(capped).min(total)
 }
 
-/// Asks every connection in `victims` to drain, paced by [`closes_due`].
+/// Rounds of a paced drain: which of `total` closes each round releases.
+#[derive(Debug)]
+pub struct Pacer {
+    total: usize,
+    window: Duration,
+    rate: u32,
+    /// The schedule's clock: it follows real time but advances at most one
+    /// tick per round, so a round that comes late (a busy thread) delays
+    /// the closes instead of releasing the backlog in one burst over the cap.
+    schedule: Duration,
+    done: usize,
+}
+
+/// Time between rounds.
+pub const TICK: Duration = Duration::from_millis(10);
+
+impl Pacer {
+    /// A drain of `total` connections over `window` at most `rate` per second.
+    pub fn new(total: usize, window: Duration, rate: u32) -> Self {
+        Self {
+            total,
+            window,
+            rate,
+            schedule: Duration::ZERO,
+            done: 0,
+        }
+    }
+
+    /// The closes to release in the round at `elapsed` since the start: a
+    /// range of indexes. Past the window, everything left.
+    pub fn round(&mut self, elapsed: Duration) -> std::ops::Range<usize> {
+        self.schedule = elapsed.min(self.schedule + TICK);
+        let due = if elapsed >= self.window {
+            self.total
+        } else {
+            closes_due(self.total, self.schedule, self.window, self.rate)
+        };
+        let from = self.done;
+        self.done = due.max(from);
+        from..self.done
+    }
+
+    /// Every close has been released.
+    pub fn finished(&self) -> bool {
+        self.done >= self.total
+    }
+}
+
+/// Asks every connection in `victims` to drain, paced by [`Pacer`].
 /// Returns when all have been asked. If the rate cap does not let the
 /// drain finish within the window, the rest are asked at the window's end
 /// (the pod is about to be killed) and that is logged.
@@ -37,31 +85,24 @@ pub async fn drain(
     rate: u32,
 ) {
     fastrand::shuffle(&mut victims);
-    let total = victims.len();
     let start = Instant::now();
-    let tick = Duration::from_millis(10);
-    let mut done = 0;
-    while done < total {
+    let mut pacer = Pacer::new(victims.len(), window, rate);
+    while !pacer.finished() {
         let elapsed = start.elapsed();
-        let due = if elapsed >= window {
-            if done < total {
-                tracing::warn!(
-                    left = total - done,
-                    rate,
-                    window_seconds = window.as_secs_f64(),
-                    "drain window ended before the rate cap allowed every close; closing the rest now"
-                );
-            }
-            total
-        } else {
-            closes_due(total, elapsed, window, rate)
-        };
-        for victim in &victims[done..due] {
+        let released = pacer.round(elapsed);
+        if elapsed >= window && released.len() > 1 {
+            tracing::warn!(
+                left = released.len(),
+                rate,
+                window_seconds = window.as_secs_f64(),
+                "drain window ended before the rate cap allowed every close; closing the rest now"
+            );
+        }
+        for victim in &victims[released] {
             victim.request_drain(cause);
         }
-        done = due;
-        if done < total {
-            sleep_until(Instant::now() + tick).await;
+        if !pacer.finished() {
+            sleep_until(Instant::now() + TICK).await;
         }
     }
 }
@@ -98,6 +139,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_late_round_does_not_burst_over_the_cap() {
+        let rate = 100;
+        let mut pacer = Pacer::new(10_000, Duration::from_secs(1000), rate);
+        let mut released = Vec::new();
+        // Rounds every 10 ms, then a 2 s stall, then rounds again.
+        let mut t = Duration::ZERO;
+        while t < Duration::from_secs(5) {
+            t += if t == Duration::from_secs(1) {
+                Duration::from_secs(2)
+            } else {
+                TICK
+            };
+            released.push((t, pacer.round(t).len()));
+        }
+        for (i, &(t, _)) in released.iter().enumerate() {
+            let in_second: usize = released[i..]
+                .iter()
+                .take_while(|(u, _)| *u < t + Duration::from_secs(1))
+                .map(|(_, n)| n)
+                .sum();
+            assert!(
+                in_second <= rate as usize,
+                "{in_second} closes in the second from {t:?}"
+            );
+        }
+        let after_stall = released
+            .iter()
+            .find(|(t, _)| *t == Duration::from_secs(3))
+            .map(|(_, n)| *n);
+        assert!(
+            after_stall <= Some(1),
+            "the round after the stall released {after_stall:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
