@@ -1,0 +1,91 @@
+//! `ringway-echo`: the WebSocket echo backend of the benchmarks and of the
+//! RFC 6455 conformance run. Echoes every text and binary message and names
+//! itself in the `X-Ringway-Backend` upgrade response header.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use ringway_e2e::echo::{self, DEFAULT_READ_BUFFER_BYTES, EchoConfig};
+use tokio::net::TcpSocket;
+use tracing_subscriber::EnvFilter;
+
+/// Listen backlog: room for a ramp of a few thousand connections per second.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A WebSocket echo backend that says which backend it is.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "RINGWAY_ECHO_LISTEN", default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+
+    /// Name sent in the X-Ringway-Backend header of every upgrade response.
+    #[arg(long, env = "RINGWAY_ECHO_ID", default_value = "echo")]
+    id: String,
+
+    /// Runtime worker threads (default: one per CPU this process may run on).
+    #[arg(long, env = "RINGWAY_ECHO_WORKERS")]
+    workers: Option<usize>,
+
+    /// Read buffer per connection, in bytes; tungstenite allocates it for
+    /// every connection, idle or not.
+    #[arg(long, default_value_t = DEFAULT_READ_BUFFER_BYTES)]
+    read_buffer: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = EchoConfig::new(&args.id)?;
+    config.read_buffer_bytes = args.read_buffer.max(64);
+    let socket = match args.listen {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // A restarted backend must not wait for its old connections' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
+    // One line on stdout, so that a script or test that asked for port 0
+    // learns the port.
+    println!(
+        "ringway-echo {} listening on {}",
+        args.id,
+        listener.local_addr()?
+    );
+    echo::serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Opening the connections of a run: TCP from a chosen source address, the
+//! WebSocket upgrade with the connection's key in the URL, at a bounded rate
+//! and with a deadline, and a tally of why the failed ones failed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+use super::report::Tally;
+use crate::echo::BACKEND_HEADER;
+use crate::sources::SourceAddrs;
+use crate::target::Target;
+
+/// An open client WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Connection attempts in flight at once, whatever the ramp: enough to
+/// keep up with any ramp here, few enough not to overflow a listen backlog.
+const MAX_CONNECTS_IN_FLIGHT: usize = 512;
+
+/// How often a long connection phase reports its progress on stderr.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Where and how every subcommand connects.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// WebSocket URL to connect to (ws:// only), e.g. ws://127.0.0.1:8080/echo.
+    #[arg(long, env = "RINGWAY_LOAD_URL")]
+    pub url: String,
+
+    /// Query parameter that carries each connection's key (`k<n>`), so that
+    /// connections spread over a proxy's hash ring; empty for none.
+    #[arg(long, default_value = "room")]
+    pub key_param: String,
+
+    /// Number of the first key: connection i gets key `k<offset + i>`, so that
+    /// several processes use distinct keys.
+    #[arg(long, default_value_t = 0)]
+    pub key_offset: u64,
+
+    /// Source addresses to bind, round-robin, e.g. 127.0.0.2-127.0.0.40: one
+    /// address has only ~28,000 ephemeral ports.
+    #[arg(long)]
+    pub sources: Option<SourceAddrs>,
+
+    /// Most new connections per second (0: as fast as they open).
+    #[arg(long, default_value_t = 2000)]
+    pub ramp: u32,
+
+    /// Seconds a connection (TCP and upgrade) may take before it counts as
+    /// failed.
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_timeout: f64,
+}
+
+/// Opens connections to one target.
+#[derive(Debug)]
+pub struct Connector {
+    target: Target,
+    key_param: Option<String>,
+    key_offset: u64,
+    sources: Option<SourceAddrs>,
+    timeout: Duration,
+    read_buffer_bytes: usize,
+}
+
+/// One open connection.
+#[derive(Debug)]
+pub struct Connected {
+    /// Its number in the run (its key is `k<offset + index>`).
+    pub index: usize,
+    /// The WebSocket.
+    pub ws: Ws,
+    /// The backend that answered, from its `X-Ringway-Backend` header.
+    pub backend: Option<String>,
+}
+
+impl Connector {
+    /// A connector for `args`, whose connections read with buffers of
+    /// `read_buffer_bytes`.
+    pub fn new(args: &ConnectArgs, read_buffer_bytes: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            target: Target::parse(&args.url)?,
+            key_param: Some(args.key_param.clone()).filter(|p| !p.is_empty()),
+            key_offset: args.key_offset,
+            sources: args.sources.clone(),
+            timeout: super::seconds("connect-timeout", args.connect_timeout)?,
+            read_buffer_bytes,
+        })
+    }
+
+    /// The key of connection `index`.
+    pub fn key(&self, index: usize) -> String {
+        format!("k{}", self.key_offset + index as u64)
+    }
+
+    /// Opens connection `index`; on failure, the reason it failed, short
+    /// enough to be counted by.
+    pub async fn connect(&self, index: usize) -> Result<Connected, String> {
+        match tokio::time::timeout(self.timeout, self.connect_now(index)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timeout after {:?}", self.timeout)),
+        }
+    }
+
+    async fn connect_now(&self, index: usize) -> Result<Connected, String> {
+        let addr = self.target.addr();
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        if let Some(sources) = &self.sources {
+            let source = SocketAddr::new(IpAddr::V4(sources.pick(index)), 0);
+            socket.bind(source).map_err(|e| format!("bind: {e}"))?;
+        }
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        // Every message is one small write that must leave at once.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("nodelay: {e}"))?;
+        let url = self
+            .target
+            .keyed_url(self.key_param.as_deref(), &self.key(index));
+        let config = crate::ws_config(self.read_buffer_bytes);
+        let (ws, response) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .map_err(|e| upgrade_failure(&e))?;
+        let backend = response
+            .headers()
+            .get(BACKEND_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Connected { index, ws, backend })
+    }
+}
+
+/// A failed upgrade, as a reason to count: the status when the server
+/// answered with one, else the error.
+fn upgrade_failure(e: &WsError) -> String {
+    match e {
+        WsError::Http(response) => format!("upgrade refused: HTTP {}", response.status()),
+        e => format!("upgrade: {e}"),
+    }
+}
+
+/// The outcome of opening a run's connections.
+#[derive(Debug)]
+pub struct Established {
+    /// The connections that opened, in no particular order.
+    pub connections: Vec<Connected>,
+    /// Why the others failed.
+    pub failures: Tally,
+    /// How long opening them all took.
+    pub elapsed: Duration,
+}
+
+/// Opens connections `0..count`, starting at most `ramp` per second (0: no
+/// limit) and at most [`MAX_CONNECTS_IN_FLIGHT`] at once; reports progress
+/// on stderr every couple of seconds while it lasts.
+pub async fn connect_all(connector: Arc<Connector>, count: usize, ramp: u32) -> Established {
+    let started = Instant::now();
+    let in_flight = Arc::new(Semaphore::new(MAX_CONNECTS_IN_FLIGHT));
+    let opened = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let progress = tokio::spawn(report_progress(count, opened.clone(), failed.clone()));
+
+    let failures = Tally::default();
+    let mut connections = Vec::with_capacity(count);
+    let mut attempts = JoinSet::new();
+    let mut collect = |result: Result<Connected, String>| match result {
+        Ok(connected) => connections.push(connected),
+        Err(reason) => failures.add(reason),
+    };
+    for index in 0..count {
+        if ramp > 0 {
+            let due = started + Duration::from_secs_f64(index as f64 / f64::from(ramp));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (connector, opened, failed) = (connector.clone(), opened.clone(), failed.clone());
+        attempts.spawn(async move {
+            let result = connector.connect(index).await;
+            drop(permit);
+            let counter = if result.is_ok() { &opened } else { &failed };
+            counter.fetch_add(1, Ordering::Relaxed);
+            result
+        });
+        while let Some(done) = attempts.try_join_next() {
+            collect(done.unwrap_or_else(|e| Err(format!("connect task: {e}"))));
+        }
+    }
+    while let Some(done) = attempts.join_next().await {
+        collect(done.unwrap_or_else(|e| Err(format!("connect task: {e}"))));
+    }
+    progress.abort();
+    Established {
+        connections,
+        failures,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn report_progress(count: usize, opened: Arc<AtomicU64>, failed: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        eprintln!(
+            "connecting: {} of {count} open, {} failed",
+            opened.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed)
+        );
+    }
+}
