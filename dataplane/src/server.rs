@@ -305,23 +305,24 @@ fn accept(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
     };
     let shared = Arc::clone(shared);
     let span = tracing::debug_span!("conn", %peer, route = tracing::field::Empty, key_hash = tracing::field::Empty, backend = tracing::field::Empty);
-    tokio::spawn(
-        async move {
-            let handshake = Box::pin(establish(stream, peer, Arc::clone(&shared), permit));
-            let task = ConnectionTask::Establishing { handshake };
-            let result = AssertUnwindSafe(task).catch_unwind().await;
-            if let Err(panic) = result {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                shared.metrics.failure("panic");
-                tracing::error!(panic = %message, "connection task panicked; the connection was closed");
-            }
-        }
-        .instrument(span),
-    );
+    let handshake = Box::pin(establish(stream, peer, Arc::clone(&shared), permit));
+    let task = ConnectionTask::Establishing { handshake };
+    tokio::spawn(contained(task, Arc::clone(&shared.metrics)).instrument(span));
+}
+
+/// Runs one connection's task so that a panic in it ends that connection
+/// only: caught, logged (inside the connection's span) and counted. The
+/// task's guards release its registry entry, gauge and permit as it unwinds.
+async fn contained(task: impl Future<Output = ()>, metrics: Arc<Metrics>) {
+    if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        metrics.failure("panic");
+        tracing::error!(panic = %message, "connection task panicked; the connection was closed");
+    }
 }
 
 /// What routing decided for one request.
@@ -624,5 +625,44 @@ fn describe(key: &KeySource) -> String {
         KeySource::Query(n) => format!("query parameter {n}"),
         KeySource::Cookie(n) => format!("cookie {n}"),
         KeySource::PathSegment(i) => format!("path segment {i}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_is_contained_counted_and_releases_its_slot() {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::default());
+        let limit = Arc::new(Semaphore::new(1));
+        let permit = Arc::clone(&limit).try_acquire_owned().expect("a permit");
+        let control = Arc::new(ConnControl::new("r".into(), KeyHash(1), "b".into()));
+        let guard = registry.register(control);
+        let doomed = tokio::spawn(contained(
+            async move {
+                let _held = (guard, permit);
+                panic!("a bug in one connection");
+            },
+            Arc::clone(&metrics),
+        ));
+        doomed.await.expect("the panic does not escape the task");
+        assert!(registry.is_empty(), "the registry entry was released");
+        assert_eq!(
+            limit.available_permits(),
+            1,
+            "the connection-limit permit was released"
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("ringway_connection_failures_total{kind=\"panic\"} 1"),
+            "{}",
+            metrics.render()
+        );
+        // The process goes on: other connections' tasks still run.
+        let fine = tokio::spawn(contained(async {}, Arc::clone(&metrics)));
+        fine.await.expect("runs");
     }
 }
