@@ -165,6 +165,24 @@ pub struct Established {
     pub elapsed: Duration,
 }
 
+/// Opens `count` connections for a run that needs at least one: an error
+/// naming why they failed when none opened.
+pub async fn open_for_run(
+    args: &ConnectArgs,
+    count: usize,
+    read_buffer_bytes: usize,
+) -> anyhow::Result<Established> {
+    let connector = Arc::new(Connector::new(args, read_buffer_bytes)?);
+    let established = connect_all(connector, count, args.ramp).await;
+    anyhow::ensure!(
+        !established.connections.is_empty(),
+        "no connection opened to {}: {}",
+        args.url,
+        super::report::describe_counts(&established.failures.counts())
+    );
+    Ok(established)
+}
+
 /// Opens connections `0..count`, starting at most `ramp` per second (0: no
 /// limit) and at most [`MAX_CONNECTS_IN_FLIGHT`] at once; reports progress
 /// on stderr every couple of seconds while it lasts.

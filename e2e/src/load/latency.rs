@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
-use super::connect::{ConnectArgs, Connector, Ws, connect_all};
+use super::connect::{ConnectArgs, Ws, open_for_run};
 use super::pacer::Schedule;
 use super::report::{self, Percentiles, Report, Tally, describe_counts, round1};
 use crate::limits::check_connection_budget;
@@ -93,18 +93,13 @@ pub async fn run(args: LatencyArgs) -> anyhow::Result<Report> {
     );
     ensure!(args.connections > 0, "--connections must be more than 0");
 
-    let connector = Arc::new(Connector::new(
+    let established = open_for_run(
         &args.connect,
+        args.connections,
         super::read_buffer_for(size, 2),
-    )?);
-    let established = connect_all(connector, args.connections, args.connect.ramp).await;
+    )
+    .await?;
     let opened = established.connections.len();
-    ensure!(
-        opened > 0,
-        "no connection opened to {}: {}",
-        args.connect.url,
-        describe_counts(&established.failures.counts())
-    );
 
     let clock = Clock::new();
     let start = Instant::now() + START_DELAY;

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connect::{ConnectArgs, Connector, Ws, connect_all};
+use super::connect::{ConnectArgs, Ws, open_for_run};
 use super::latency::close_all;
 use super::report::{self, Report, Tally, describe_counts, round1};
 use crate::limits::check_connection_budget;
@@ -79,18 +79,13 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<Report> {
     ensure!(args.window > 0, "--window must be more than 0");
     ensure!(args.connections > 0, "--connections must be more than 0");
 
-    let connector = Arc::new(Connector::new(
+    let established = open_for_run(
         &args.connect,
+        args.connections,
         super::read_buffer_for(size, args.window),
-    )?);
-    let established = connect_all(connector, args.connections, args.connect.ramp).await;
+    )
+    .await?;
     let opened = established.connections.len();
-    ensure!(
-        opened > 0,
-        "no connection opened to {}: {}",
-        args.connect.url,
-        describe_counts(&established.failures.counts())
-    );
 
     let started = Instant::now();
     let measure_from = started + warmup;
