@@ -188,12 +188,17 @@ machine_description() {
     "$(uname -r)" "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')"
 }
 
-# write_section FILE NAME BLOCK: puts the contents of the file BLOCK between
+# write_section FILE NAME BLOCK [RERUN]: creates FILE (naming the RERUN command)
+# when it does not exist, then puts the contents of the file BLOCK between
 # "<!-- NAME:begin -->" and "<!-- NAME:end -->" in FILE, keeping everything
 # outside the markers; appends the markers when FILE has none.
 write_section() {
-  local file=$1 name=$2 block=$3
+  local file=$1 name=$2 block=$3 rerun=${4:-}
   local begin="<!-- $name:begin -->" end="<!-- $name:end -->"
+  if [[ ! -f $file ]]; then
+    # shellcheck disable=SC2016 # the backquotes are Markdown
+    printf '# Benchmarks\n\nRerun: `%s`.\n' "$rerun" >"$file"
+  fi
   if ! grep -qF "$begin" "$file" || ! grep -qF "$end" "$file"; then
     printf '\n%s\n%s\n' "$begin" "$end" >>"$file"
   fi

@@ -449,10 +449,6 @@ table=$WORK/table.md
 echo
 cat "$table"
 if [[ $OUT != - ]]; then
-  if [[ ! -f $OUT ]]; then
-    # shellcheck disable=SC2016 # the backquotes are Markdown
-    printf '# Benchmarks\n\nRerun: %s.\n' '`bash e2e/bench/compare.sh`' >"$OUT"
-  fi
-  write_section "$OUT" compare "$table"
+  write_section "$OUT" compare "$table" 'bash e2e/bench/compare.sh'
   log "wrote the table to $OUT"
 fi

@@ -296,10 +296,6 @@ section=$WORK/section.md
 echo
 cat "$section"
 if [[ $OUT != - ]]; then
-  if [[ ! -f $OUT ]]; then
-    # shellcheck disable=SC2016 # the backquotes are Markdown
-    printf '# Benchmarks\n\nRerun: %s.\n' '`bash e2e/bench/idle-100k.sh`' >"$OUT"
-  fi
-  write_section "$OUT" idle100k "$section"
+  write_section "$OUT" idle100k "$section" 'bash e2e/bench/idle-100k.sh'
   log "wrote the results to $OUT"
 fi

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::CLOSE_TIMEOUT;
 use super::connect::{ConnectArgs, Connector, Ws, connect_all};
 use super::latency::lock;
 use super::report::{self, Report, Tally, describe_counts, round1};
@@ -24,9 +25,6 @@ use crate::limits::check_connection_budget;
 
 /// Read buffer per connection: idle connections read only pings and closes.
 const READ_BUFFER_BYTES: usize = 4096;
-
-/// How long a connection may take to finish its close handshake at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a long wait reports on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);

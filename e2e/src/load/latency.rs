@@ -21,18 +21,13 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use super::connect::{ConnectArgs, Ws, open_for_run};
 use super::pacer::Schedule;
 use super::report::{self, Percentiles, Report, Tally, describe_counts, round1};
+use super::{CLOSE_TIMEOUT, DRAIN_TIMEOUT};
 use crate::limits::check_connection_budget;
 use crate::stamp::{self, Clock};
 
 /// Time between the last connection opening and the first message, so
 /// that every sender starts from the same instant.
 const START_DELAY: Duration = Duration::from_millis(100);
-
-/// How long to wait for the echoes still in flight once sending stops.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a connection may take to finish its close handshake at the end.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Round-trip latency at a fixed rate.
 #[derive(Clone, Debug, clap::Args)]

@@ -26,6 +26,12 @@ use anyhow::ensure;
 
 pub use report::Report;
 
+/// How long to wait for the echoes still in flight once sending stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection may take to finish its close handshake at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
 use crate::stamp::STAMP_LEN;
 
 /// Checks a duration given in seconds on the command line and turns it into

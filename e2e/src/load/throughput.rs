@@ -16,14 +16,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::DRAIN_TIMEOUT;
 use super::connect::{ConnectArgs, Ws, open_for_run};
 use super::latency::close_all;
 use super::report::{self, Report, Tally, describe_counts, round1};
 use crate::limits::check_connection_budget;
 use crate::stamp::{self, Clock};
-
-/// How long to wait for the echoes still in flight once sending stops.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Messages echoed per second with a fixed window in flight.
 #[derive(Clone, Debug, clap::Args)]
