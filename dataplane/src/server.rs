@@ -76,11 +76,6 @@ impl Shared {
         DrainCause::from_u8(self.draining.load(Ordering::SeqCst))
     }
 
-    /// Live connections.
-    pub fn connections(&self) -> usize {
-        self.registry.len()
-    }
-
     /// Starts a graceful drain, as SIGTERM does.
     pub(crate) fn request_drain(&self) {
         self.drain_requested.notify_one();

@@ -78,11 +78,6 @@ impl RouteTable {
             .iter()
             .find(|r| path.starts_with(&r.path_prefix))
     }
-
-    /// Every route.
-    pub fn routes(&self) -> &[RouteEntry] {
-        &self.routes
-    }
 }
 
 #[cfg(test)]
