@@ -17,7 +17,9 @@ pub struct Config {
     /// The admin port: health, readiness, metrics and drain.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
-    /// Routes, matched by the longest path prefix.
+    /// Routes, matched by the longest path prefix. Standalone only: a
+    /// shard takes its routes from the operator's snapshots.
+    #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// Limits of every client connection.
     #[serde(default)]
@@ -28,6 +30,58 @@ pub struct Config {
     /// The async runtime.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Run as one shard of a gateway steered by the operator, instead of
+    /// standalone.
+    #[serde(default)]
+    pub shard: Option<ShardConfig>,
+}
+
+/// A shard of a gateway: its identity, the peer port where other shards
+/// hand it the connections it owns, and the control port where the
+/// operator pushes snapshots.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShardConfig {
+    /// The shard's id (the pod name), as the snapshots name it. The
+    /// `--shard-id` flag (`RINGWAY_SHARD_ID`) overrides it.
+    #[serde(default)]
+    pub id: String,
+    /// The peer port.
+    pub peer: PeerConfig,
+    /// The control port.
+    pub control: ControlConfig,
+}
+
+/// The peer port: hand-offs from other shards.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerConfig {
+    /// `host:port` to listen on.
+    pub address: SocketAddr,
+    /// A file holding the token every shard of the gateway shares; a
+    /// hand-off without it is refused.
+    pub token_file: PathBuf,
+    /// Time to reach the owner shard before falling back to the next one.
+    #[serde(default = "default_peer_connect_timeout")]
+    pub connect_timeout_seconds: f64,
+}
+
+/// The control port: gRPC over mutual TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `host:port` to listen on.
+    pub address: SocketAddr,
+    /// This pod's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA (PEM) that a client's certificate must chain to.
+    pub client_ca_file: PathBuf,
+}
+
+fn default_peer_connect_timeout() -> f64 {
+    0.3
 }
 
 /// The client listener.
@@ -241,8 +295,25 @@ impl Config {
 
     fn validate(&self) -> Result<(), Error> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.routes.is_empty() {
-            return bad("routes: at least one route is needed".into());
+        match &self.shard {
+            None if self.routes.is_empty() => {
+                return bad("routes: at least one route is needed".into());
+            }
+            Some(_) if !self.routes.is_empty() => {
+                return bad(
+                    "routes: a shard takes its routes from the operator's snapshots; remove `routes` or `shard`"
+                        .into(),
+                );
+            }
+            Some(shard) => {
+                let t = shard.peer.connect_timeout_seconds;
+                if !t.is_finite() || t <= 0.0 || t > 60.0 {
+                    return bad(format!(
+                        "shard.peer.connectTimeoutSeconds: {t} is not a duration above 0 and at most 60 seconds"
+                    ));
+                }
+            }
+            None => {}
         }
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}] ({})", r.name);

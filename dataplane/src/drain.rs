@@ -4,7 +4,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::time::{Instant, sleep_until};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{Instant, sleep_until},
+};
 
 use crate::registry::{ConnControl, DrainCause};
 
@@ -74,20 +77,90 @@ impl Pacer {
     }
 }
 
-/// Asks every connection in `victims` to drain, paced by [`Pacer`].
-/// Returns when all have been asked. If the rate cap does not let the
-/// drain finish within the window, the rest are asked at the window's end
-/// (the pod is about to be killed) and that is logged.
-pub async fn drain(
-    mut victims: Vec<Arc<ConnControl>>,
+/// One pod's drains. Every batch of closes (a snapshot's moved keys, a
+/// drain request, the pod's stop) goes through one pacer, so that batches
+/// asked for one after another never pass the pod's rate together: a new
+/// batch joins what is left of the running one, and the pacing restarts
+/// over both with the new batch's window and rate.
+#[derive(Clone)]
+pub struct Drainer {
+    batches: mpsc::UnboundedSender<Batch>,
+    /// Connections submitted and not yet asked to close.
+    pending: Arc<watch::Sender<usize>>,
+}
+
+struct Batch {
+    victims: Vec<Arc<ConnControl>>,
     cause: DrainCause,
     window: Duration,
     rate: u32,
-) {
-    fastrand::shuffle(&mut victims);
-    let start = Instant::now();
-    let mut pacer = Pacer::new(victims.len(), window, rate);
-    while !pacer.finished() {
+}
+
+impl Drainer {
+    /// Starts the pod's drain task (on the current tokio runtime). It ends
+    /// when every handle is dropped.
+    pub fn start() -> Self {
+        let (batches, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(watch::Sender::new(0));
+        tokio::spawn(run(rx, Arc::clone(&pending)));
+        Self { batches, pending }
+    }
+
+    /// Asks `victims` to close with `cause`, spread over `window` at no
+    /// more than `rate` per second (with what is left of earlier batches).
+    pub fn submit(
+        &self,
+        victims: Vec<Arc<ConnControl>>,
+        cause: DrainCause,
+        window: Duration,
+        rate: u32,
+    ) {
+        if victims.is_empty() {
+            return;
+        }
+        self.pending.send_modify(|n| *n += victims.len());
+        let _ = self.batches.send(Batch {
+            victims,
+            cause,
+            window,
+            rate,
+        });
+    }
+
+    /// Connections submitted and not yet asked to close.
+    pub fn pending(&self) -> usize {
+        *self.pending.borrow()
+    }
+
+    /// Resolves once every submitted connection has been asked to close.
+    pub async fn idle(&self) {
+        let _ = self.pending.subscribe().wait_for(|&n| n == 0).await;
+    }
+}
+
+async fn run(mut batches: mpsc::UnboundedReceiver<Batch>, pending: Arc<watch::Sender<usize>>) {
+    let mut queue: Vec<(Arc<ConnControl>, DrainCause)> = Vec::new();
+    let mut pacer = Pacer::new(0, Duration::ZERO, 1);
+    let (mut start, mut window, mut rate) = (Instant::now(), Duration::ZERO, 1);
+    loop {
+        let batch = if pacer.finished() {
+            match batches.recv().await {
+                Some(b) => Some(b),
+                None => return,
+            }
+        } else {
+            tokio::select! {
+                b = batches.recv() => b,
+                () = sleep_until(Instant::now() + TICK) => None,
+            }
+        };
+        if let Some(mut b) = batch {
+            queue.drain(..pacer.done);
+            fastrand::shuffle(&mut b.victims);
+            queue.extend(b.victims.into_iter().map(|v| (v, b.cause)));
+            (start, window, rate) = (Instant::now(), b.window, b.rate);
+            pacer = Pacer::new(queue.len(), window, rate);
+        }
         let elapsed = start.elapsed();
         let released = pacer.round(elapsed);
         if elapsed >= window && released.len() > 1 {
@@ -98,13 +171,27 @@ pub async fn drain(
                 "drain window ended before the rate cap allowed every close; closing the rest now"
             );
         }
-        for victim in &victims[released] {
-            victim.request_drain(cause);
+        let asked = released.len();
+        for (victim, cause) in &queue[released] {
+            victim.request_drain(*cause);
         }
-        if !pacer.finished() {
-            sleep_until(Instant::now() + TICK).await;
+        if asked > 0 {
+            pending.send_modify(|n| *n = n.saturating_sub(asked));
+        }
+        if pacer.finished() {
+            queue.clear();
         }
     }
+}
+
+/// Asks every connection in `victims` to drain, paced by [`Pacer`].
+/// Returns when all have been asked. If the rate cap does not let the
+/// drain finish within the window, the rest are asked at the window's end
+/// (the pod is about to be killed) and that is logged.
+pub async fn drain(victims: Vec<Arc<ConnControl>>, cause: DrainCause, window: Duration, rate: u32) {
+    let drainer = Drainer::start();
+    drainer.submit(victims, cause, window, rate);
+    drainer.idle().await;
 }
 
 #[cfg(test)]
@@ -184,7 +271,7 @@ mod tests {
                 Arc::new(ConnControl::new(
                     "r".into(),
                     crate::routing::hash_key(&[i as u8]),
-                    "b".into(),
+                    crate::registry::Role::Edge("s".into()),
                 ))
             })
             .collect();

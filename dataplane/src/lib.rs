@@ -7,8 +7,10 @@
 
 mod admin;
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod frame;
+pub mod handoff;
 pub mod handshake;
 mod io;
 pub mod metrics;
@@ -16,10 +18,11 @@ pub mod registry;
 pub mod relay;
 pub mod routing;
 mod server;
+pub mod snapshot;
 mod tls;
 
 pub use config::Config;
-pub use server::{Server, Shared, Shutdown, build_table};
+pub use server::{Server, Shared, Shutdown};
 
 /// Everything that stops the data plane from starting.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,9 @@ struct Args {
     /// Standalone configuration file (routes and static backends, no operator).
     #[arg(long, env = "RINGWAY_CONFIG")]
     config: PathBuf,
+    /// This pod's shard id (the pod name), overriding `shard.id` in the config.
+    #[arg(long, env = "RINGWAY_SHARD_ID")]
+    shard_id: Option<String>,
     /// Log format.
     #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -39,7 +42,13 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
+    if let Some(id) = args.shard_id {
+        match config.shard.as_mut() {
+            Some(shard) => shard.id = id,
+            None => anyhow::bail!("--shard-id needs a `shard` section in the config"),
+        }
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.worker_threads > 0 {
         runtime.worker_threads(config.runtime.worker_threads);

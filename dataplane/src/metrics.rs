@@ -70,6 +70,15 @@ pub struct Metrics {
     pub connection_failures: Family<KindLabel, Counter>,
     /// Errors accepting connections (e.g. out of file descriptors).
     pub accept_errors: Counter,
+    /// Hand-offs to owner shards, by outcome.
+    pub handoffs: Family<OutcomeLabel, Counter>,
+    /// Snapshots received, by outcome.
+    pub snapshots: Family<OutcomeLabel, Counter>,
+    /// The running snapshot epoch.
+    pub epoch: Gauge,
+    /// Refused upgrades by reason, for the status RPC (the counter family
+    /// cannot be read back).
+    refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -95,6 +104,24 @@ impl Metrics {
         ]);
         let connection_failures = Family::<KindLabel, Counter>::default();
         let accept_errors = Counter::default();
+        let handoffs = Family::<OutcomeLabel, Counter>::default();
+        let snapshots = Family::<OutcomeLabel, Counter>::default();
+        let epoch = Gauge::default();
+        registry.register(
+            "handoffs",
+            "Connections handed to their owner shard, by outcome: ok, fallback (to the next shard on the ring), unreachable (one attempt), refused",
+            handoffs.clone(),
+        );
+        registry.register(
+            "snapshots",
+            "Snapshots received on the control port, by outcome: applied, unchanged, stale, invalid",
+            snapshots.clone(),
+        );
+        registry.register(
+            "snapshot_epoch",
+            "The running snapshot epoch",
+            epoch.clone(),
+        );
         registry.register(
             "connections_open",
             "Open client connections",
@@ -154,7 +181,33 @@ impl Metrics {
             relay_latency,
             connection_failures,
             accept_errors,
+            handoffs,
+            snapshots,
+            epoch,
+            refusals: std::sync::Mutex::default(),
         }
+    }
+
+    /// Counts one hand-off attempt's outcome.
+    pub fn handoff(&self, outcome: &'static str) {
+        self.handoffs.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts one snapshot's outcome.
+    pub fn snapshot(&self, outcome: &'static str) {
+        self.snapshots
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Upgrades refused since start, by reason.
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
     }
 
     /// Counts one upgrade request's outcome.
@@ -162,6 +215,14 @@ impl Metrics {
         self.handshakes
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+        if !matches!(outcome, "ok" | "handed_off") {
+            *self
+                .refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(outcome)
+                .or_default() += 1;
+        }
     }
 
     /// Counts one connection close.

@@ -10,7 +10,7 @@ use std::sync::{
 use futures_util::task::AtomicWaker;
 use slab::Slab;
 
-use crate::routing::KeyHash;
+use crate::routing::{KeyHash, Seat};
 
 /// Why the gateway asks a connection to close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +67,19 @@ impl DrainCause {
     }
 }
 
+/// This pod's part in a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It relays the connection to the backend: it is the key's owner (or
+    /// its fallback, or the only pod, standalone). A snapshot that moves
+    /// the key drains the connection here.
+    Owner(Seat),
+    /// It took the client's connection and relays it to the owner shard
+    /// named here. Only a stop of this pod drains it here; the owner
+    /// drains it when its key moves.
+    Edge(Arc<str>),
+}
+
 /// What the rest of the process knows of one connection, and how it asks
 /// the connection to close.
 pub struct ConnControl {
@@ -74,19 +87,19 @@ pub struct ConnControl {
     pub route: Arc<str>,
     /// Its key's hash.
     pub key_hash: KeyHash,
-    /// The backend it was placed on.
-    pub backend: Arc<str>,
+    /// Where it sits.
+    pub role: Role,
     drain: AtomicU8,
     waker: AtomicWaker,
 }
 
 impl ConnControl {
     /// A control for a new connection.
-    pub fn new(route: Arc<str>, key_hash: KeyHash, backend: Arc<str>) -> Self {
+    pub fn new(route: Arc<str>, key_hash: KeyHash, role: Role) -> Self {
         Self {
             route,
             key_hash,
-            backend,
+            role,
             drain: AtomicU8::new(0),
             waker: AtomicWaker::new(),
         }

@@ -277,7 +277,9 @@ impl Relay {
             close_deadline: None,
             ping_due: now + settings.heartbeat_interval,
             ping_out: None,
-            ping_seq: 0,
+            // Random, so that the pings of a hand-off's two relays (edge
+            // and owner) never carry the same token.
+            ping_seq: fastrand::u64(..),
             last_data: now,
             first_close: None,
             end: None,
@@ -753,7 +755,7 @@ impl Session {
             && matches!(self.closing, Closing::Open)
             && self.b2c.scanner.at_frame_boundary()
         {
-            self.ping_seq += 1;
+            self.ping_seq = self.ping_seq.wrapping_add(1);
             let token = self.ping_seq.to_be_bytes();
             encode_control(Opcode::Ping, &token, None, &mut out);
             self.b2c.forward(&out, client, cx)?;

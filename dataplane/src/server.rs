@@ -27,16 +27,16 @@ use tracing::Instrument;
 
 use crate::{
     Error,
-    config::{Config, KeySourceKind, MissingKey, secs},
-    drain,
+    config::{Config, MissingKey, secs},
+    drain::Drainer,
+    handoff::{self, PeerToken},
     handshake::{self, BackendFailure, MAX_HEADERS, Refusal, parse_request, upgrade_backend},
     io::Io,
     metrics::{Metrics, RouteLabel},
-};
-use crate::{
-    registry::{ConnControl, DrainCause, Registry, RegistryGuard},
-    relay::{Relay, RelaySettings},
-    routing::{Backend, KeyHash, KeySource, RouteEntry, RouteTable, hash_key},
+    registry::{ConnControl, DrainCause, Registry, RegistryGuard, Role},
+    relay::Relay,
+    routing::{Backend, KeyHash, KeySource, Seat, Shard, Version, hash_key},
+    snapshot::Running,
 };
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -49,31 +49,60 @@ pub enum Shutdown {
     Fast,
 }
 
-/// State shared by the listener, every connection and the admin port.
+/// This pod's identity as a shard of a gateway.
+pub(crate) struct ShardIdentity {
+    /// The shard id the snapshots name it by.
+    pub(crate) id: Arc<str>,
+    /// The peer ports' shared secret.
+    pub(crate) token: PeerToken,
+    /// Time to reach an owner shard before falling back.
+    pub(crate) connect_timeout: Duration,
+}
+
+/// State shared by the listener, every connection, the admin port and the
+/// control service.
 pub struct Shared {
-    config: Config,
-    table: ArcSwap<RouteTable>,
+    pub(crate) config: Config,
+    /// Set when this pod is a shard of a gateway (else standalone).
+    pub(crate) shard: Option<ShardIdentity>,
+    /// What the pod runs on; swapped whole by a snapshot.
+    pub(crate) running: ArcSwap<Running>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     pub(crate) registry: Arc<Registry>,
-    relay: Arc<RelaySettings>,
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
     ready: AtomicBool,
     /// The cause of the drain in progress (0: none).
     draining: AtomicU8,
     drain_requested: Notify,
+    /// A drain RPC ran: stop taking hand-offs, stay up until stopped.
+    pub(crate) peer_closed: Notify,
+    /// Paces every drain of this pod.
+    pub(crate) drainer: Drainer,
+    /// One snapshot at a time.
+    pub(crate) apply_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
-    /// Accepting connections and not stopping.
+    /// Accepting connections and not stopping; a shard also needs its
+    /// first snapshot.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.drain_cause().is_none()
+        self.ready.load(Ordering::SeqCst)
+            && self.drain_cause().is_none()
+            && (self.shard.is_none() || self.running.load().routing.epoch > 0)
     }
 
     /// The drain in progress, if any.
     pub(crate) fn drain_cause(&self) -> Option<DrainCause> {
         DrainCause::from_u8(self.draining.load(Ordering::SeqCst))
+    }
+
+    /// Marks the pod as draining for `cause` (the first cause stays).
+    pub(crate) fn start_draining(&self, cause: DrainCause) {
+        let _ =
+            self.draining
+                .compare_exchange(0, cause.to_u8(), Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Starts a graceful drain, as SIGTERM does.
@@ -87,6 +116,11 @@ impl Shared {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// This pod's shard id (shards only).
+    pub(crate) fn shard_id(&self) -> Option<&Arc<str>> {
+        self.shard.as_ref().map(|s| &s.id)
+    }
 }
 
 /// A bound data plane, ready to run.
@@ -94,12 +128,31 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     admin: Option<TcpListener>,
+    peer: Option<TcpListener>,
+    control: Option<(TcpListener, tonic::transport::ServerTlsConfig)>,
 }
 
 impl Server {
-    /// Binds the client and admin ports and builds the routing table.
+    /// Binds the client, admin, peer and control ports and builds the
+    /// routing state (standalone) or waits for the first snapshot (shard).
     pub async fn bind(config: Config) -> Result<Self, Error> {
-        let table = build_table(&config)?;
+        let shard = match &config.shard {
+            None => None,
+            Some(s) if s.id.is_empty() => {
+                return Err(Error::Config(
+                    "shard.id: empty; set it in the config or pass --shard-id".into(),
+                ));
+            }
+            Some(s) => Some(ShardIdentity {
+                id: s.id.as_str().into(),
+                token: PeerToken::load(&s.peer.token_file)?,
+                connect_timeout: secs(s.peer.connect_timeout_seconds),
+            }),
+        };
+        let running = match &shard {
+            None => Running::standalone(&config)?,
+            Some(_) => Running::waiting(&config),
+        };
         let tls = config
             .listener
             .tls
@@ -107,41 +160,46 @@ impl Server {
             .map(crate::tls::acceptor)
             .transpose()?;
         let listener = bind_listener(config.listener.address, config.listener.reuse_port)?;
+        let bind = |address: SocketAddr| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|e| Error::Bind(address, e))
+        };
         let admin = match &config.admin {
-            Some(a) => Some(
-                TcpListener::bind(a.address)
-                    .await
-                    .map_err(|e| Error::Bind(a.address, e))?,
-            ),
+            Some(a) => Some(bind(a.address).await?),
             None => None,
         };
-        let c = &config.connections;
-        let relay = RelaySettings {
-            max_frame: c.max_frame_bytes,
-            max_message: c.max_message_bytes,
-            heartbeat_interval: secs(c.heartbeat.interval_seconds),
-            heartbeat_timeout: secs(c.heartbeat.timeout_seconds),
-            idle_timeout: (c.idle_timeout_seconds > 0.0).then(|| secs(c.idle_timeout_seconds)),
-            slow_consumer: secs(c.slow_consumer_seconds),
-            close_timeout: secs(config.drain.close_timeout_seconds),
-            reconnect_jitter_ms: config.drain.reconnect_jitter_ms,
+        let (peer, control) = match &config.shard {
+            Some(s) => (
+                Some(bind(s.peer.address).await?),
+                Some((
+                    bind(s.control.address).await?,
+                    crate::control::tls_config(&s.control)?,
+                )),
+            ),
+            None => (None, None),
         };
         let shared = Arc::new(Shared {
-            limit: Arc::new(Semaphore::new(c.max_connections)),
-            table: ArcSwap::from_pointee(table),
+            limit: Arc::new(Semaphore::new(config.connections.max_connections)),
+            running: ArcSwap::from_pointee(running),
             metrics: Arc::new(Metrics::new()),
             registry: Arc::default(),
-            relay: Arc::new(relay),
             tls,
             ready: AtomicBool::new(false),
             draining: AtomicU8::new(0),
             drain_requested: Notify::new(),
+            peer_closed: Notify::new(),
+            drainer: Drainer::start(),
+            apply_lock: tokio::sync::Mutex::new(()),
+            shard,
             config,
         });
         Ok(Self {
             shared,
             listener,
             admin,
+            peer,
+            control,
         })
     }
 
@@ -157,6 +215,16 @@ impl Server {
         self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
+    /// The peer port's address (shards only).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().and_then(|a| a.local_addr().ok())
+    }
+
+    /// The control port's address (shards only).
+    pub fn control_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().and_then(|(a, _)| a.local_addr().ok())
+    }
+
     /// The state shared with connections (metrics, counts).
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
@@ -168,49 +236,57 @@ impl Server {
             shared,
             listener,
             admin,
+            mut peer,
+            control,
         } = self;
         let admin_task = admin.map(|a| tokio::spawn(crate::admin::serve(a, Arc::clone(&shared))));
+        let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+        let control_task = control.map(|(listener, tls)| {
+            tokio::spawn(crate::control::serve(
+                listener,
+                tls,
+                Arc::clone(&shared),
+                async move {
+                    let _ = control_stopped.await;
+                },
+            ))
+        });
         shared.ready.store(true, Ordering::SeqCst);
-        tracing::info!(address = %listener.local_addr().map_err(|e| Error::Bind(shared.config.listener.address, e))?, "accepting connections");
+        tracing::info!(address = %listener.local_addr().map_err(|e| Error::Bind(shared.config.listener.address, e))?, shard = ?shared.shard_id(), "accepting connections");
         tokio::pin!(shutdown);
         let (kind, cause) = loop {
             tokio::select! {
                 kind = &mut shutdown => break (kind, DrainCause::Shutdown),
                 () = shared.drain_requested.notified() => break (Shutdown::Graceful, DrainCause::Api),
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => accept(stream, peer, &shared),
-                    Err(e) => {
-                        // Typically out of file descriptors: back off, let
-                        // connections end, try again.
-                        shared.metrics.accept_errors.inc();
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
+                () = shared.peer_closed.notified() => {
+                    tracing::info!("drained on request: no more hand-offs");
+                    peer = None;
+                }
+                accepted = listener.accept() => accepted_or_back_off(accepted, Origin::Client, &shared).await,
+                accepted = accept_from(peer.as_ref()) => accepted_or_back_off(accepted, Origin::Peer, &shared).await,
             }
         };
         drop(listener);
-        shared.draining.store(cause.to_u8(), Ordering::SeqCst);
-        let drain = &shared.config.drain;
+        drop(peer);
+        shared.start_draining(cause);
+        let running = shared.running.load_full();
         let victims = shared.registry.snapshot();
         tracing::info!(
             connections = victims.len(),
             ?kind,
             "stopped accepting; draining"
         );
-        let close_timeout = secs(drain.close_timeout_seconds);
         match kind {
             Shutdown::Graceful => {
-                drain::drain(
-                    victims,
-                    cause,
-                    secs(drain.window_seconds),
-                    drain.max_closes_per_second,
-                )
-                .await;
+                let policy = running.drain;
+                shared
+                    .drainer
+                    .submit(victims, cause, policy.window, policy.max_closes_per_second);
+                shared.drainer.idle().await;
             }
             Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
         }
+        let close_timeout = running.relay.close_timeout;
         let deadline = Instant::now() + close_timeout * 2 + Duration::from_secs(1);
         while !shared.registry.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -224,10 +300,48 @@ impl Server {
         } else {
             tracing::info!("drained");
         }
+        let _ = stop_control.send(());
+        if let Some(task) = control_task {
+            let _ = timeout(Duration::from_secs(1), task).await;
+        }
         if let Some(task) = admin_task {
             task.abort();
         }
         Ok(())
+    }
+}
+
+/// Where a connection came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A client, on the client port.
+    Client,
+    /// Another shard handing off a connection this pod owns.
+    Peer,
+}
+
+/// Accepts on `listener`, or waits forever without one.
+async fn accept_from(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accepted_or_back_off(
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    origin: Origin,
+    shared: &Arc<Shared>,
+) {
+    match accepted {
+        Ok((stream, peer)) => accept(stream, peer, origin, shared),
+        Err(e) => {
+            // Typically out of file descriptors: back off, let
+            // connections end, try again.
+            shared.metrics.accept_errors.inc();
+            tracing::warn!(error = %e, ?origin, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -248,46 +362,9 @@ fn bind_listener(address: SocketAddr, reuse_port: bool) -> Result<TcpListener, E
     TcpListener::from_std(socket.into()).map_err(|e| Error::Bind(address, e))
 }
 
-/// Builds the routing table from the standalone config.
-pub fn build_table(config: &Config) -> Result<RouteTable, Error> {
-    let mut routes = Vec::with_capacity(config.routes.len());
-    for r in &config.routes {
-        let key = match r.key.source {
-            KeySourceKind::Header => KeySource::Header(r.key.name.clone().unwrap_or_default()),
-            KeySourceKind::Query => KeySource::Query(r.key.name.clone().unwrap_or_default()),
-            KeySourceKind::Cookie => KeySource::Cookie(r.key.name.clone().unwrap_or_default()),
-            KeySourceKind::PathSegment => KeySource::PathSegment(r.key.segment.unwrap_or_default()),
-        };
-        let mut backends = Vec::with_capacity(r.backends.len());
-        for b in &r.backends {
-            let address = std::net::ToSocketAddrs::to_socket_addrs(b.as_str())
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "route {}: backend {b:?} is not a host:port that resolves",
-                        r.name
-                    ))
-                })?;
-            backends.push(Backend {
-                id: b.as_str().into(),
-                address,
-            });
-        }
-        routes.push(RouteEntry::new(
-            &r.name,
-            &r.path_prefix,
-            key,
-            r.missing_key,
-            backends,
-        ));
-    }
-    Ok(RouteTable::new(routes))
-}
-
 /// Takes one accepted connection: refuses it at the cap, else spawns its
 /// task, with panics contained, logged and counted.
-fn accept(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
+fn accept(stream: TcpStream, peer: SocketAddr, origin: Origin, shared: &Arc<Shared>) {
     let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
         shared.metrics.handshake("over_limit");
         let refusal = Refusal::new(
@@ -299,8 +376,8 @@ fn accept(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
         return;
     };
     let shared = Arc::clone(shared);
-    let span = tracing::debug_span!("conn", %peer, route = tracing::field::Empty, key_hash = tracing::field::Empty, backend = tracing::field::Empty);
-    let handshake = Box::pin(establish(stream, peer, Arc::clone(&shared), permit));
+    let span = tracing::debug_span!("conn", %peer, ?origin, route = tracing::field::Empty, key_hash = tracing::field::Empty, backend = tracing::field::Empty);
+    let handshake = Box::pin(establish(stream, peer, origin, Arc::clone(&shared), permit));
     let task = ConnectionTask::Establishing { handshake };
     tokio::spawn(contained(task, Arc::clone(&shared.metrics)).instrument(span));
 }
@@ -322,10 +399,23 @@ async fn contained(task: impl Future<Output = ()>, metrics: Arc<Metrics>) {
 
 /// What routing decided for one request.
 struct Placement {
+    /// The state it was decided on.
+    running: Arc<Running>,
     route: Arc<str>,
     key_hash: KeyHash,
-    backend: Backend,
+    /// The backend, when this pod serves the connection itself.
+    backend: Option<Backend>,
+    /// The version that owns the key.
+    version: Version,
+    /// Shards to hand the connection to, in order (owner first); empty
+    /// when this pod serves it. May name this pod (then it serves).
+    handoff: Vec<Shard>,
+    /// The request for the backend.
     request: Vec<u8>,
+    /// The client's request as it came, for a hand-off.
+    raw: Vec<u8>,
+    client: SocketAddr,
+    tls: bool,
     ws_key: String,
     leftover: Vec<u8>,
 }
@@ -382,115 +472,207 @@ impl Drop for Open {
     }
 }
 
-/// TLS, the upgrade request, routing and the backend's upgrade; `None`
-/// when any of it failed (answered and counted).
+/// Writes `response` to the client, briefly, and gives up on it.
+async fn answer(client: &mut Io, response: &[u8]) {
+    let _ = timeout(Duration::from_secs(1), client.write_all(response)).await;
+}
+
+/// What a failed upgrade toward a backend (or an owner shard) tells the client.
+fn failure_response(failure: BackendFailure) -> Vec<u8> {
+    match failure {
+        BackendFailure::Rejected { response, .. } => response,
+        BackendFailure::Connect(e) => handshake::error_response(
+            502,
+            &format!("the backend refused the connection: {e}"),
+            &[],
+        ),
+        BackendFailure::ConnectTimeout => handshake::error_response(
+            504,
+            "the backend did not accept the connection in time",
+            &[],
+        ),
+        BackendFailure::HandshakeTimeout => {
+            handshake::error_response(504, "the backend did not answer the upgrade in time", &[])
+        }
+        BackendFailure::BadResponse(m) => handshake::error_response(
+            502,
+            &format!("the backend's answer was not a WebSocket upgrade: {m}"),
+            &[],
+        ),
+    }
+}
+
+/// TLS, the upgrade request, routing, then the backend's upgrade (or the
+/// owner shard's, for a hand-off); `None` when any of it failed (answered
+/// and counted).
 async fn establish(
     tcp: TcpStream,
     peer: SocketAddr,
+    origin: Origin,
     shared: Arc<Shared>,
     permit: OwnedSemaphorePermit,
 ) -> Option<(Relay, Open)> {
     let _ = tcp.set_nodelay(true);
     let cfg = &shared.config.connections;
     let metrics = &shared.metrics;
-    let deadline = Instant::now() + secs(cfg.handshake_timeout_seconds);
-    let mut client = match &shared.tls {
-        None => Io::Tcp(tcp),
-        Some(acceptor) => match timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Io::tls(tls),
-            Ok(Err(e)) => {
-                metrics.handshake("tls_error");
-                tracing::debug!(error = %e, "TLS handshake failed");
+    let deadline = Instant::now() + shared.running.load().handshake_timeout;
+    let mut client = match (&shared.tls, origin) {
+        (Some(acceptor), Origin::Client) => {
+            match timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Io::tls(tls),
+                Ok(Err(e)) => {
+                    metrics.handshake("tls_error");
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    metrics.handshake("timeout");
+                    return None;
+                }
+            }
+        }
+        _ => Io::Tcp(tcp),
+    };
+    let placement =
+        match timeout_at(deadline, read_and_route(&mut client, peer, origin, &shared)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(refusal)) => {
+                metrics.handshake(refusal.outcome);
+                tracing::debug!(
+                    status = refusal.status,
+                    outcome = refusal.outcome,
+                    "upgrade refused"
+                );
+                answer(&mut client, &refusal.response()).await;
                 return None;
             }
             Err(_) => {
                 metrics.handshake("timeout");
+                let refusal = Refusal::new(408, "timeout", "the upgrade request took too long");
+                let _ = timeout(
+                    Duration::from_millis(200),
+                    client.write_all(&refusal.response()),
+                )
+                .await;
                 return None;
             }
-        },
-    };
-    let placement = match timeout_at(deadline, read_and_route(&mut client, peer, &shared)).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(refusal)) => {
-            metrics.handshake(refusal.outcome);
-            tracing::debug!(
-                status = refusal.status,
-                outcome = refusal.outcome,
-                "upgrade refused"
-            );
-            let _ = timeout(
-                Duration::from_secs(1),
-                client.write_all(&refusal.response()),
-            )
-            .await;
-            return None;
-        }
-        Err(_) => {
-            metrics.handshake("timeout");
-            let refusal = Refusal::new(408, "timeout", "the upgrade request took too long");
-            let _ = timeout(
-                Duration::from_millis(200),
-                client.write_all(&refusal.response()),
-            )
-            .await;
-            return None;
-        }
-    };
+        };
     let span = tracing::Span::current();
     span.record("route", &*placement.route);
     span.record("key_hash", format_args!("{:016x}", placement.key_hash.0));
-    span.record("backend", &*placement.backend.id);
 
-    let upgrade = upgrade_backend(
-        placement.backend.address,
-        &placement.request,
-        &placement.ws_key,
-        secs(cfg.backend_connect_timeout_seconds),
-        secs(cfg.backend_handshake_timeout_seconds),
-    )
-    .await;
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(failure) => {
-            metrics.handshake(failure.outcome());
-            tracing::debug!(?failure, "backend upgrade failed");
-            let response = match failure {
-                BackendFailure::Rejected { response, .. } => response,
-                BackendFailure::Connect(e) => handshake::error_response(
-                    502,
-                    &format!("the backend refused the connection: {e}"),
-                    &[],
-                ),
-                BackendFailure::ConnectTimeout => handshake::error_response(
-                    504,
-                    "the backend did not accept the connection in time",
-                    &[],
-                ),
-                BackendFailure::HandshakeTimeout => handshake::error_response(
-                    504,
-                    "the backend did not answer the upgrade in time",
-                    &[],
-                ),
-                BackendFailure::BadResponse(m) => handshake::error_response(
-                    502,
-                    &format!("the backend's answer was not a WebSocket upgrade: {m}"),
-                    &[],
-                ),
-            };
-            let _ = timeout(Duration::from_secs(1), client.write_all(&response)).await;
-            return None;
+    // Hand the connection to its owner, or to the next shard on the ring
+    // when the owner cannot be reached; serve it here when the ring says so.
+    let mut serve_here = placement.handoff.is_empty();
+    let mut role = None;
+    let mut upgrade = None;
+    for (attempt, shard) in placement.handoff.iter().enumerate() {
+        if Some(&shard.id) == shared.shard_id() {
+            serve_here = true;
+            break;
         }
+        let Some(me) = &shared.shard else { break };
+        let mut request = handoff::preamble(&me.token, placement.client, placement.tls);
+        request.extend_from_slice(&placement.raw);
+        let result = upgrade_backend(
+            shard.peer,
+            &request,
+            &placement.ws_key,
+            me.connect_timeout,
+            secs(cfg.backend_connect_timeout_seconds) + secs(cfg.backend_handshake_timeout_seconds),
+        )
+        .await;
+        match result {
+            Ok(u) => {
+                metrics.handoff(if attempt == 0 { "ok" } else { "fallback" });
+                span.record("backend", format_args!("shard {}", shard.id));
+                role = Some(Role::Edge(Arc::clone(&shard.id)));
+                upgrade = Some(u);
+                break;
+            }
+            Err(BackendFailure::Connect(_) | BackendFailure::ConnectTimeout) => {
+                metrics.handoff("unreachable");
+                tracing::debug!(shard = %shard.id, "owner shard unreachable; trying the next one");
+            }
+            Err(failure) => {
+                metrics.handoff("refused");
+                metrics.handshake(failure.outcome());
+                answer(&mut client, &failure_response(failure)).await;
+                return None;
+            }
+        }
+    }
+    if serve_here {
+        let Some(backend) = &placement.backend else {
+            metrics.handshake("no_backend");
+            let refusal = Refusal::new(
+                503,
+                "no_backend",
+                format!("route {} has no backend ready", placement.route),
+            );
+            answer(&mut client, &refusal.response()).await;
+            return None;
+        };
+        span.record("backend", &*backend.id);
+        let result = upgrade_backend(
+            backend.address,
+            &placement.request,
+            &placement.ws_key,
+            secs(cfg.backend_connect_timeout_seconds),
+            secs(cfg.backend_handshake_timeout_seconds),
+        )
+        .await;
+        match result {
+            Ok(u) => {
+                upgrade = Some(u);
+                role = Some(Role::Owner(Seat {
+                    version: placement.version,
+                    owner: shared.shard_id().cloned(),
+                    backend: Some(Arc::clone(&backend.id)),
+                }));
+            }
+            Err(failure) => {
+                metrics.handshake(failure.outcome());
+                tracing::debug!(?failure, "backend upgrade failed");
+                answer(&mut client, &failure_response(failure)).await;
+                return None;
+            }
+        }
+    }
+    let (Some(upgrade), Some(role)) = (upgrade, role) else {
+        metrics.handshake("no_shard");
+        let refusal = Refusal::new(
+            502,
+            "no_shard",
+            "no shard of this gateway could take the connection",
+        );
+        answer(&mut client, &refusal.response()).await;
+        return None;
     };
     // Registered before the client learns it is connected, so that a drain
     // that starts now cannot miss it.
     let control = Arc::new(ConnControl::new(
         Arc::clone(&placement.route),
         placement.key_hash,
-        Arc::clone(&placement.backend.id),
+        role,
     ));
     let registered = shared.registry.register(Arc::clone(&control));
-    let close_timeout = shared.relay.close_timeout;
-    match timeout(close_timeout, client.write_all(&upgrade.response_head)).await {
+    // A snapshot applied since the placement did not see this connection:
+    // check it against the new state here.
+    let now = shared.running.load();
+    if now.routing.epoch != placement.running.routing.epoch
+        && crate::control::must_move(&control, &placement.running, &now)
+    {
+        control.request_drain(DrainCause::Rebalance);
+    }
+    let relay_settings = Arc::clone(&now.relay);
+    drop(now);
+    match timeout(
+        relay_settings.close_timeout,
+        client.write_all(&upgrade.response_head),
+    )
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(_)) => {
             metrics.handshake("client_gone");
@@ -501,7 +683,10 @@ async fn establish(
             return None;
         }
     }
-    metrics.handshake("ok");
+    metrics.handshake(match control.role {
+        Role::Owner(_) => "ok",
+        Role::Edge(_) => "handed_off",
+    });
     if let Some(cause) = shared.drain_cause() {
         control.request_drain(cause);
     }
@@ -518,7 +703,7 @@ async fn establish(
         (placement.leftover, upgrade.leftover),
         upgrade.deflate,
         control,
-        Arc::clone(&shared.relay),
+        relay_settings,
         Arc::clone(&shared.metrics),
     );
     let open = Open {
@@ -530,18 +715,27 @@ async fn establish(
     Some((relay, open))
 }
 
-/// Reads the upgrade request and decides route, key and backend.
+/// Reads the upgrade request (after a hand-off's preamble) and decides
+/// route, key, version, owner and backend.
 async fn read_and_route(
     client: &mut Io,
     peer: SocketAddr,
+    origin: Origin,
     shared: &Shared,
 ) -> Result<Placement, Refusal> {
     let cap = shared.config.connections.max_request_header_bytes;
     let mut buf = Vec::with_capacity(1024);
+    let mut from = (origin == Origin::Client).then_some((peer, client.is_tls()));
     loop {
         // Read straight into `buf`: a stack array would live in the
         // connection's future across the await.
-        let room = (cap - buf.len()).min(2048);
+        let limit = cap
+            + if from.is_none() {
+                handoff::MAX_PREAMBLE
+            } else {
+                0
+            };
+        let room = (limit - buf.len().min(limit)).min(2048);
         if room == 0 {
             return Err(Refusal::new(
                 431,
@@ -563,6 +757,21 @@ async fn read_and_route(
                 "connection closed before the request was complete",
             ));
         }
+        if from.is_none() {
+            let token = shared
+                .shard
+                .as_ref()
+                .map(|s| &s.token)
+                .ok_or_else(|| Refusal::new(400, "peer_malformed", "not a shard"))?;
+            let Some((handed, used)) = handoff::parse_preamble(&buf, token)? else {
+                continue;
+            };
+            buf.drain(..used);
+            from = Some((handed.client, handed.tls));
+        }
+        let Some((client_addr, tls)) = from else {
+            continue;
+        };
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let Some(req) = parse_request(&buf, &mut headers)? else {
             continue;
@@ -571,11 +780,15 @@ async fn read_and_route(
             return Err(Refusal::new(
                 503,
                 "not_ready",
-                "this gateway pod is stopping",
+                if shared.drain_cause().is_some() {
+                    "this gateway pod is stopping"
+                } else {
+                    "this gateway pod has no routing snapshot yet"
+                },
             ));
         }
-        let table = shared.table.load();
-        let route = table.route_for(req.target).ok_or_else(|| {
+        let running = shared.running.load_full();
+        let (index, route) = running.routing.table.route_for(req.target).ok_or_else(|| {
             Refusal::new(
                 404,
                 "no_route",
@@ -596,23 +809,43 @@ async fn read_and_route(
                 ));
             }
         };
-        let backend = route.backend_for(key_hash).cloned().ok_or_else(|| {
-            Refusal::new(
-                503,
-                "no_backend",
-                format!("route {} has no backend ready", route.name),
-            )
-        })?;
+        let place = running.routing.place(index, key_hash);
+        // One hop at most: a handed-off connection is served here, and a
+        // standalone pod (no shard id) serves everything.
+        let handoff = match (origin, shared.shard_id(), place.owner) {
+            (Origin::Client, Some(me), Some(owner)) if owner.id != *me => running
+                .routing
+                .version_for(key_hash)
+                .ranked(key_hash)
+                .take(MAX_HANDOFF_ATTEMPTS)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let raw = if handoff.is_empty() {
+            Vec::new()
+        } else {
+            buf[..req.head_len].to_vec()
+        };
         return Ok(Placement {
             route: Arc::clone(&route.name),
             key_hash,
-            backend,
-            request: req.backend_request(peer, client.is_tls()),
+            backend: place.backend.cloned(),
+            version: place.version,
+            handoff,
+            request: req.backend_request(client_addr, tls, shared.shard_id().map(|s| &**s)),
+            raw,
+            client: client_addr,
+            tls,
             ws_key: req.ws_key.to_owned(),
             leftover: buf[req.head_len..].to_vec(),
+            running: Arc::clone(&running),
         });
     }
 }
+
+/// Shards tried for one hand-off: the owner and two fallbacks.
+const MAX_HANDOFF_ATTEMPTS: usize = 3;
 
 fn describe(key: &KeySource) -> String {
     match key {
@@ -633,7 +866,11 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let limit = Arc::new(Semaphore::new(1));
         let permit = Arc::clone(&limit).try_acquire_owned().expect("a permit");
-        let control = Arc::new(ConnControl::new("r".into(), KeyHash(1), "b".into()));
+        let control = Arc::new(ConnControl::new(
+            "r".into(),
+            KeyHash(1),
+            Role::Edge("s".into()),
+        ));
         let guard = registry.register(control);
         let doomed = tokio::spawn(contained(
             async move {

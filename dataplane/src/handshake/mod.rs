@@ -7,7 +7,7 @@ mod backend;
 mod request;
 
 pub use backend::{BackendFailure, BackendUpgrade, upgrade_backend};
-pub use request::{Refusal, UpgradeRequest, parse_request};
+pub use request::{Refusal, SHARD_HEADER, UpgradeRequest, parse_request};
 
 /// The headers array a request is parsed into; more headers are refused
 /// with 431.
@@ -17,6 +17,7 @@ pub const MAX_HEADERS: usize = 64;
 pub fn error_response(status: u16, message: &str, extra_headers: &[(&str, &str)]) -> Vec<u8> {
     let reason = match status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

@@ -150,8 +150,13 @@ pub fn parse_request<'h, 'b>(
     }))
 }
 
-/// Headers the gateway adds to the backend's request.
-const FORWARDING_HEADERS: usize = 3;
+/// Headers the gateway adds to the backend's request: `X-Forwarded-For`,
+/// `Forwarded`, `X-Forwarded-Proto` and, on a shard, `X-Ringway-Shard`.
+const FORWARDING_HEADERS: usize = 4;
+
+/// The header naming the shard that relays a connection to its backend.
+/// The gateway sets it; a client's own is dropped.
+pub const SHARD_HEADER: &str = "x-ringway-shard";
 
 /// A key is 16 random bytes in base64: 22 characters and `==`.
 fn is_valid_key(key: &str) -> bool {
@@ -175,7 +180,7 @@ impl UpgradeRequest<'_, '_> {
     /// The request to send to the backend: the client's, with the client's
     /// address appended to `X-Forwarded-For` and `Forwarded`, and
     /// `X-Forwarded-Proto` set.
-    pub fn backend_request(&self, peer: SocketAddr, tls: bool) -> Vec<u8> {
+    pub fn backend_request(&self, peer: SocketAddr, tls: bool, shard: Option<&str>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head_len + 128);
         out.extend_from_slice(b"GET ");
         out.extend_from_slice(self.target.as_bytes());
@@ -188,7 +193,9 @@ impl UpgradeRequest<'_, '_> {
                 join(&mut xff, h.value);
             } else if h.name.eq_ignore_ascii_case("forwarded") {
                 join(&mut forwarded, h.value);
-            } else if !h.name.eq_ignore_ascii_case("x-forwarded-proto") {
+            } else if !h.name.eq_ignore_ascii_case("x-forwarded-proto")
+                && !h.name.eq_ignore_ascii_case(SHARD_HEADER)
+            {
                 push_header(&mut out, h.name.as_bytes(), h.value);
             }
         }
@@ -207,6 +214,9 @@ impl UpgradeRequest<'_, '_> {
         push_header(&mut out, b"X-Forwarded-For", &xff);
         push_header(&mut out, b"Forwarded", &forwarded);
         push_header(&mut out, b"X-Forwarded-Proto", proto.as_bytes());
+        if let Some(shard) = shard {
+            push_header(&mut out, b"X-Ringway-Shard", shard.as_bytes());
+        }
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -303,17 +313,19 @@ mod tests {
             (431, "too_many_headers")
         );
         // Found by fuzzing: 62 headers would become 65 on the way to the
-        // backend, past the limit of the backend's own parser.
-        let sixty_two: String = (0..55).map(|i| format!("X-{i}: v\r\n")).collect();
-        let request = GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{sixty_two}"));
-        assert_eq!(refused(&request), (431, "too_many_headers"));
+        // backend, past the limit of the backend's own parser. With the
+        // shard header the gateway adds four, so 61 are too many.
         let sixty_one: String = (0..54).map(|i| format!("X-{i}: v\r\n")).collect();
         let request = GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{sixty_one}"));
+        assert_eq!(refused(&request), (431, "too_many_headers"));
+        let sixty: String = (0..53).map(|i| format!("X-{i}: v\r\n")).collect();
+        let request = GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{sixty}"));
         let mut headers = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
         let req = parse_request(request.as_bytes(), &mut headers)
-            .expect("61 headers are fine")
+            .expect("60 headers are fine")
             .expect("complete");
-        let backend = req.backend_request("192.0.2.7:1".parse().expect("addr"), false);
+        let backend =
+            req.backend_request("192.0.2.7:1".parse().expect("addr"), false, Some("shard-0"));
         let mut again = [httparse::EMPTY_HEADER; crate::handshake::MAX_HEADERS];
         // The backend parses it in the same 64 header slots.
         let parsed = httparse::Request::new(&mut again).parse(&backend);
@@ -333,9 +345,12 @@ mod tests {
         let req = parse_request(GOOD.as_bytes(), &mut headers)
             .expect("valid")
             .expect("complete");
-        let out =
-            String::from_utf8(req.backend_request("192.0.2.7:5555".parse().expect("addr"), false))
-                .expect("utf-8");
+        let out = String::from_utf8(req.backend_request(
+            "192.0.2.7:5555".parse().expect("addr"),
+            false,
+            None,
+        ))
+        .expect("utf-8");
         assert!(out.starts_with("GET /chat?room=7 HTTP/1.1\r\n"));
         assert!(out.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
         assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
@@ -350,16 +365,22 @@ mod tests {
         let req = parse_request(twice.as_bytes(), &mut headers)
             .expect("valid")
             .expect("complete");
-        let out =
-            String::from_utf8(req.backend_request("192.0.2.7:1".parse().expect("addr"), false))
-                .expect("utf-8");
+        let out = String::from_utf8(req.backend_request(
+            "192.0.2.7:1".parse().expect("addr"),
+            false,
+            None,
+        ))
+        .expect("utf-8");
         assert!(
             out.contains("X-Forwarded-For: 10.1.1.1, 10.2.2.2, 10.3.3.3, 192.0.2.7\r\n"),
             "{out}"
         );
-        let v6 =
-            String::from_utf8(req.backend_request("[2001:db8::1]:1".parse().expect("addr"), true))
-                .expect("utf-8");
+        let v6 = String::from_utf8(req.backend_request(
+            "[2001:db8::1]:1".parse().expect("addr"),
+            true,
+            None,
+        ))
+        .expect("utf-8");
         assert!(v6.contains("Forwarded: for=\"[2001:db8::1]\";proto=https\r\n"));
     }
 }

@@ -63,13 +63,26 @@ impl Rendezvous {
         let mut best = None;
         let mut best_score = 0u64;
         for (i, &id) in self.ids.iter().enumerate() {
-            let score = fmix64(key.0 ^ fmix64(id));
+            let score = Self::score(key, id);
             if best.is_none() || score > best_score {
                 best = Some(i);
                 best_score = score;
             }
         }
         best
+    }
+
+    /// Every node's index, the owner of `key` first, then the node that
+    /// would own it if the owner were gone, and so on. For fallbacks: an
+    /// allocation, so not on the hot path.
+    pub fn ranked(&self, key: KeyHash) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(Self::score(key, self.ids[i])));
+        order
+    }
+
+    fn score(key: KeyHash, id: u64) -> u64 {
+        fmix64(key.0 ^ fmix64(id))
     }
 }
 
@@ -164,6 +177,25 @@ mod tests {
             let i = a.pick(k).expect("nodes");
             assert_eq!(Some(i), a.pick(k));
             assert_eq!(Some(6 - i), b.pick(k));
+        }
+    }
+
+    #[test]
+    fn the_ranking_starts_with_the_owner_and_names_the_owner_without_it() {
+        let five = nodes(5);
+        for k in keys(1_000) {
+            let ranked = five.ranked(k);
+            assert_eq!(ranked.len(), 5);
+            assert_eq!(Some(ranked[0]), five.pick(k));
+            // Without the owner, the runner-up owns the key: the fallback
+            // of a hand-off lands where a snapshot without the owner would.
+            let without: Vec<String> = (0..5)
+                .filter(|&i| i != ranked[0])
+                .map(|i| format!("10.0.0.{i}:8080"))
+                .collect();
+            let four = Rendezvous::new(&without);
+            let owner = four.pick(k).expect("nodes");
+            assert_eq!(without[owner], format!("10.0.0.{}:8080", ranked[1]));
         }
     }
 

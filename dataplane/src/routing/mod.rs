@@ -5,8 +5,12 @@
 
 mod hash;
 mod key;
+mod state;
 mod table;
 
 pub use hash::{KeyHash, Rendezvous, hash_key};
 pub use key::{KeySource, RequestView};
+pub use state::{
+    BUCKETS, Placement, Pool, RoutingState, Seat, Shard, Version, VersionState, bucket, must_move,
+};
 pub use table::{Backend, RouteEntry, RouteTable};

@@ -1,10 +1,11 @@
-//! The routing table: routes by path prefix, each with its key source and
-//! its backends. A table is immutable; a new one replaces it whole (one
-//! `Arc` swapped), so the hot path never takes a lock to read it.
+//! The routing table: routes by path prefix, each with its key source. A
+//! table is immutable and part of a [`super::RoutingState`], which is
+//! replaced whole (one `Arc` swapped), so the hot path never takes a lock
+//! to read it.
 
 use std::{net::SocketAddr, sync::Arc};
 
-use super::{KeyHash, KeySource, Rendezvous};
+use super::KeySource;
 use crate::config::MissingKey;
 
 /// One backend endpoint.
@@ -27,38 +28,22 @@ pub struct RouteEntry {
     pub key: KeySource,
     /// What to do without a key.
     pub missing_key: MissingKey,
-    /// The route's backends.
-    pub backends: Vec<Backend>,
-    ring: Rendezvous,
 }
 
 impl RouteEntry {
-    /// A route over `backends`.
-    pub fn new(
-        name: &str,
-        path_prefix: &str,
-        key: KeySource,
-        missing_key: MissingKey,
-        backends: Vec<Backend>,
-    ) -> Self {
-        let ring = Rendezvous::new(backends.iter().map(|b| b.id.as_bytes()));
+    /// A route.
+    pub fn new(name: &str, path_prefix: &str, key: KeySource, missing_key: MissingKey) -> Self {
         Self {
             name: name.into(),
             path_prefix: path_prefix.to_owned(),
             key,
             missing_key,
-            backends,
-            ring,
         }
-    }
-
-    /// The backend that owns `key`, or `None` when the route has none.
-    pub fn backend_for(&self, key: KeyHash) -> Option<&Backend> {
-        self.ring.pick(key).map(|i| &self.backends[i])
     }
 }
 
-/// All routes, longest prefix first.
+/// All routes, longest prefix first. A route's index in the table is its
+/// index in each version's backend pools.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<RouteEntry>,
@@ -71,12 +56,23 @@ impl RouteTable {
         Self { routes }
     }
 
-    /// The route with the longest prefix of `target`'s path.
-    pub fn route_for(&self, target: &str) -> Option<&RouteEntry> {
+    /// The route with the longest prefix of `target`'s path, and its index.
+    pub fn route_for(&self, target: &str) -> Option<(usize, &RouteEntry)> {
         let path = target.split(['?', '#']).next().unwrap_or("");
         self.routes
             .iter()
-            .find(|r| path.starts_with(&r.path_prefix))
+            .enumerate()
+            .find(|(_, r)| path.starts_with(&r.path_prefix))
+    }
+
+    /// The index of the route named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.routes.iter().position(|r| &*r.name == name)
+    }
+
+    /// The routes, in index order.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
     }
 }
 
@@ -90,7 +86,6 @@ mod tests {
             prefix,
             KeySource::Query("k".into()),
             MissingKey::Reject,
-            vec![],
         )
     }
 
@@ -101,7 +96,7 @@ mod tests {
             route("chat", "/chat"),
             route("admin", "/chat/admin"),
         ]);
-        let name = |t: &str| table.route_for(t).map(|r| r.name.to_string());
+        let name = |t: &str| table.route_for(t).map(|(_, r)| r.name.to_string());
         assert_eq!(name("/chat/admin/x"), Some("admin".into()));
         assert_eq!(name("/chat?room=1"), Some("chat".into()));
         assert_eq!(name("/other"), Some("root".into()));

@@ -1,0 +1,184 @@
+use super::*;
+
+fn config() -> Config {
+    Config::from_yaml(
+        "listener: {address: 127.0.0.1:0}\nshard: {id: a-0, peer: {address: 127.0.0.1:0, tokenFile: /dev/null}, control: {address: 127.0.0.1:0, certFile: c, keyFile: k, clientCaFile: ca}}\n",
+    )
+    .expect("a shard config")
+}
+
+fn snapshot() -> v1::Snapshot {
+    let version = |version: v1::Version, prefix: &str| v1::VersionSpec {
+        version: version as i32,
+        slot: v1::Slot::A as i32,
+        image: format!("ringway:{prefix}"),
+        shards: (0..2)
+            .map(|i| v1::Shard {
+                id: format!("{prefix}-{i}"),
+                peer_address: format!("127.0.0.{}:7000", i + 2),
+            })
+            .collect(),
+        backends: vec![v1::RouteBackends {
+            route: "chat".into(),
+            backends: (0..3)
+                .map(|i| v1::Backend {
+                    id: format!("pod-{i}"),
+                    address: format!("10.0.0.{i}:9000"),
+                })
+                .collect(),
+        }],
+    };
+    v1::Snapshot {
+        epoch: 7,
+        gateway: "default/chat".into(),
+        routes: vec![v1::Route {
+            name: "chat".into(),
+            path_prefix: "/chat".into(),
+            key: Some(v1::KeySource {
+                source: Some(v1::key_source::Source::Query("room".into())),
+            }),
+            missing_key: v1::MissingKeyPolicy::Reject as i32,
+        }],
+        versions: vec![
+            version(v1::Version::Stable, "a"),
+            version(v1::Version::Canary, "b"),
+        ],
+        canary_basis_points: 1_000,
+        limits: Some(v1::ConnectionLimits {
+            heartbeat_interval_ms: 1_500,
+            max_frame_bytes: 0,
+            ..Default::default()
+        }),
+        drain: Some(v1::DrainSettings {
+            window_ms: 2_000,
+            close_timeout_ms: 0,
+            max_closes_per_second: 250,
+        }),
+    }
+}
+
+fn refused(change: impl FnOnce(&mut v1::Snapshot)) -> String {
+    let mut s = snapshot();
+    change(&mut s);
+    Running::from_snapshot(&s, &config()).expect_err("refused")
+}
+
+#[test]
+fn a_snapshot_becomes_the_running_state() {
+    let config = config();
+    let running = Running::from_snapshot(&snapshot(), &config).expect("valid");
+    let r = &running.routing;
+    assert_eq!(r.epoch, 7);
+    assert_eq!(r.canary_basis_points(), 1_000);
+    assert_eq!(r.stable().shards().len(), 2);
+    assert_eq!(r.canary().map(|c| c.image.as_str()), Some("ringway:b"));
+    assert_eq!(r.version_of_shard("b-1"), Some(Version::Canary));
+    assert_eq!(r.table.routes()[0].path_prefix, "/chat");
+    assert_eq!(r.stable().pools()[0].backends().len(), 3);
+    // Set limits replace the config's; zeros keep them.
+    assert_eq!(
+        running.relay.heartbeat_interval,
+        Duration::from_millis(1_500)
+    );
+    assert_eq!(running.relay.max_frame, config.connections.max_frame_bytes);
+    assert_eq!(running.relay.idle_timeout, None, "idle 0 is off");
+    assert_eq!(
+        running.drain,
+        DrainPolicy {
+            window: Duration::from_secs(2),
+            max_closes_per_second: 250
+        }
+    );
+}
+
+#[test]
+fn a_bad_snapshot_is_refused_with_the_field_named() {
+    type Change = Box<dyn FnOnce(&mut v1::Snapshot)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("epoch: must be at least 1", Box::new(|s| s.epoch = 0)),
+        (
+            "versions: the STABLE version is missing",
+            Box::new(|s| {
+                s.versions.remove(0);
+            }),
+        ),
+        (
+            "versions[1]: a second stable version",
+            Box::new(|s| s.versions[1].version = v1::Version::Stable as i32),
+        ),
+        (
+            "versions[0].version: must be STABLE or CANARY",
+            Box::new(|s| s.versions[0].version = 0),
+        ),
+        (
+            "canary_basis_points: 10001 is above 10000",
+            Box::new(|s| s.canary_basis_points = 10_001),
+        ),
+        (
+            "canary_basis_points: 1000 with no CANARY version",
+            Box::new(|s| {
+                s.versions.pop();
+            }),
+        ),
+        (
+            "versions[1].shards[0].id: shard a-0 is listed twice",
+            Box::new(|s| s.versions[1].shards[0].id = "a-0".into()),
+        ),
+        (
+            "versions[0].shards[1].peer_address: \"pod:7000\" is not an ip:port",
+            Box::new(|s| s.versions[0].shards[1].peer_address = "pod:7000".into()),
+        ),
+        (
+            "versions[0].backends[0] (lobby).route: no route has this name",
+            Box::new(|s| s.versions[0].backends[0].route = "lobby".into()),
+        ),
+        (
+            "versions[0].backends[0] (chat).backends[2].id: backend pod-0 is listed twice",
+            Box::new(|s| s.versions[0].backends[0].backends[2].id = "pod-0".into()),
+        ),
+        (
+            "routes[0] (chat).key: no key source",
+            Box::new(|s| s.routes[0].key = None),
+        ),
+        (
+            "routes[0] (chat).path_prefix: must start with '/'",
+            Box::new(|s| s.routes[0].path_prefix = "chat".into()),
+        ),
+        (
+            "routes[1] (chat).name: another route has this name",
+            Box::new(|s| {
+                let mut again = s.routes[0].clone();
+                again.path_prefix = "/other".into();
+                s.routes.push(again);
+            }),
+        ),
+        (
+            "limits: max_frame_bytes (100) must be at least 125",
+            Box::new(|s| {
+                s.limits = Some(v1::ConnectionLimits {
+                    max_frame_bytes: 100,
+                    ..Default::default()
+                })
+            }),
+        ),
+    ];
+    for (expected, change) in cases {
+        let message = refused(change);
+        assert!(
+            message.starts_with(expected),
+            "expected {expected:?}, got {message:?}"
+        );
+    }
+}
+
+#[test]
+fn the_standalone_config_is_one_version_without_shards() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/standalone.yaml");
+    let config = Config::load(&path).expect("valid");
+    let running = Running::standalone(&config).expect("valid");
+    assert_eq!(running.routing.epoch, 0);
+    assert!(running.routing.stable().shards().is_empty());
+    assert!(running.routing.canary().is_none());
+    let waiting = Running::waiting(&config);
+    assert!(waiting.routing.table.routes().is_empty());
+}
