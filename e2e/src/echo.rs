@@ -1,7 +1,9 @@
 //! The echo backend: a WebSocket server that sends every text and binary
 //! message back unchanged and names itself in the upgrade response
 //! (`X-Ringway-Backend: <id>`), so a client behind a proxy sees which backend
-//! its key was routed to.
+//! its key was routed to. It also sends back the `X-Ringway-Shard` header
+//! that a Ringway shard puts on the requests it relays, so the client sees
+//! which shard owned its key too.
 //!
 //! It is the backend of every benchmark and of the RFC 6455 conformance run,
 //! so it leaves the protocol to tungstenite: pings are answered, a close is
@@ -25,6 +27,10 @@ use tracing::{debug, warn};
 
 /// The response header naming the backend that accepted a connection.
 pub const BACKEND_HEADER: &str = "x-ringway-backend";
+
+/// The request header naming the shard that relayed a connection; the
+/// echo sends it back on its upgrade response.
+pub const SHARD_HEADER: &str = "x-ringway-shard";
 
 /// Default read buffer per connection: enough for small messages in one
 /// read, small enough that 20,000 idle connections hold 80 MiB of it.
@@ -103,13 +109,21 @@ async fn echo_connection(stream: TcpStream, config: &EchoConfig) -> anyhow::Resu
     }
 }
 
-/// Adds [`BACKEND_HEADER`] to the upgrade response; accepts every request,
-/// whatever its path, query or subprotocol.
+/// Adds [`BACKEND_HEADER`] (and [`SHARD_HEADER`], when the request has
+/// it) to the upgrade response; accepts every request, whatever its path,
+/// query or subprotocol.
 struct NameBackend(HeaderValue);
 
 impl Callback for NameBackend {
-    fn on_request(self, _: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    fn on_request(
+        self,
+        request: &Request,
+        mut response: Response,
+    ) -> Result<Response, ErrorResponse> {
         response.headers_mut().insert(BACKEND_HEADER, self.0);
+        if let Some(shard) = request.headers().get(SHARD_HEADER) {
+            response.headers_mut().insert(SHARD_HEADER, shard.clone());
+        }
         Ok(response)
     }
 }

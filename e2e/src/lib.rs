@@ -10,12 +10,17 @@
 //! - [`sources`]: source-address ranges (`127.0.0.2-127.0.0.40`), so one
 //!   machine opens more connections than one address has ephemeral ports;
 //! - [`stamp`]: the send timestamp carried in each load message;
-//! - [`limits`]: the file-descriptor budget of one process.
+//! - [`limits`]: the file-descriptor budget of one process;
+//! - [`fleet`]: shard processes, echo backends and the control client of a
+//!   gateway on one machine, for the sharding tests;
+//! - [`keyed`]: keyed clients that see which shard and backend serve them.
 //!
 //! This is test tooling, not a library for users: errors are `anyhow`
 //! throughout, as in binaries and tests.
 
 pub mod echo;
+pub mod fleet;
+pub mod keyed;
 pub mod limits;
 pub mod load;
 pub mod sources;

@@ -1,0 +1,632 @@
+//! Sharding end to end: real `ringway-dataplane` shards and `ringway-echo`
+//! backends as processes on their own 127.x.y.z addresses, steered with
+//! the operator's control client. Every expectation about which keys move
+//! is computed from the routing contract (XXH3 of the key, `mod 10000`
+//! against the canary's basis points, rendezvous hashing over shard and
+//! backend ids), and the connections that a step closes must be exactly
+//! those, no more and no fewer.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
+
+use futures_util::future::join_all;
+use ringway_control::{
+    ControlClient, Options, TlsIdentity,
+    pki::{Ca, SERVER_NAME, Usage},
+    proto as v1,
+};
+use ringway_dataplane::routing::{Rendezvous, bucket, hash_key};
+use ringway_e2e::{
+    fleet::{Binaries, Fleet},
+    keyed::{Ended, KeyedConn},
+};
+
+fn binaries() -> Binaries {
+    Binaries::beside(env!("CARGO_BIN_EXE_ringway-echo")).expect("binaries")
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("k{i}")).collect()
+}
+
+/// The routing contract, computed here independently of any shard.
+struct Expect<'a> {
+    fleet: &'a Fleet,
+    stable: &'a [usize],
+    canary: &'a [usize],
+    basis_points: u32,
+    backends: &'a [usize],
+}
+
+impl Expect<'_> {
+    fn shards_of(&self, key: &str) -> &[usize] {
+        let on_canary = u64::from(bucket(hash_key(key.as_bytes()))) < u64::from(self.basis_points)
+            && !self.canary.is_empty();
+        if on_canary { self.canary } else { self.stable }
+    }
+
+    /// The shard ids in the order they own `key`: owner, fallback, ...
+    fn ranked(&self, key: &str) -> Vec<String> {
+        let shards = self.shards_of(key);
+        let ids: Vec<&str> = shards
+            .iter()
+            .map(|&s| self.fleet.shards[s].id.as_str())
+            .collect();
+        Rendezvous::new(&ids)
+            .ranked(hash_key(key.as_bytes()))
+            .into_iter()
+            .map(|i| ids[i].to_owned())
+            .collect()
+    }
+
+    fn owner(&self, key: &str) -> String {
+        self.ranked(key).remove(0)
+    }
+
+    fn backend(&self, key: &str) -> String {
+        let ids: Vec<&str> = self
+            .backends
+            .iter()
+            .map(|&b| self.fleet.backends[b].id.as_str())
+            .collect();
+        let i = Rendezvous::new(&ids)
+            .pick(hash_key(key.as_bytes()))
+            .expect("backends");
+        ids[i].to_owned()
+    }
+
+    fn seat(&self, key: &str) -> (String, String) {
+        (self.owner(key), self.backend(key))
+    }
+}
+
+/// Opens one connection per key, each to a random shard of `edges`,
+/// 100 at a time.
+async fn open_all(fleet: &Fleet, keys: &[String], edges: &[usize]) -> Vec<KeyedConn> {
+    let mut conns = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let opened = join_all(chunk.iter().map(|key| {
+            let edge = edges[fastrand::usize(..edges.len())];
+            KeyedConn::open(fleet.shards[edge].client, edge, key)
+        }))
+        .await;
+        for c in opened {
+            conns.push(c.expect("connects"));
+        }
+    }
+    conns
+}
+
+/// Waits for the drain of a step and splits the connections into those
+/// that ended (with how) and those still open.
+async fn settle(
+    conns: Vec<KeyedConn>,
+    wait: Duration,
+) -> (BTreeMap<String, Ended>, Vec<KeyedConn>) {
+    tokio::time::sleep(wait).await;
+    let mut ended = BTreeMap::new();
+    let mut open = Vec::new();
+    for c in conns {
+        match c.ended() {
+            Some(e) => {
+                ended.insert(c.key.clone(), e);
+            }
+            None => open.push(c),
+        }
+    }
+    (ended, open)
+}
+
+/// Every connection in `conns` echoes a message.
+async fn all_echo(conns: &[KeyedConn], tag: &str) {
+    let lost: Vec<&str> = join_all(conns.iter().map(|c| async move {
+        (!c.echo(&format!("{tag}-{}", c.key)).await).then_some(c.key.as_str())
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    assert!(
+        lost.is_empty(),
+        "{} connections lost an echo: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+fn assert_only_1012(ended: &BTreeMap<String, Ended>) {
+    for (key, how) in ended {
+        assert_eq!(how.code(), Some(1012), "{key} ended with {how:?}");
+        if let Ended::Close(_, reason) = how {
+            assert!(
+                reason.starts_with("key moved; retry-after-ms="),
+                "{key}: {reason}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_connection_of_a_key_ends_on_one_shard_and_one_backend() {
+    let mut fleet = Fleet::start(binaries(), 3, 3).await.expect("fleet");
+    let snapshot = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1, 2]);
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
+    let expect = Expect {
+        fleet: &fleet,
+        stable: &[0, 1, 2],
+        canary: &[],
+        basis_points: 0,
+        backends: &[0, 1, 2],
+    };
+    let keys = keys(1_000);
+    // Two connections per key, each to a random shard.
+    let twice: Vec<String> = keys.iter().chain(&keys).cloned().collect();
+    let conns = open_all(&fleet, &twice, &[0, 1, 2]).await;
+    let mut seats: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
+    for c in &conns {
+        seats
+            .entry(&c.key)
+            .or_default()
+            .insert((c.shard.clone(), c.backend.clone()));
+    }
+    for (key, seen) in &seats {
+        assert_eq!(seen.len(), 1, "{key} was served from {seen:?}");
+        assert_eq!(seen.iter().next(), Some(&expect.seat(key)), "{key}");
+    }
+    let handed = conns
+        .iter()
+        .filter(|c| fleet.shards[c.edge].id != c.shard)
+        .count();
+    assert!(
+        handed > 1_000,
+        "only {handed} of 2,000 connections were handed off"
+    );
+    all_echo(&conns, "hello").await;
+    // The pods count each connection once on its owner, and the edges
+    // count what they relay.
+    let mut owned = 0;
+    let mut relayed = 0;
+    for s in &fleet.shards {
+        let status = fleet
+            .control
+            .status(&s.control_address())
+            .await
+            .expect("status");
+        assert_eq!(status.epoch, snapshot.epoch);
+        assert!(status.ready);
+        owned += status.connections.iter().map(|c| c.count).sum::<u64>();
+        relayed += status.relayed;
+    }
+    assert_eq!((owned, relayed), (2_000, handed as u64));
+}
+
+#[tokio::test]
+async fn canary_steps_drain_exactly_the_keys_whose_bucket_moved() {
+    let mut fleet = Fleet::start(binaries(), 5, 2).await.expect("fleet");
+    let (stable, canary, backends) = ([0, 1, 2], [3, 4], [0, 1]);
+    let all = [0, 1, 2, 3, 4];
+    let first = fleet.snapshot(&stable, &canary, 0, &backends);
+    fleet.push(&first).await.expect("pushed");
+    fleet.wait_ready(&all).await.expect("ready");
+    let keys = keys(1_000);
+    let mut conns = open_all(&fleet, &keys, &all).await;
+    let mut weight = 0u32;
+    for next in [10u32, 50, 100, 0] {
+        let (from_bp, to_bp) = (weight * 100, next * 100);
+        let moved: BTreeSet<String> = keys
+            .iter()
+            .filter(|k| {
+                let b = bucket(hash_key(k.as_bytes()));
+                (b < from_bp) != (b < to_bp)
+            })
+            .cloned()
+            .collect();
+        let snapshot = fleet.snapshot(&stable, &canary, to_bp, &backends);
+        let draining: u64 = fleet.push(&snapshot).await.expect("pushed").iter().sum();
+        assert_eq!(
+            draining,
+            moved.len() as u64,
+            "{weight}% -> {next}%: shards scheduled {draining}, the bucket arithmetic moves {}",
+            moved.len()
+        );
+        let (ended, open) = settle(conns, Duration::from_millis(1_500)).await;
+        assert_only_1012(&ended);
+        let closed: BTreeSet<String> = ended.keys().cloned().collect();
+        assert_eq!(
+            closed, moved,
+            "{weight}% -> {next}%: the closed set differs from the moved set"
+        );
+        all_echo(&open, &format!("after-{next}")).await;
+        // The moved keys reconnect and land on their new owners.
+        let expect = Expect {
+            fleet: &fleet,
+            stable: &stable,
+            canary: &canary,
+            basis_points: to_bp,
+            backends: &backends,
+        };
+        let moved: Vec<String> = moved.into_iter().collect();
+        let again = open_all(&fleet, &moved, &all).await;
+        for c in &again {
+            assert_eq!(
+                (c.shard.clone(), c.backend.clone()),
+                expect.seat(&c.key),
+                "{} after {next}%",
+                c.key
+            );
+        }
+        conns = open.into_iter().chain(again).collect();
+        weight = next;
+        // Between steps every shard reports the new epoch.
+        for s in &fleet.shards {
+            let status = fleet
+                .control
+                .status(&s.control_address())
+                .await
+                .expect("status");
+            assert_eq!(status.epoch, snapshot.epoch);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fourth_shard_takes_about_a_quarter_of_the_keys_and_only_those_drain() {
+    let mut fleet = Fleet::start(binaries(), 4, 2).await.expect("fleet");
+    let first = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
+    fleet.push(&first).await.expect("pushed");
+    fleet.wait_ready(&[0, 1, 2, 3]).await.expect("ready");
+    let keys = keys(1_000);
+    let conns = open_all(&fleet, &keys, &[0, 1, 2]).await;
+    let before = Expect {
+        fleet: &fleet,
+        stable: &[0, 1, 2],
+        canary: &[],
+        basis_points: 0,
+        backends: &[0, 1],
+    };
+    let after = Expect {
+        fleet: &fleet,
+        stable: &[0, 1, 2, 3],
+        canary: &[],
+        basis_points: 0,
+        backends: &[0, 1],
+    };
+    let moved: BTreeSet<String> = keys
+        .iter()
+        .filter(|k| before.owner(k) != after.owner(k))
+        .cloned()
+        .collect();
+    assert!(
+        moved.iter().all(|k| after.owner(k) == "shard-3"),
+        "a key moved between old shards"
+    );
+    let share = moved.len() as f64 / keys.len() as f64;
+    assert!(
+        (0.20..=0.30).contains(&share),
+        "the fourth shard takes {:.1}% of the keys",
+        share * 100.0
+    );
+    let snapshot = fleet.snapshot(&[0, 1, 2, 3], &[], 0, &[0, 1]);
+    fleet.push(&snapshot).await.expect("pushed");
+    let (ended, open) = settle(conns, Duration::from_millis(1_500)).await;
+    assert_only_1012(&ended);
+    assert_eq!(ended.keys().cloned().collect::<BTreeSet<_>>(), moved);
+    all_echo(&open, "still").await;
+    let moved: Vec<String> = moved.into_iter().collect();
+    for c in open_all(&fleet, &moved, &[0, 1, 2, 3]).await {
+        assert_eq!(c.shard, "shard-3", "{}", c.key);
+    }
+}
+
+#[tokio::test]
+async fn a_removed_backend_drains_only_its_keys_and_they_land_elsewhere() {
+    let mut fleet = Fleet::start(binaries(), 2, 3).await.expect("fleet");
+    let first = fleet.snapshot(&[0, 1], &[], 0, &[0, 1, 2]);
+    fleet.push(&first).await.expect("pushed");
+    fleet.wait_ready(&[0, 1]).await.expect("ready");
+    let keys = keys(600);
+    let conns = open_all(&fleet, &keys, &[0, 1]).await;
+    let moved: BTreeSet<String> = conns
+        .iter()
+        .filter(|c| c.backend == "backend-2")
+        .map(|c| c.key.clone())
+        .collect();
+    assert!(
+        moved.len() > 100,
+        "backend-2 holds only {} keys",
+        moved.len()
+    );
+    let snapshot = fleet.snapshot(&[0, 1], &[], 0, &[0, 1]);
+    fleet.push(&snapshot).await.expect("pushed");
+    let (ended, open) = settle(conns, Duration::from_millis(1_500)).await;
+    assert_only_1012(&ended);
+    assert_eq!(ended.keys().cloned().collect::<BTreeSet<_>>(), moved);
+    all_echo(&open, "still").await;
+    let expect = Expect {
+        fleet: &fleet,
+        stable: &[0, 1],
+        canary: &[],
+        basis_points: 0,
+        backends: &[0, 1],
+    };
+    let moved: Vec<String> = moved.into_iter().collect();
+    for c in open_all(&fleet, &moved, &[0, 1]).await {
+        assert_ne!(c.backend, "backend-2");
+        assert_eq!((c.shard.clone(), c.backend.clone()), expect.seat(&c.key));
+    }
+}
+
+#[tokio::test]
+async fn only_the_operators_certificate_applies_snapshots_and_stale_epochs_are_refused() {
+    let mut fleet = Fleet::start(binaries(), 1, 1).await.expect("fleet");
+    let address = fleet.shards[0].control_address();
+    let first = fleet.snapshot(&[0], &[], 0, &[0]);
+    let year = Duration::from_secs(365 * 86_400);
+    let quick = Options {
+        attempts: 1,
+        rpc_timeout: Duration::from_secs(2),
+        ..Options::default()
+    };
+    // A certificate from another CA.
+    let stranger = Ca::generate("stranger", year).expect("ca");
+    let theirs = stranger
+        .issue("operator", Usage::Client, &[], year)
+        .expect("cert");
+    let foreign = ControlClient::new(
+        &TlsIdentity {
+            ca_pem: fleet.pki.ca.cert_pem().to_owned(),
+            cert_pem: theirs.cert_pem,
+            key_pem: theirs.key_pem,
+            server_name: SERVER_NAME.into(),
+        },
+        quick.clone(),
+    )
+    .expect("client");
+    assert!(
+        foreign.apply(&address, &first).await.is_err(),
+        "a foreign certificate applied a snapshot"
+    );
+    // The right CA, but a pod's (server) certificate.
+    let pod = fleet
+        .pki
+        .ca
+        .issue("pod", Usage::Server, &[SERVER_NAME], year)
+        .expect("cert");
+    let impostor = ControlClient::new(
+        &TlsIdentity {
+            ca_pem: fleet.pki.ca.cert_pem().to_owned(),
+            cert_pem: pod.cert_pem,
+            key_pem: pod.key_pem,
+            server_name: SERVER_NAME.into(),
+        },
+        quick,
+    )
+    .expect("client");
+    assert!(
+        impostor.apply(&address, &first).await.is_err(),
+        "a server certificate applied a snapshot"
+    );
+    // No certificate at all.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            fleet.pki.ca.cert_pem(),
+        ))
+        .domain_name(SERVER_NAME);
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .expect("endpoint")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let mut anonymous = v1::control_client::ControlClient::new(channel);
+    let refused = anonymous
+        .apply_snapshot(v1::ApplySnapshotRequest {
+            snapshot: Some(first.clone()),
+        })
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate applied a snapshot"
+    );
+    let status = fleet.control.status(&address).await.expect("status");
+    assert_eq!(
+        (status.epoch, status.ready),
+        (0, false),
+        "nothing was applied; not ready without a snapshot"
+    );
+    // The operator applies; an older epoch is refused and says so; the
+    // same epoch again is a no-op.
+    let second = fleet.snapshot(&[0], &[], 0, &[0]);
+    let ack = fleet
+        .control
+        .apply(&address, &second)
+        .await
+        .expect("applied");
+    assert_eq!((ack.epoch, ack.changed), (second.epoch, true));
+    let stale = fleet
+        .control
+        .apply(&address, &first)
+        .await
+        .expect_err("stale");
+    assert!(stale.is_stale_epoch(), "{stale}");
+    assert!(
+        stale.to_string().contains(&format!(
+            "snapshot epoch {} is older than the running epoch {}",
+            first.epoch, second.epoch
+        )),
+        "{stale}"
+    );
+    let again = fleet
+        .control
+        .apply(&address, &second)
+        .await
+        .expect("idempotent");
+    assert_eq!((again.epoch, again.changed), (second.epoch, false));
+    // A snapshot that makes no sense is refused with the field named.
+    let mut bad = fleet.snapshot(&[0], &[], 0, &[0]);
+    bad.canary_basis_points = 500;
+    let invalid = fleet
+        .control
+        .apply(&address, &bad)
+        .await
+        .expect_err("invalid");
+    assert!(
+        invalid
+            .to_string()
+            .contains("canary_basis_points: 500 with no CANARY version"),
+        "{invalid}"
+    );
+}
+
+#[tokio::test]
+async fn shards_keep_routing_on_their_last_snapshot_with_the_control_side_gone() {
+    let mut fleet = Fleet::start(binaries(), 3, 2).await.expect("fleet");
+    let snapshot = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
+    let expect = Expect {
+        fleet: &fleet,
+        stable: &[0, 1, 2],
+        canary: &[],
+        basis_points: 0,
+        backends: &[0, 1],
+    };
+    let keys = keys(200);
+    let conns = open_all(&fleet, &keys, &[0, 1, 2]).await;
+    // From here on nobody talks to the control ports, for 30 s.
+    let start = tokio::time::Instant::now();
+    let mut round = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        round += 1;
+        let fresh: Vec<String> = (0..20).map(|i| format!("r{round}-{i}")).collect();
+        for c in open_all(&fleet, &fresh, &[0, 1, 2]).await {
+            assert_eq!((c.shard.clone(), c.backend.clone()), expect.seat(&c.key));
+            assert!(c.echo("x").await);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let (ended, open) = settle(conns, Duration::ZERO).await;
+    assert!(ended.is_empty(), "connections ended: {ended:?}");
+    all_echo(&open, "after-30s").await;
+}
+
+#[tokio::test]
+async fn kill_9_of_one_shard_drops_only_the_connections_through_it() {
+    let mut fleet = Fleet::start(binaries(), 3, 2).await.expect("fleet");
+    let snapshot = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
+    let keys = keys(600);
+    let conns = open_all(&fleet, &keys, &[0, 1, 2]).await;
+    fleet.shards[1].kill().await.expect("killed");
+    let (ended, open) = settle(conns, Duration::from_secs(2)).await;
+    let through = |edge: usize, shard: &str| edge == 1 || shard == "shard-1";
+    for c in &open {
+        assert!(
+            !through(c.edge, &c.shard),
+            "{} went through shard-1 and is still open",
+            c.key
+        );
+    }
+    assert!(!ended.is_empty());
+    // Every survivor saw no close and loses no message.
+    all_echo(&open, "survivor").await;
+    let expected_dropped = keys.len() - open.len();
+    assert_eq!(ended.len(), expected_dropped);
+    // New connections for keys shard-1 owns go to the next shard on the
+    // ring without the client noticing: the snapshot still names shard-1.
+    let expect = Expect {
+        fleet: &fleet,
+        stable: &[0, 1, 2],
+        canary: &[],
+        basis_points: 0,
+        backends: &[0, 1],
+    };
+    let orphans: Vec<String> = keys
+        .iter()
+        .filter(|k| expect.owner(k) == "shard-1")
+        .take(50)
+        .cloned()
+        .collect();
+    for c in open_all(&fleet, &orphans, &[0, 2]).await {
+        assert_eq!(
+            c.shard,
+            expect.ranked(&c.key)[1],
+            "{} fell back elsewhere",
+            c.key
+        );
+        assert_eq!(c.backend, expect.backend(&c.key));
+        assert!(c.echo("fallback").await);
+    }
+}
+
+#[tokio::test]
+async fn a_drain_keeps_to_its_rate_cap() {
+    let mut fleet = Fleet::start(binaries(), 1, 1).await.expect("fleet");
+    let snapshot = fleet.snapshot(&[0], &[], 0, &[0]);
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&[0]).await.expect("ready");
+    let keys = keys(400);
+    let conns = open_all(&fleet, &keys, &[0]).await;
+    let rate = 100;
+    let start = tokio::time::Instant::now();
+    let scheduled = fleet
+        .control
+        .drain(
+            &fleet.shards[0].control_address(),
+            v1::DrainRequest {
+                // A window far too short for the rate: a pod that stays
+                // up keeps to the rate past its window.
+                window_ms: 1_000,
+                max_closes_per_second: rate,
+            },
+        )
+        .await
+        .expect("drain");
+    assert_eq!(scheduled.draining, 400);
+    let closes: Vec<Duration> = join_all(conns.iter().map(|c| async move {
+        let how = c.wait_ended(Duration::from_secs(15)).await;
+        assert_eq!(
+            how.as_ref().and_then(Ended::code),
+            Some(1001),
+            "{}: {how:?}",
+            c.key
+        );
+        start.elapsed()
+    }))
+    .await;
+    let mut sorted = closes.clone();
+    sorted.sort();
+    let busiest = (0..sorted.len())
+        .map(|i| {
+            sorted[i..]
+                .iter()
+                .take_while(|t| **t < sorted[i] + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let took = sorted.last().copied().unwrap_or_default();
+    println!("400 closes at a cap of {rate}/s: busiest second {busiest}, all done in {took:?}");
+    // Close frames cross the loopback in well under a millisecond; a
+    // handful of slack covers the clients' own scheduling.
+    assert!(
+        busiest <= rate as usize + 5,
+        "{busiest} closes within one second"
+    );
+    assert!(
+        took >= Duration::from_millis(3_000),
+        "400 closes at {rate}/s took only {took:?}"
+    );
+    // The pod is not ready and stays up for the operator to remove it.
+    let status = fleet
+        .control
+        .status(&fleet.shards[0].control_address())
+        .await
+        .expect("status");
+    assert!(!status.ready);
+}
