@@ -24,6 +24,8 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::time::ASN1Time;
 
 /// The DNS name every pod's control certificate carries and every client
 /// verifies. Pods are dialed by IP, which is not known when their
@@ -173,23 +175,24 @@ impl Ca {
     /// expired CA loads (so its expiry can be read) but refuses to issue.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
         let der = decode_pem(cert_pem)?;
-        let info = der::parse(&der).map_err(|e| PkiError::InvalidCertificate(e.to_owned()))?;
-        if !info.is_ca {
+        let cert = parse_cert(&der)?;
+        if !is_ca(&cert)? {
             return Err(PkiError::InvalidCaCertificate(
                 "it is not a CA certificate (basicConstraints cA is not set)".to_owned(),
             ));
         }
         let key = KeyPair::from_pem(key_pem).map_err(PkiError::InvalidCaKey)?;
-        if info.public_key != key.public_key_raw() {
+        if !key_matches(&cert, &key) {
             return Err(PkiError::KeyMismatch);
         }
+        let not_after = cert.validity().not_after.timestamp();
         let issuer = Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| PkiError::InvalidCaCertificate(e.to_string()))?;
         Ok(Ca {
             issuer,
             cert_pem: cert_pem.to_owned(),
             key_pem: key_pem.to_owned(),
-            not_after: info.not_after,
+            not_after,
         })
     }
 
@@ -261,8 +264,8 @@ impl Ca {
 /// PEM holds a chain), so the operator can renew it in time.
 pub fn not_after(cert_pem: &str) -> Result<SystemTime, PkiError> {
     let der = decode_pem(cert_pem)?;
-    let info = der::parse(&der).map_err(|e| PkiError::InvalidCertificate(e.to_owned()))?;
-    Ok(from_unix_secs(info.not_after))
+    let cert = parse_cert(&der)?;
+    Ok(from_unix_secs(cert.validity().not_after.timestamp()))
 }
 
 /// Whether a PEM certificate expires within `margin` of `now` (or already
@@ -372,217 +375,44 @@ fn from_unix_secs(secs: i64) -> SystemTime {
 
 /// RFC 3339 UTC rendering of seconds since the Unix epoch.
 fn format_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = der::civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    match ASN1Time::from_timestamp(secs) {
+        Ok(time) => {
+            let t = time.to_datetime();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        }
+        // Beyond what a calendar date can express; never the case for a
+        // certificate's validity.
+        Err(_) => format!("{secs} s since 1970-01-01T00:00:00Z"),
+    }
 }
 
-/// Just enough DER to read what rcgen cannot tell us about a certificate:
-/// its expiry, its public key and whether it is a CA.
-mod der {
-    const SEQUENCE: u8 = 0x30;
-    const INTEGER: u8 = 0x02;
-    const BIT_STRING: u8 = 0x03;
-    const OCTET_STRING: u8 = 0x04;
-    const BOOLEAN: u8 = 0x01;
-    const OID: u8 = 0x06;
-    const UTC_TIME: u8 = 0x17;
-    const GENERALIZED_TIME: u8 = 0x18;
-    const VERSION: u8 = 0xa0;
-    const EXTENSIONS: u8 = 0xa3;
-    /// 2.5.29.19, basicConstraints.
-    const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+/// Parses a DER certificate (trailing bytes are ignored, as PEM decoding
+/// yields exactly one certificate).
+fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| PkiError::InvalidCertificate(format!("not a valid X.509 certificate: {e}")))
+}
 
-    /// What [`parse`] reads from a certificate.
-    pub(super) struct CertInfo<'a> {
-        /// Seconds since the Unix epoch.
-        pub not_after: i64,
-        /// The subject public key (for EC keys, the uncompressed point).
-        pub public_key: &'a [u8],
-        /// basicConstraints cA.
-        pub is_ca: bool,
-    }
+/// Whether the certificate's basicConstraints has cA set.
+fn is_ca(cert: &X509Certificate<'_>) -> Result<bool, PkiError> {
+    cert.basic_constraints()
+        .map(|bc| bc.is_some_and(|bc| bc.value.ca))
+        .map_err(|e| PkiError::InvalidCaCertificate(format!("bad basicConstraints: {e}")))
+}
 
-    /// One TLV: `(tag, contents, rest)`.
-    fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), &'static str> {
-        let (&tag, input) = input.split_first().ok_or("truncated DER")?;
-        let (&first, mut input) = input.split_first().ok_or("truncated DER")?;
-        let len = if first < 0x80 {
-            usize::from(first)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || input.len() < n {
-                return Err("bad DER length");
-            }
-            let (bytes, rest) = input.split_at(n);
-            input = rest;
-            bytes
-                .iter()
-                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
-        };
-        if input.len() < len {
-            return Err("truncated DER");
-        }
-        let (contents, rest) = input.split_at(len);
-        Ok((tag, contents, rest))
-    }
-
-    fn expect<'a>(
-        input: &'a [u8],
-        want: u8,
-        what: &'static str,
-    ) -> Result<(&'a [u8], &'a [u8]), &'static str> {
-        let (tag, contents, rest) = tlv(input)?;
-        if tag == want {
-            Ok((contents, rest))
-        } else {
-            Err(what)
-        }
-    }
-
-    pub(super) fn parse(cert: &[u8]) -> Result<CertInfo<'_>, &'static str> {
-        let (certificate, _) = expect(cert, SEQUENCE, "not an X.509 certificate")?;
-        let (tbs, _) = expect(certificate, SEQUENCE, "no tbsCertificate")?;
-        let mut rest = tbs;
-        if rest.first() == Some(&VERSION) {
-            rest = tlv(rest)?.2;
-        }
-        rest = expect(rest, INTEGER, "no serial number")?.1;
-        rest = expect(rest, SEQUENCE, "no signature algorithm")?.1;
-        rest = expect(rest, SEQUENCE, "no issuer")?.1;
-        let (validity, after) = expect(rest, SEQUENCE, "no validity")?;
-        rest = after;
-        let (_, not_before_rest) = {
-            let (tag, contents, rest) = tlv(validity)?;
-            time(tag, contents)?;
-            ((), rest)
-        };
-        let (tag, contents, _) = tlv(not_before_rest)?;
-        let not_after = time(tag, contents)?;
-        rest = expect(rest, SEQUENCE, "no subject")?.1;
-        let (spki, after) = expect(rest, SEQUENCE, "no subject public key info")?;
-        rest = after;
-        let (_, spki) = expect(spki, SEQUENCE, "no public key algorithm")?;
-        let (key, _) = expect(spki, BIT_STRING, "no public key")?;
-        let public_key = match key.split_first() {
-            Some((0, key)) => key,
-            _ => return Err("bad public key bit string"),
-        };
-        let mut is_ca = false;
-        // Optional issuerUniqueID [1], subjectUniqueID [2], extensions [3].
-        while !rest.is_empty() {
-            let (tag, contents, after) = tlv(rest)?;
-            rest = after;
-            if tag == EXTENSIONS {
-                is_ca = basic_constraints_ca(contents)?;
-            }
-        }
-        Ok(CertInfo {
-            not_after,
-            public_key,
-            is_ca,
-        })
-    }
-
-    fn basic_constraints_ca(extensions: &[u8]) -> Result<bool, &'static str> {
-        let (mut list, _) = expect(extensions, SEQUENCE, "bad extensions")?;
-        while !list.is_empty() {
-            let (extension, after) = expect(list, SEQUENCE, "bad extension")?;
-            list = after;
-            let (oid, mut fields) = expect(extension, OID, "bad extension id")?;
-            if oid != BASIC_CONSTRAINTS {
-                continue;
-            }
-            if fields.first() == Some(&BOOLEAN) {
-                fields = tlv(fields)?.2;
-            }
-            let (value, _) = expect(fields, OCTET_STRING, "bad extension value")?;
-            let (constraints, _) = expect(value, SEQUENCE, "bad basicConstraints")?;
-            return Ok(match tlv(constraints) {
-                Ok((BOOLEAN, [flag], _)) => *flag != 0,
-                _ => false,
-            });
-        }
-        Ok(false)
-    }
-
-    /// A UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`),
-    /// as seconds since the Unix epoch.
-    fn time(tag: u8, text: &[u8]) -> Result<i64, &'static str> {
-        const BAD: &str = "bad certificate time";
-        let digits = |range: std::ops::Range<usize>| -> Result<i64, &'static str> {
-            let bytes = text.get(range).ok_or(BAD)?;
-            bytes.iter().try_fold(0i64, |acc, &b| {
-                if b.is_ascii_digit() {
-                    Ok(acc * 10 + i64::from(b - b'0'))
-                } else {
-                    Err(BAD)
-                }
-            })
-        };
-        let (year, at) = match (tag, text.len()) {
-            (UTC_TIME, 13) => {
-                let yy = digits(0..2)?;
-                (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
-            }
-            (GENERALIZED_TIME, 15) => (digits(0..4)?, 4),
-            _ => return Err(BAD),
-        };
-        if text.last() != Some(&b'Z') {
-            return Err(BAD);
-        }
-        let month = digits(at..at + 2)?;
-        let day = digits(at + 2..at + 4)?;
-        let hour = digits(at + 4..at + 6)?;
-        let minute = digits(at + 6..at + 8)?;
-        let second = digits(at + 8..at + 10)?;
-        if !(1..=12).contains(&month)
-            || !(1..=31).contains(&day)
-            || hour > 23
-            || minute > 59
-            || second > 60
-        {
-            return Err(BAD);
-        }
-        let days = days_from_civil(year, month, day);
-        Ok(days * 86_400 + hour * 3600 + minute * 60 + second)
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant).
-    pub(super) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-        let y = if month <= 2 { year - 1 } else { year };
-        let era = y.div_euclid(400);
-        let yoe = y.rem_euclid(400);
-        let mp = (month + 9) % 12;
-        let doy = (153 * mp + 2) / 5 + day - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
-    }
-
-    /// The date of a day count since 1970-01-01 (H. Hinnant).
-    pub(super) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        (year, month, day)
-    }
-
-    #[cfg(test)]
-    pub(super) fn test_time(tag: u8, text: &[u8]) -> Result<i64, &'static str> {
-        time(tag, text)
-    }
+/// Whether `key` is the key pair of the certificate's subject public key.
+fn key_matches(cert: &X509Certificate<'_>, key: &KeyPair) -> bool {
+    let spk = &cert.public_key().subject_public_key;
+    spk.unused_bits == 0 && *spk.data == *key.public_key_raw()
 }
 
 #[cfg(test)]
@@ -614,10 +444,14 @@ mod tests {
         assert!(contains(&der, SERVER_AUTH));
         assert!(!contains(&der, CLIENT_AUTH));
         assert!(contains(&der, SERVER_NAME.as_bytes()));
-        let info = der::parse(&der).unwrap();
-        assert!(!info.is_ca);
+        let cert = parse_cert(&der).unwrap();
+        assert!(!is_ca(&cert).unwrap());
         let key = KeyPair::from_pem(&server.key_pem).unwrap();
-        assert_eq!(info.public_key, key.public_key_raw());
+        assert!(key_matches(&cert, &key));
+        assert!(!key_matches(
+            &cert,
+            &KeyPair::from_pem(ca.key_pem()).unwrap()
+        ));
 
         let client = ca.issue("operator", Usage::Client, &[], DAY).unwrap();
         let der = decode_pem(&client.cert_pem).unwrap();
@@ -709,21 +543,26 @@ mod tests {
     }
 
     #[test]
-    fn times_parse_and_format() {
-        assert_eq!(der::test_time(0x17, b"700101000000Z"), Ok(0));
-        assert_eq!(der::test_time(0x17, b"491231235959Z"), Ok(2_524_607_999));
-        assert_eq!(
-            der::test_time(0x18, b"99991231235959Z"),
-            Ok(MAX_X509_SECS as i64)
-        );
-        assert!(der::test_time(0x17, b"701301000000Z").is_err());
-        assert!(der::test_time(0x17, b"7001010000Z").is_err());
+    fn times_format() {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(MAX_X509_SECS as i64), "9999-12-31T23:59:59Z");
         assert_eq!(format_utc(1_709_210_096), "2024-02-29T12:34:56Z");
-        for days in [-1000, 0, 59, 60, 11_016, 2_932_896] {
-            let (y, m, d) = der::civil_from_days(days);
-            assert_eq!(der::days_from_civil(y, m, d), days);
-        }
+        assert_eq!(format_utc(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn generalized_time_expiry_round_trips() {
+        // An expiry after 2049 is encoded as a GeneralizedTime.
+        let now = unix_secs(SystemTime::now()).unsigned_abs();
+        let valid_for = Duration::from_secs(MAX_X509_SECS - now - 60);
+        let ca = Ca::generate("long ca", valid_for).unwrap();
+        assert!(ca.not_after > MAX_X509_SECS as i64 - 120);
+        assert_eq!(
+            not_after(ca.cert_pem()).unwrap(),
+            from_unix_secs(ca.not_after)
+        );
+        let reloaded = Ca::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        assert_eq!(reloaded.not_after, ca.not_after);
+        assert!(format_utc(ca.not_after).starts_with("9999-12-31T23:5"));
     }
 }
