@@ -40,6 +40,28 @@ pub struct Pacer {
     /// the closes instead of releasing the backlog in one burst over the cap.
     schedule: Duration,
     done: usize,
+    at_window_end: WindowEnd,
+}
+
+/// What a drain does with the closes still due when its window ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowEnd {
+    /// Release them all: the pod is stopping and will be killed at the end
+    /// of its grace period, so a late close is better than none.
+    Flush,
+    /// Keep to the rate: the pod stays up (a rebalance, a drain before the
+    /// operator removes the pod), and the rate is the disruption budget.
+    KeepRate,
+}
+
+impl WindowEnd {
+    /// What a drain for `cause` does at its window's end.
+    pub fn for_cause(cause: DrainCause) -> Self {
+        match cause {
+            DrainCause::Shutdown => Self::Flush,
+            DrainCause::Api | DrainCause::Rebalance => Self::KeepRate,
+        }
+    }
 }
 
 /// Time between rounds.
@@ -47,21 +69,23 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 impl Pacer {
     /// A drain of `total` connections over `window` at most `rate` per second.
-    pub fn new(total: usize, window: Duration, rate: u32) -> Self {
+    pub fn new(total: usize, window: Duration, rate: u32, at_window_end: WindowEnd) -> Self {
         Self {
             total,
             window,
             rate,
             schedule: Duration::ZERO,
             done: 0,
+            at_window_end,
         }
     }
 
     /// The closes to release in the round at `elapsed` since the start: a
-    /// range of indexes. Past the window, everything left.
+    /// range of indexes. Past the window, everything left ([`WindowEnd::Flush`])
+    /// or what the rate allows ([`WindowEnd::KeepRate`]).
     pub fn round(&mut self, elapsed: Duration) -> std::ops::Range<usize> {
         self.schedule = elapsed.min(self.schedule + TICK);
-        let due = if elapsed >= self.window {
+        let due = if elapsed >= self.window && self.at_window_end == WindowEnd::Flush {
             self.total
         } else {
             closes_due(self.total, self.schedule, self.window, self.rate)
@@ -139,11 +163,14 @@ impl Drainer {
 }
 
 async fn run(mut batches: mpsc::UnboundedReceiver<Batch>, pending: Arc<watch::Sender<usize>>) {
+    let idle = || Pacer::new(0, Duration::ZERO, 1, WindowEnd::Flush);
     let mut queue: Vec<(Arc<ConnControl>, DrainCause)> = Vec::new();
-    let mut pacer = Pacer::new(0, Duration::ZERO, 1);
+    // The next victim to look at; the ones before it were asked or skipped.
+    let mut cursor = 0;
+    let mut pacer = idle();
     let (mut start, mut window, mut rate) = (Instant::now(), Duration::ZERO, 1);
     loop {
-        let batch = if pacer.finished() {
+        let batch = if cursor >= queue.len() {
             match batches.recv().await {
                 Some(b) => Some(b),
                 None => return,
@@ -155,39 +182,58 @@ async fn run(mut batches: mpsc::UnboundedReceiver<Batch>, pending: Arc<watch::Se
             }
         };
         if let Some(mut b) = batch {
-            queue.drain(..pacer.done);
+            queue.drain(..cursor);
+            cursor = 0;
             fastrand::shuffle(&mut b.victims);
             queue.extend(b.victims.into_iter().map(|v| (v, b.cause)));
             (start, window, rate) = (Instant::now(), b.window, b.rate);
-            pacer = Pacer::new(queue.len(), window, rate);
+            let at_end = if queue.iter().any(|(_, c)| *c == DrainCause::Shutdown) {
+                WindowEnd::Flush
+            } else {
+                WindowEnd::KeepRate
+            };
+            pacer = Pacer::new(queue.len(), window, rate, at_end);
         }
         let elapsed = start.elapsed();
-        let released = pacer.round(elapsed);
-        if elapsed >= window && released.len() > 1 {
+        let mut closes = pacer.round(elapsed).len();
+        if elapsed >= window && closes > 1 && pacer.at_window_end == WindowEnd::Flush {
             tracing::warn!(
-                left = released.len(),
+                left = closes,
                 rate,
                 window_seconds = window.as_secs_f64(),
                 "drain window ended before the rate cap allowed every close; closing the rest now"
             );
         }
-        let asked = released.len();
-        for (victim, cause) in &queue[released] {
-            victim.request_drain(*cause);
+        // Each close the pacer allows goes to a connection a close still
+        // changes something for: one that ended meanwhile, or that another
+        // drain already asked (a pod's whole drain meeting a rebalance, or
+        // both pods of a hand-off), does not use up the rate.
+        let from = cursor;
+        while closes > 0 && cursor < queue.len() {
+            let (victim, cause) = &queue[cursor];
+            cursor += 1;
+            if victim.drainable() {
+                victim.request_drain(*cause);
+                closes -= 1;
+            }
         }
-        if asked > 0 {
-            pending.send_modify(|n| *n = n.saturating_sub(asked));
+        let looked = cursor - from;
+        if looked > 0 {
+            pending.send_modify(|n| *n = n.saturating_sub(looked));
         }
-        if pacer.finished() {
+        if cursor >= queue.len() {
             queue.clear();
+            cursor = 0;
+            pacer = idle();
         }
     }
 }
 
 /// Asks every connection in `victims` to drain, paced by [`Pacer`].
 /// Returns when all have been asked. If the rate cap does not let the
-/// drain finish within the window, the rest are asked at the window's end
-/// (the pod is about to be killed) and that is logged.
+/// drain finish within the window, a stopping pod ([`DrainCause::Shutdown`])
+/// asks the rest at the window's end (it is about to be killed) and logs
+/// it; any other drain goes on at the rate.
 pub async fn drain(victims: Vec<Arc<ConnControl>>, cause: DrainCause, window: Duration, rate: u32) {
     let drainer = Drainer::start();
     drainer.submit(victims, cause, window, rate);
@@ -231,7 +277,7 @@ mod tests {
     #[test]
     fn a_late_round_does_not_burst_over_the_cap() {
         let rate = 100;
-        let mut pacer = Pacer::new(10_000, Duration::from_secs(1000), rate);
+        let mut pacer = Pacer::new(10_000, Duration::from_secs(1000), rate, WindowEnd::Flush);
         let mut released = Vec::new();
         // Rounds every 10 ms, then a 2 s stall, then rounds again.
         let mut t = Duration::ZERO;
@@ -293,5 +339,107 @@ mod tests {
                 .iter()
                 .all(|v| v.drain_requested() == Some(DrainCause::Shutdown))
         );
+    }
+
+    fn victims(n: usize) -> Vec<Arc<ConnControl>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(ConnControl::new(
+                    "r".into(),
+                    crate::routing::hash_key(&i.to_be_bytes()),
+                    crate::registry::Role::Edge("s".into()),
+                ))
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rebalance_keeps_to_the_rate_past_its_window() {
+        let start = Instant::now();
+        drain(
+            victims(300),
+            DrainCause::Rebalance,
+            Duration::from_secs(1),
+            100,
+        )
+        .await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(2_900),
+            "300 closes at 100/s took {took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_one_after_another_share_one_pacer() {
+        let drainer = Drainer::start();
+        let (first, second) = (victims(100), victims(100));
+        drainer.submit(
+            first.clone(),
+            DrainCause::Rebalance,
+            Duration::from_secs(10),
+            50,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drainer.submit(second.clone(), DrainCause::Api, Duration::from_secs(10), 50);
+        let start = Instant::now();
+        drainer.idle().await;
+        assert!(
+            first
+                .iter()
+                .all(|v| v.drain_requested() == Some(DrainCause::Rebalance))
+        );
+        assert!(
+            second
+                .iter()
+                .all(|v| v.drain_requested() == Some(DrainCause::Api))
+        );
+        // ~25 went in the first half second; the other ~175 at 50/s.
+        assert!(
+            start.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        // Idle again, it takes the next batch.
+        let third = victims(10);
+        drainer.submit(
+            third.clone(),
+            DrainCause::Rebalance,
+            Duration::from_secs(1),
+            1000,
+        );
+        drainer.idle().await;
+        assert!(third.iter().all(|v| v.drain_requested().is_some()));
+        assert_eq!(drainer.pending(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_already_asked_or_gone_do_not_use_up_the_rate() {
+        let all = victims(100);
+        for v in &all[..50] {
+            v.request_drain(DrainCause::Api);
+        }
+        let start = Instant::now();
+        drain(
+            all.clone(),
+            DrainCause::Rebalance,
+            Duration::from_secs(1),
+            50,
+        )
+        .await;
+        let took = start.elapsed();
+        assert!(
+            took <= Duration::from_millis(1_300),
+            "50 closes at 50/s took {took:?}"
+        );
+        let api = all
+            .iter()
+            .filter(|v| v.drain_requested() == Some(DrainCause::Api))
+            .count();
+        let moved = all
+            .iter()
+            .filter(|v| v.drain_requested() == Some(DrainCause::Rebalance))
+            .count();
+        assert_eq!((api, moved), (50, 50), "the first request wins");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::{
     Arc, Mutex,
-    atomic::{AtomicU8, Ordering},
+    atomic::{AtomicBool, AtomicU8, Ordering},
 };
 
 use futures_util::task::AtomicWaker;
@@ -90,6 +90,7 @@ pub struct ConnControl {
     /// Where it sits.
     pub role: Role,
     drain: AtomicU8,
+    ended: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -101,6 +102,7 @@ impl ConnControl {
             key_hash,
             role,
             drain: AtomicU8::new(0),
+            ended: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -114,6 +116,12 @@ impl ConnControl {
         {
             self.waker.wake();
         }
+    }
+
+    /// Whether a drain would still do something: the connection is open
+    /// and has not been asked yet.
+    pub fn drainable(&self) -> bool {
+        self.drain_requested().is_none() && !self.ended.load(Ordering::Acquire)
     }
 
     /// The drain asked for, if any.
@@ -176,6 +184,9 @@ pub struct RegistryGuard {
 
 impl Drop for RegistryGuard {
     fn drop(&mut self) {
-        self.registry.lock().try_remove(self.key);
+        let removed = self.registry.lock().try_remove(self.key);
+        if let Some(control) = removed {
+            control.ended.store(true, Ordering::Release);
+        }
     }
 }
