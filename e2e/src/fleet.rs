@@ -65,9 +65,9 @@ pub fn loopback_ip() -> Ipv4Addr {
     )
 }
 
-/// A temporary directory, removed on drop.
+/// A temporary directory, removed on drop unless kept.
 #[derive(Debug)]
-pub struct TempDir(PathBuf);
+pub struct TempDir(PathBuf, bool);
 
 impl TempDir {
     /// Creates one under the system's temp directory.
@@ -78,7 +78,7 @@ impl TempDir {
             fastrand::u32(..)
         ));
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
+        Ok(Self(path, false))
     }
 
     /// Its path.
@@ -89,7 +89,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -145,6 +147,27 @@ pub fn quick_drain() -> v1::DrainSettings {
     }
 }
 
+/// How the fleet's shards run.
+#[derive(Clone, Debug)]
+pub struct ShardSettings {
+    /// Connections one shard takes (client and hand-off ones together).
+    pub max_connections: usize,
+    /// Runtime worker threads per shard.
+    pub worker_threads: usize,
+    /// Drain settings in the snapshots.
+    pub drain: v1::DrainSettings,
+}
+
+impl Default for ShardSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 9_900,
+            worker_threads: 1,
+            drain: quick_drain(),
+        }
+    }
+}
+
 /// One `ringway-dataplane` shard process.
 pub struct ShardProcess {
     /// The shard id.
@@ -161,6 +184,11 @@ pub struct ShardProcess {
 }
 
 impl ShardProcess {
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Kills the process at once (`kill -9`) and reaps it.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
@@ -187,7 +215,14 @@ pub struct EchoProcess {
     pub id: String,
     /// Where it listens.
     pub address: SocketAddr,
-    _child: Child,
+    child: Child,
+}
+
+impl EchoProcess {
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 /// Shards, backends, certificates and the control client of one gateway.
@@ -202,6 +237,8 @@ pub struct Fleet {
     pub pki: Pki,
     /// The last epoch pushed.
     pub epoch: u64,
+    /// How shards started from now on run.
+    pub settings: ShardSettings,
     binaries: Binaries,
     dir: TempDir,
 }
@@ -212,6 +249,16 @@ const TOKEN: &str = "e2e-peer-token-0123456789";
 impl Fleet {
     /// Starts `shards` shard processes and `backends` echo backends.
     pub async fn start(binaries: Binaries, shards: usize, backends: usize) -> anyhow::Result<Self> {
+        Self::start_with(binaries, shards, backends, ShardSettings::default()).await
+    }
+
+    /// [`Fleet::start`] with shards that run by `settings`.
+    pub async fn start_with(
+        binaries: Binaries,
+        shards: usize,
+        backends: usize,
+        settings: ShardSettings,
+    ) -> anyhow::Result<Self> {
         let dir = TempDir::new("ringway-fleet")?;
         let pki = Pki::create(dir.path())?;
         std::fs::write(dir.path().join("token"), TOKEN)?;
@@ -226,6 +273,7 @@ impl Fleet {
             control,
             pki,
             epoch: 0,
+            settings,
             binaries,
             dir,
         };
@@ -270,11 +318,7 @@ impl Fleet {
             .next()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("ringway-echo said {line:?}"))?;
-        self.backends.push(EchoProcess {
-            id,
-            address,
-            _child: child,
-        });
+        self.backends.push(EchoProcess { id, address, child });
         Ok(self.backends.len() - 1)
     }
 
@@ -288,10 +332,12 @@ impl Fleet {
         let config = format!(
             "listener: {{address: \"{client}\"}}\n\
              admin: {{address: \"{admin}\"}}\n\
-             connections: {{heartbeat: {{intervalSeconds: 30, timeoutSeconds: 10}}}}\n\
+             connections: {{heartbeat: {{intervalSeconds: 30, timeoutSeconds: 10}}, maxConnections: {max}}}\n\
              drain: {{windowSeconds: 1, closeTimeoutSeconds: 2, maxClosesPerSecond: 10000, reconnectJitterMs: 100}}\n\
-             runtime: {{workerThreads: 1}}\n\
+             runtime: {{workerThreads: {workers}}}\n\
              shard:\n  id: {id}\n  peer: {{address: \"{peer}\", tokenFile: {token}}}\n  control: {{address: \"{control}\", certFile: {cert}, keyFile: {key}, clientCaFile: {ca}}}\n",
+            max = self.settings.max_connections,
+            workers = self.settings.worker_threads,
             token = self.dir.path().join("token").display(),
             cert = self.pki.server.0.display(),
             key = self.pki.server.1.display(),
@@ -326,6 +372,16 @@ impl Fleet {
         }
         self.shards.push(shard);
         Ok(self.shards.len() - 1)
+    }
+
+    /// The directory holding the fleet's files (configs, logs, certificates).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Leaves the directory in place when the fleet is dropped.
+    pub fn keep_files(&mut self) {
+        self.dir.1 = true;
     }
 
     /// A shard's log so far (for failure messages).
@@ -380,7 +436,7 @@ impl Fleet {
             versions,
             canary_basis_points: basis_points,
             limits: None,
-            drain: Some(quick_drain()),
+            drain: Some(self.settings.drain),
         }
     }
 

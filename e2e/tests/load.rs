@@ -161,6 +161,53 @@ async fn idle_holds_connections_from_several_source_addresses() {
 }
 
 #[tokio::test]
+async fn idle_connections_that_echo_get_every_message_back() {
+    let echo = start_echo("b1").await;
+    let (ok, report, stderr) = load(&[
+        "idle",
+        "--url",
+        &echo.url,
+        "--connections",
+        "20",
+        "--hold",
+        "1.5",
+        "--echo-every",
+        "0.2",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(report["still_open"], 20, "{report}");
+    let echo = &report["echo"];
+    let count = |field: &str| echo[field].as_u64().unwrap_or_else(|| panic!("{report}"));
+    // About 7 per connection in 1.5 s.
+    assert!(count("sent") > 20, "{report}");
+    assert_eq!(count("lost"), 0, "{report}");
+    assert_eq!(
+        count("echoed") + count("in_flight_at_close"),
+        count("sent"),
+        "{report}"
+    );
+    assert_eq!(echo["lost_examples"], serde_json::json!([]), "{report}");
+}
+
+#[tokio::test]
+async fn idle_connections_that_do_not_echo_report_nothing_about_echoes() {
+    let echo = start_echo("b1").await;
+    let (ok, report, stderr) = load(&[
+        "idle",
+        "--url",
+        &echo.url,
+        "--connections",
+        "2",
+        "--hold",
+        "0.2",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(report.get("echo").is_none(), "{report}");
+}
+
+#[tokio::test]
 async fn more_connections_than_one_process_may_hold_are_refused() {
     let (ok, _, stderr) = load(&[
         "idle",
@@ -274,4 +321,70 @@ async fn idle_until_closed_reports_close_codes_and_closes_per_second() {
     assert!((10..=30).contains(&peak), "{report}");
     let per_second: Vec<u64> = serde_json::from_value(report["closes_per_second"].clone()).unwrap();
     assert_eq!(per_second.iter().sum::<u64>(), 30);
+}
+
+/// A server that takes `count` connections, reads what each sends without
+/// echoing it, and closes each with 1001 after `after`: every message sent
+/// well before the close is lost.
+async fn silent_closing_server(listener: TcpListener, count: usize, after: Duration) {
+    let mut connections = Vec::new();
+    for _ in 0..count {
+        let (stream, _) = listener.accept().await.expect("accept");
+        connections.push(tokio::spawn(async move {
+            let mut ws = tokio_tungstenite::accept_async(stream)
+                .await
+                .expect("upgrade");
+            let _ = tokio::time::timeout(after, async { while ws.next().await.is_some() {} }).await;
+            let going_away = CloseFrame {
+                code: CloseCode::Away,
+                reason: "draining".into(),
+            };
+            let _ = ws.close(Some(going_away)).await;
+            while ws.next().await.is_some() {}
+        }));
+    }
+    for connection in connections {
+        connection.await.expect("a connection of the server");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_server_never_echoes_before_its_close_are_lost() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let server = tokio::spawn(silent_closing_server(listener, 5, Duration::from_secs(2)));
+    let (ok, report, stderr) = load(&[
+        "idle",
+        "--url",
+        &url,
+        "--connections",
+        "5",
+        "--hold",
+        "20",
+        "--until-closed",
+        "--echo-every",
+        "0.2",
+    ])
+    .await;
+    server.await.unwrap();
+    assert!(ok, "{stderr}");
+    assert_eq!(report["close_codes"]["1001"], 5, "{report}");
+    let echo = &report["echo"];
+    let count = |field: &str| echo[field].as_u64().unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(count("echoed"), 0, "{report}");
+    // About 10 per connection in 2 s, all but the last 0.5 s's lost.
+    assert!(count("lost") >= 10, "{report}");
+    assert_eq!(
+        count("lost") + count("in_flight_at_close"),
+        count("sent"),
+        "{report}"
+    );
+    let examples = echo["lost_examples"].as_array().unwrap();
+    assert_eq!(examples.len(), 5, "{report}");
+    assert!(
+        examples
+            .iter()
+            .all(|e| e.as_str().unwrap().ends_with(" s before close")),
+        "{report}"
+    );
 }

@@ -4,14 +4,22 @@
 //! waits for the server to close them all, as a drain does, and reports the
 //! close codes and how many closes came in each second, the number a
 //! drain's rate cap bounds.
+//!
+//! With `--echo-every`, each connection also sends a small message now and
+//! then and expects it back from the echo backend, to show that a drain
+//! loses no message the backend had time to answer before the close: a
+//! message still unanswered when its connection ends counts as `lost` when
+//! it was sent at least `--echo-grace` before the end, and as
+//! `in_flight_at_close` when later (the close handshake may cut those).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::ensure;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -28,6 +36,14 @@ const READ_BUFFER_BYTES: usize = 4096;
 
 /// How often a long wait reports on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How long one echo message may take to leave before the connection stops
+/// sending: a server that does not read must not keep its reader from
+/// seeing the stop (or a close).
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many lost messages the report names.
+const LOST_EXAMPLES: usize = 5;
 
 /// Open connections, hold them, and see how the server closes them.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,6 +65,20 @@ pub struct IdleArgs {
     /// closing them after --hold; report close codes and closes per second.
     #[arg(long)]
     pub until_closed: bool,
+
+    /// Seconds between the small messages each connection sends while it is
+    /// held and expects echoed back (0: none, the connections only read);
+    /// the first goes at a random moment within the first period, so that
+    /// sends spread evenly.
+    #[arg(long, default_value_t = 0.0)]
+    pub echo_every: f64,
+
+    /// A message still unechoed when its connection ends counts as lost when
+    /// it was sent at least this many seconds before the end (the close
+    /// frame, or the socket closing), and as in flight at the close when
+    /// later.
+    #[arg(long, default_value_t = 0.5)]
+    pub echo_grace: f64,
 }
 
 /// Closes the server made, as they happened.
@@ -60,6 +90,148 @@ struct Closes {
 impl Closes {
     fn record(&self, reason: String) {
         lock(&self.events).push((Instant::now(), reason));
+    }
+}
+
+/// What the connections' echo messages came to (`--echo-every`), counted
+/// as it happens by every connection's task.
+#[derive(Debug)]
+struct Echoes {
+    /// Time between one connection's messages; zero when they send none.
+    every: Duration,
+    /// How long before its connection's end an unechoed message must have
+    /// been sent to count as lost.
+    grace: Duration,
+    sent: AtomicU64,
+    echoed: AtomicU64,
+    lost: AtomicU64,
+    in_flight_at_close: AtomicU64,
+    lost_examples: Mutex<Vec<String>>,
+}
+
+impl Echoes {
+    fn new(every: Duration, grace: Duration) -> Self {
+        Self {
+            every,
+            grace,
+            sent: AtomicU64::new(0),
+            echoed: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            in_flight_at_close: AtomicU64::new(0),
+            lost_examples: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lose(&self, example: impl FnOnce() -> String) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+        let mut examples = lock(&self.lost_examples);
+        if examples.len() < LOST_EXAMPLES {
+            examples.push(example());
+        }
+    }
+}
+
+/// One connection's echo messages: when the next one is due, and the send
+/// times of those not echoed yet. Echoes come back in the order sent, so the
+/// oldest outstanding message is `next_seq - outstanding.len()`. Nothing is
+/// allocated until the first message goes out.
+#[derive(Debug)]
+struct EchoTrack {
+    /// The connection's number in the run, in every payload.
+    index: usize,
+    /// Whether this connection sends: `--echo-every` is on and no send failed.
+    sending: bool,
+    next_send: Instant,
+    next_seq: u64,
+    outstanding: VecDeque<Instant>,
+}
+
+impl EchoTrack {
+    /// The track of connection `index`, held from `start`: its first message
+    /// is due at a random moment within the first period.
+    fn new(index: usize, every: Duration, start: Instant) -> Self {
+        Self {
+            index,
+            sending: !every.is_zero(),
+            next_send: start + every.mul_f64(fastrand::f64()),
+            next_seq: 0,
+            outstanding: VecDeque::new(),
+        }
+    }
+
+    /// The next message to send, recorded as sent at `at` (the caller sends
+    /// it), and the next one scheduled a period after it was due (a period
+    /// from now when the connection fell a whole period behind).
+    fn message(&mut self, at: Instant, echoes: &Echoes) -> Message {
+        let payload = format!("{}:{}", self.index, self.next_seq);
+        self.next_seq += 1;
+        self.outstanding.push_back(at);
+        echoes.sent.fetch_add(1, Ordering::Relaxed);
+        self.next_send += echoes.every;
+        if self.next_send <= at {
+            self.next_send = at + echoes.every;
+        }
+        Message::text(payload)
+    }
+
+    /// Stops sending after a send that was refused: its message never left.
+    fn send_failed(&mut self, echoes: &Echoes) {
+        self.sending = false;
+        if self.outstanding.pop_back().is_some() {
+            self.next_seq -= 1;
+            echoes.sent.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes a message the server sent: the echo of an outstanding message
+    /// answers it, and any older one still outstanding was skipped, lost.
+    /// Anything else (not ours, already settled) is ignored.
+    fn received(&mut self, message: &Message, echoes: &Echoes) {
+        let Message::Text(text) = message else {
+            return;
+        };
+        let Some((index, seq)) = text.as_str().split_once(':') else {
+            return;
+        };
+        let (Ok(index), Ok(seq)) = (index.parse::<usize>(), seq.parse::<u64>()) else {
+            return;
+        };
+        let first = self.next_seq - self.outstanding.len() as u64;
+        if index != self.index || !(first..self.next_seq).contains(&seq) {
+            return;
+        }
+        for skipped in first..seq {
+            self.outstanding.pop_front();
+            echoes.lose(|| {
+                format!(
+                    "conn {} seq {skipped} never echoed (seq {seq} was)",
+                    self.index
+                )
+            });
+        }
+        self.outstanding.pop_front();
+        echoes.echoed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Settles the messages still outstanding when the connection ended at
+    /// `at` (`how`: "close" or how it ended without one): lost when sent at
+    /// least the grace before, in flight at the close when later.
+    fn ended(&mut self, at: Instant, how: &str, echoes: &Echoes) {
+        let index = self.index;
+        let first = self.next_seq - self.outstanding.len() as u64;
+        for (seq, sent) in (first..).zip(self.outstanding.drain(..)) {
+            let before = at.saturating_duration_since(sent);
+            if before >= echoes.grace {
+                echoes.lose(|| {
+                    format!(
+                        "conn {index} seq {seq} sent {:.1} s before {how}",
+                        before.as_secs_f64()
+                    )
+                });
+            } else {
+                echoes.in_flight_at_close.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -123,6 +295,10 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     check_connection_budget(args.connections)?;
     let hold = super::seconds("hold", args.hold)?;
     ensure!(args.connections > 0, "--connections must be more than 0");
+    let echoes = Arc::new(Echoes::new(
+        super::seconds("echo-every", args.echo_every)?,
+        super::seconds("echo-grace", args.echo_grace)?,
+    ));
 
     let connector = Arc::new(Connector::new(&args.connect, READ_BUFFER_BYTES)?);
     let established = connect_all(connector, args.connections, args.connect.ramp).await;
@@ -158,6 +334,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
             stopped.clone(),
             open.clone(),
             closes.clone(),
+            EchoTrack::new(connected.index, echoes.every, held_from),
+            echoes.clone(),
         ));
     }
 
@@ -220,7 +398,37 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
         let per_second: Vec<String> = timeline.per_second.iter().map(u64::to_string).collect();
         lines.push(format!("closes per second: {}", per_second.join(" ")));
     }
-    let json = json!({
+    let echo = (!echoes.every.is_zero()).then(|| {
+        let count = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let (sent, echoed) = (count(&echoes.sent), count(&echoes.echoed));
+        let (lost, in_flight) = (count(&echoes.lost), count(&echoes.in_flight_at_close));
+        let examples = std::mem::take(&mut *lock(&echoes.lost_examples));
+        lines.push(format!(
+            "echo: sent {sent} (one per connection every {:.1} s), echoed {echoed}, \
+             lost {lost} (sent at least {:.1} s before the connection ended), \
+             in flight at the close {in_flight}{}",
+            echoes.every.as_secs_f64(),
+            echoes.grace.as_secs_f64(),
+            if examples.is_empty() {
+                String::new()
+            } else {
+                format!("; lost: {}", examples.join(", "))
+            }
+        ));
+        json!({
+            "every_seconds": echoes.every.as_secs_f64(),
+            "grace_seconds": echoes.grace.as_secs_f64(),
+            "sent": sent,
+            "echoed": echoed,
+            "lost": lost,
+            "in_flight_at_close": in_flight,
+            // Messages left unsettled by a connection whose task had to be
+            // stopped: 0 unless the generator itself fell behind.
+            "unsettled": sent.saturating_sub(echoed + lost + in_flight),
+            "lost_examples": examples,
+        })
+    });
+    let mut json = json!({
         "mode": "idle",
         "url": args.connect.url,
         "connections": args.connections,
@@ -244,6 +452,9 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
         "mean_closes_per_second": round1(timeline.mean()),
         "closes_per_second": timeline.per_second,
     });
+    if let Some(echo) = echo {
+        json["echo"] = echo;
+    }
     Ok(Report {
         lines,
         json,
@@ -251,29 +462,38 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     })
 }
 
-/// Reads one connection until the server closes it or the run stops.
-/// Reading is what answers the server's pings: tungstenite queues each pong
-/// and sends it on the next read.
+/// Reads one connection until the server closes it or the run stops, and
+/// sends its echo messages when they are due (`--echo-every`). Reading is
+/// what answers the server's pings: tungstenite queues each pong and sends
+/// it on the next read.
 async fn hold_connection(
     mut ws: Ws,
     mut stop: watch::Receiver<bool>,
     open: Arc<AtomicU64>,
     closes: Arc<Closes>,
+    mut track: EchoTrack,
+    echoes: Arc<Echoes>,
 ) {
     let mut closed_by_server = false;
+    // Polled only while the connection sends, so that a connection that only
+    // reads holds no timer.
+    let next_send = tokio::time::sleep_until(track.next_send.into());
+    tokio::pin!(next_send);
     loop {
         tokio::select! {
             item = ws.next() => match item {
                 Some(Ok(Message::Close(frame))) => {
+                    track.ended(Instant::now(), "close", &echoes);
                     closes.record(report::close_code(frame.as_ref()));
                     closed_by_server = true;
                     open.fetch_sub(1, Ordering::Relaxed);
                     // Keep reading: tungstenite answers the close, and the
                     // stream ends when the server closes the socket.
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(message)) => track.received(&message, &echoes),
                 Some(Err(e)) => {
                     if !closed_by_server {
+                        track.ended(Instant::now(), "the connection dropped", &echoes);
                         closes.record(format!("no close frame: {}", short_error(&e)));
                         open.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -281,21 +501,51 @@ async fn hold_connection(
                 }
                 None => {
                     if !closed_by_server {
+                        track.ended(Instant::now(), "the socket closed", &echoes);
                         closes.record("no close frame: socket closed".to_owned());
                         open.fetch_sub(1, Ordering::Relaxed);
                     }
                     return;
                 }
             },
+            () = &mut next_send, if track.sending && !closed_by_server => {
+                let message = track.message(Instant::now(), &echoes);
+                let mut queued = false;
+                let sent = tokio::time::timeout(SEND_TIMEOUT, async {
+                    ws.feed(message).await?;
+                    queued = true;
+                    ws.flush().await
+                })
+                .await;
+                if !queued {
+                    // Refused, or stuck behind a server that does not read:
+                    // it never left.
+                    track.send_failed(&echoes);
+                } else if let Ok(Err(_)) = sent {
+                    // Queued, but the connection broke: its end settles the
+                    // message, and the read sees why. One still flushing
+                    // when the time is up leaves with the next write.
+                    track.sending = false;
+                }
+                next_send.as_mut().reset(track.next_send.into());
+            }
             _ = stop.changed() => break,
         }
     }
     if !closed_by_server {
+        // Echoes may still come before the server answers the close.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             let _ = ws.close(None).await;
-            while ws.next().await.is_some() {}
+            while let Some(item) = ws.next().await {
+                match item {
+                    Ok(Message::Close(_)) => track.ended(Instant::now(), "close", &echoes),
+                    Ok(message) => track.received(&message, &echoes),
+                    Err(_) => {}
+                }
+            }
         })
         .await;
+        track.ended(Instant::now(), "the connection ended", &echoes);
     }
 }
 
@@ -325,6 +575,128 @@ fn short_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn echoes(every_ms: u64, grace_ms: u64) -> Echoes {
+        Echoes::new(
+            Duration::from_millis(every_ms),
+            Duration::from_millis(grace_ms),
+        )
+    }
+
+    fn counts(echoes: &Echoes) -> [u64; 4] {
+        [
+            &echoes.sent,
+            &echoes.echoed,
+            &echoes.lost,
+            &echoes.in_flight_at_close,
+        ]
+        .map(|n| n.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn a_connection_that_does_not_echo_sends_nothing_and_allocates_nothing() {
+        let start = Instant::now();
+        let track = EchoTrack::new(3, Duration::ZERO, start);
+        assert!(!track.sending);
+        assert_eq!(track.outstanding.capacity(), 0);
+    }
+
+    #[test]
+    fn messages_are_spread_over_the_first_period_then_sent_every_period() {
+        let echoes = echoes(200, 500);
+        let start = Instant::now();
+        let mut track = EchoTrack::new(7, echoes.every, start);
+        assert!(track.sending);
+        assert!(track.next_send >= start && track.next_send < start + echoes.every);
+        let due = track.next_send;
+        assert_eq!(track.message(due, &echoes), Message::text("7:0"));
+        assert_eq!(track.next_send, due + echoes.every);
+        // Late by more than a period: the next one is a period from now.
+        let late = due + Duration::from_secs(1);
+        assert_eq!(track.message(late, &echoes), Message::text("7:1"));
+        assert_eq!(track.next_send, late + echoes.every);
+        assert_eq!(counts(&echoes), [2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn echoes_answer_messages_in_order_and_the_end_settles_the_rest() {
+        let echoes = echoes(100, 500);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut track = EchoTrack::new(1, echoes.every, t0);
+        let sent: Vec<Message> = [0, 100, 900, 1200]
+            .map(|at| track.message(t0 + ms(at), &echoes))
+            .into();
+        track.received(&sent[0], &echoes);
+        // Not ours, or already answered: ignored.
+        track.received(&Message::text("2:1"), &echoes);
+        track.received(&sent[0], &echoes);
+        track.received(&Message::binary(b"1:1".to_vec()), &echoes);
+        assert_eq!(counts(&echoes), [4, 1, 0, 0]);
+        // The connection ends 1.3 s in: seq 1 (1.2 s before) and seq 2
+        // (0.4 s before) and seq 3 (0.1 s before) are still outstanding.
+        track.ended(t0 + ms(1300), "close", &echoes);
+        assert_eq!(counts(&echoes), [4, 1, 1, 2]);
+        assert_eq!(
+            *lock(&echoes.lost_examples),
+            ["conn 1 seq 1 sent 1.2 s before close"]
+        );
+        assert!(track.outstanding.is_empty());
+        track.ended(t0 + ms(5000), "close", &echoes);
+        assert_eq!(counts(&echoes), [4, 1, 1, 2]);
+    }
+
+    #[test]
+    fn a_later_echo_shows_the_earlier_messages_lost() {
+        let echoes = echoes(100, 500);
+        let t0 = Instant::now();
+        let mut track = EchoTrack::new(4, echoes.every, t0);
+        let sent: Vec<Message> = (0..3).map(|_| track.message(t0, &echoes)).collect();
+        track.received(&sent[2], &echoes);
+        assert_eq!(counts(&echoes), [3, 1, 2, 0]);
+        assert_eq!(
+            *lock(&echoes.lost_examples),
+            [
+                "conn 4 seq 0 never echoed (seq 2 was)",
+                "conn 4 seq 1 never echoed (seq 2 was)"
+            ]
+        );
+        // A late echo of a lost message counts no more.
+        track.received(&sent[0], &echoes);
+        assert_eq!(counts(&echoes), [3, 1, 2, 0]);
+    }
+
+    #[test]
+    fn a_refused_send_is_not_counted_and_stops_sending() {
+        let echoes = echoes(100, 500);
+        let t0 = Instant::now();
+        let mut track = EchoTrack::new(0, echoes.every, t0);
+        track.message(t0, &echoes);
+        track.message(t0, &echoes);
+        track.send_failed(&echoes);
+        assert!(!track.sending);
+        assert_eq!(counts(&echoes), [1, 0, 0, 0]);
+        track.received(&Message::text("0:0"), &echoes);
+        assert_eq!(counts(&echoes), [1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn only_a_few_lost_messages_are_named() {
+        let echoes = echoes(100, 0);
+        let t0 = Instant::now();
+        let mut track = EchoTrack::new(0, echoes.every, t0);
+        for _ in 0..20 {
+            track.message(t0, &echoes);
+        }
+        track.ended(t0 + Duration::from_secs(1), "the socket closed", &echoes);
+        assert_eq!(counts(&echoes), [20, 0, 20, 0]);
+        let examples = lock(&echoes.lost_examples);
+        assert_eq!(examples.len(), LOST_EXAMPLES);
+        assert_eq!(
+            examples[0],
+            "conn 0 seq 0 sent 1.0 s before the socket closed"
+        );
+    }
 
     #[test]
     fn closes_are_counted_per_second_from_the_first() {
