@@ -434,6 +434,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_shard_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shard.yaml");
+        let config = Config::load(&path).expect("examples/shard.yaml is valid");
+        let shard = config.shard.expect("a shard section");
+        assert!(config.routes.is_empty());
+        assert_eq!(shard.control.address.port(), 7443);
+        assert_eq!(shard.peer.address.port(), 7000);
+        let both = "listener: {address: 127.0.0.1:0}\nroutes: [{name: a, key: {source: Query, name: k}, backends: [127.0.0.1:1]}]\nshard: {peer: {address: 127.0.0.1:0, tokenFile: t}, control: {address: 127.0.0.1:0, certFile: c, keyFile: k, clientCaFile: ca}}\n";
+        let err = Config::from_yaml(both).unwrap_err().to_string();
+        assert!(
+            err.contains("a shard takes its routes from the operator's snapshots"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn typos_and_bad_values_are_named() {
         let base = "listener: {address: 127.0.0.1:0}\nroutes: [{name: a, key: {source: Query, name: k}, backends: [127.0.0.1:1]}]\n";
         let err = |extra: &str| {

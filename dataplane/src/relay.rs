@@ -627,7 +627,8 @@ impl Session {
         let reason = format!("{}; retry-after-ms={hint}", cause.reason());
         let label = match cause {
             DrainCause::Rebalance => "drain_rebalance",
-            DrainCause::Shutdown | DrainCause::Api => "drain_shutdown",
+            DrainCause::Shutdown => "drain_shutdown",
+            DrainCause::Api => "drain_api",
         };
         self.begin_close(cause.close_code(), reason, label, true, false);
     }

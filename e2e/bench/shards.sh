@@ -12,9 +12,11 @@
 # latency of the two paths, alternated HANDOFF_RUNS times, and memory per
 # idle connection: the owner's alone (direct) against edge + owner (hand-off).
 #
-# drain: TOTAL idle connections through SHARDS shards (all owning keys,
-# clients dialing every shard as a Service would, so most are handed off),
-# each connection echoing a message every ECHO_EVERY seconds; then a Drain
+# drain: TOTAL idle connections through SHARDS shards (all owning keys; each
+# load generator dials one shard with keys that shard owns, as a client that
+# knows the ring would: on two CPUs, hand-offs for 24 of 25 connections
+# would double the gateway's work), each connection echoing a message every
+# ECHO_EVERY seconds; then a Drain
 # RPC to every shard at a gateway-wide RATE closes per second (RATE/SHARDS
 # per shard). Reports how long the drain took, the gateway-wide closes per
 # second, the close codes, and messages lost: echoes of messages sent at
@@ -26,8 +28,8 @@
 # Settings (defaults in brackets): PARTS [handoff drain]
 #   HANDOFF_RUNS [3] LAT_CONNECTIONS [50] LAT_RATE [2000] DURATION [8]
 #   IDLE_CONNECTIONS [5000] IDLE_SETTLE [3]
-#   TOTAL [100000] SHARDS [24] BACKENDS [6] RAMP [150] (per load generator)
-#   RATE [5000] WINDOW [20] ECHO_EVERY [10] MAX_SECONDS [900]
+#   TOTAL [100000] SHARDS [11] BACKENDS [6] RAMP [100] (per load generator)
+#   RATE [5000] WINDOW [20] ECHO_EVERY [30] MAX_SECONDS [900]
 #   OUT [docs/benchmarks.md] ("-" to only print)   KEEP_WORK [0]
 set -euo pipefail
 # shellcheck source=e2e/bench/common.sh
@@ -42,12 +44,12 @@ DURATION=${DURATION:-8}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 IDLE_SETTLE=${IDLE_SETTLE:-3}
 TOTAL=${TOTAL:-100000}
-SHARDS=${SHARDS:-24}
+SHARDS=${SHARDS:-11}
 BACKENDS=${BACKENDS:-6}
-RAMP=${RAMP:-150}
+RAMP=${RAMP:-100}
 RATE=${RATE:-5000}
 WINDOW=${WINDOW:-20}
-ECHO_EVERY=${ECHO_EVERY:-10}
+ECHO_EVERY=${ECHO_EVERY:-30}
 MAX_SECONDS=${MAX_SECONDS:-900}
 OUT=${OUT:-docs/benchmarks.md}
 STARTED_AT=$SECONDS
@@ -158,13 +160,15 @@ drain_part() {
   local per_shard_rate=$((RATE / SHARDS)) per_load=$(((TOTAL + SHARDS - 1) / SHARDS))
   log "drain: $TOTAL connections over $SHARDS shards and $BACKENDS backends; drain at $RATE/s ($per_shard_rate/s per shard)"
   fleet drain --shards "$SHARDS" --backends "$BACKENDS" --ring all
-  local hold=$((TOTAL / (RAMP * SHARDS) + 60 + WINDOW * 3 + 60)) i
+  ((per_load <= 9900)) || die "$TOTAL connections over $SHARDS shards is $per_load each; at most 9,900: raise SHARDS"
+  local hold=$((TOTAL / (RAMP * SHARDS) + ECHO_EVERY * 2 + WINDOW * 3 + 120)) i ring
+  ring=$(jq -r '[.shards[].id] | join(",")' "$FLEET")
   local -a loads=() counts=()
   for ((i = 0; i < SHARDS; i++)); do
     local count=$((TOTAL / SHARDS + (i < TOTAL % SHARDS ? 1 : 0)))
     counts+=("$count")
     RUST_BACKTRACE=0 "$BIN/ringway-load" --threads 1 idle --url "ws://$(shard "$i" client)/chat" \
-      --connections "$count" --ramp "$RAMP" --key-offset $((i * per_load)) \
+      --connections "$count" --ramp "$RAMP" --owned-by "$(shard "$i" id)" --ring "$ring" \
       --sources "127.0.3.$((i * 4 + 1))-127.0.3.$((i * 4 + 4))" --echo-every "$ECHO_EVERY" \
       --hold "$hold" --until-closed --json >"$WORK/drain-load-$i.json" 2>"$WORK/drain-load-$i.log" &
     loads+=("$!")
@@ -225,7 +229,7 @@ drain_part() {
     machine_description
     echo
     echo
-    echo "$SHARDS shard processes, all owning keys, and $BACKENDS echo backends; one load generator per shard dials it with its own keys, so about $((100 - 100 / SHARDS))% of the connections are handed to another shard. Every connection sends a message every $ECHO_EVERY s and counts the echoes. Then one Drain RPC to every shard: window $WINDOW s, $per_shard_rate closes/s per shard ($RATE/s gateway-wide)."
+    echo "$SHARDS shard processes, all owning keys, and $BACKENDS echo backends; one load generator per shard dials it with keys that shard owns (rendezvous over the snapshot's ring, as the shards compute it), so no connection is handed off. Every connection sends a message every $ECHO_EVERY s and counts the echoes. Then one Drain RPC to every shard: window $WINDOW s, $per_shard_rate closes/s per shard ($RATE/s gateway-wide)."
     echo
     jq -r '"- opened: **\(.opened)** of '"$TOTAL"', \(.failed) failed; closed by the drain: \(.closed) (\(.codes | to_entries | map("\(.key): \(.value)") | join(", "))), never closed: \(.still_open)"' <<<"$totals"
     jq -r '"- closes began \(.first * 10 | round / 10) s and ended **\(.last * 10 | round / 10) s** after the drain RPC"' <<<"$totals"

@@ -278,17 +278,20 @@ async fn draining_server(listener: TcpListener, count: usize, every: Duration) {
         );
     }
     let mut tick = tokio::time::interval(every);
-    for mut ws in held {
+    for ws in held {
         tick.tick().await;
-        tokio::spawn(async move {
-            let going_away = CloseFrame {
-                code: CloseCode::Away,
-                reason: "draining".into(),
-            };
-            let _ = ws.close(Some(going_away)).await;
-            while ws.next().await.is_some() {}
-        });
+        tokio::spawn(close_going_away(ws));
     }
+}
+
+/// Closes with 1001 "draining" and reads until the client's answer ends it.
+async fn close_going_away(mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
+    let going_away = CloseFrame {
+        code: CloseCode::Away,
+        reason: "draining".into(),
+    };
+    let _ = ws.close(Some(going_away)).await;
+    while ws.next().await.is_some() {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,12 +338,7 @@ async fn silent_closing_server(listener: TcpListener, count: usize, after: Durat
                 .await
                 .expect("upgrade");
             let _ = tokio::time::timeout(after, async { while ws.next().await.is_some() {} }).await;
-            let going_away = CloseFrame {
-                code: CloseCode::Away,
-                reason: "draining".into(),
-            };
-            let _ = ws.close(Some(going_away)).await;
-            while ws.next().await.is_some() {}
+            close_going_away(ws).await;
         }));
     }
     for connection in connections {

@@ -40,7 +40,18 @@ struct Expect<'a> {
     backends: &'a [usize],
 }
 
-impl Expect<'_> {
+impl<'a> Expect<'a> {
+    /// The contract without a canary.
+    fn stable(fleet: &'a Fleet, stable: &'a [usize], backends: &'a [usize]) -> Self {
+        Self {
+            fleet,
+            stable,
+            canary: &[],
+            basis_points: 0,
+            backends,
+        }
+    }
+
     fn shards_of(&self, key: &str) -> &[usize] {
         let on_canary = u64::from(bucket(hash_key(key.as_bytes()))) < u64::from(self.basis_points)
             && !self.canary.is_empty();
@@ -82,6 +93,19 @@ impl Expect<'_> {
     }
 }
 
+/// A fleet whose snapshot puts every shard in the stable ring and every
+/// backend behind the route, with every shard ready.
+async fn serving(shards: usize, backends: usize) -> Fleet {
+    let mut fleet = Fleet::start(binaries(), shards, backends)
+        .await
+        .expect("fleet");
+    let all: Vec<usize> = (0..shards).collect();
+    let snapshot = fleet.snapshot(&all, &[], 0, &(0..backends).collect::<Vec<_>>());
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&all).await.expect("ready");
+    fleet
+}
+
 /// Opens one connection per key, each to a random shard of `edges`,
 /// 100 at a time.
 async fn open_all(fleet: &Fleet, keys: &[String], edges: &[usize]) -> Vec<KeyedConn> {
@@ -99,13 +123,20 @@ async fn open_all(fleet: &Fleet, keys: &[String], edges: &[usize]) -> Vec<KeyedC
     conns
 }
 
-/// Waits for the drain of a step and splits the connections into those
-/// that ended (with how) and those still open.
+/// Waits until `expected` connections have ended (or 15 s have passed),
+/// then half a second more for any close that should not come, and splits
+/// the connections into those that ended (with how) and those still open.
 async fn settle(
     conns: Vec<KeyedConn>,
-    wait: Duration,
+    expected: usize,
 ) -> (BTreeMap<String, Ended>, Vec<KeyedConn>) {
-    tokio::time::sleep(wait).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while conns.iter().filter(|c| c.ended().is_some()).count() < expected
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut ended = BTreeMap::new();
     let mut open = Vec::new();
     for c in conns {
@@ -150,17 +181,8 @@ fn assert_only_1012(ended: &BTreeMap<String, Ended>) {
 
 #[tokio::test]
 async fn every_connection_of_a_key_ends_on_one_shard_and_one_backend() {
-    let mut fleet = Fleet::start(binaries(), 3, 3).await.expect("fleet");
-    let snapshot = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1, 2]);
-    fleet.push(&snapshot).await.expect("pushed");
-    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
-    let expect = Expect {
-        fleet: &fleet,
-        stable: &[0, 1, 2],
-        canary: &[],
-        basis_points: 0,
-        backends: &[0, 1, 2],
-    };
+    let fleet = serving(3, 3).await;
+    let expect = Expect::stable(&fleet, &[0, 1, 2], &[0, 1, 2]);
     let keys = keys(1_000);
     // Two connections per key, each to a random shard.
     let twice: Vec<String> = keys.iter().chain(&keys).cloned().collect();
@@ -195,7 +217,7 @@ async fn every_connection_of_a_key_ends_on_one_shard_and_one_backend() {
             .status(&s.control_address())
             .await
             .expect("status");
-        assert_eq!(status.epoch, snapshot.epoch);
+        assert_eq!(status.epoch, fleet.epoch);
         assert!(status.ready);
         owned += status.connections.iter().map(|c| c.count).sum::<u64>();
         relayed += status.relayed;
@@ -232,7 +254,7 @@ async fn canary_steps_drain_exactly_the_keys_whose_bucket_moved() {
             "{weight}% -> {next}%: shards scheduled {draining}, the bucket arithmetic moves {}",
             moved.len()
         );
-        let (ended, open) = settle(conns, Duration::from_millis(1_500)).await;
+        let (ended, open) = settle(conns, moved.len()).await;
         assert_only_1012(&ended);
         let closed: BTreeSet<String> = ended.keys().cloned().collect();
         assert_eq!(
@@ -280,20 +302,8 @@ async fn a_fourth_shard_takes_about_a_quarter_of_the_keys_and_only_those_drain()
     fleet.wait_ready(&[0, 1, 2, 3]).await.expect("ready");
     let keys = keys(1_000);
     let conns = open_all(&fleet, &keys, &[0, 1, 2]).await;
-    let before = Expect {
-        fleet: &fleet,
-        stable: &[0, 1, 2],
-        canary: &[],
-        basis_points: 0,
-        backends: &[0, 1],
-    };
-    let after = Expect {
-        fleet: &fleet,
-        stable: &[0, 1, 2, 3],
-        canary: &[],
-        basis_points: 0,
-        backends: &[0, 1],
-    };
+    let before = Expect::stable(&fleet, &[0, 1, 2], &[0, 1]);
+    let after = Expect::stable(&fleet, &[0, 1, 2, 3], &[0, 1]);
     let moved: BTreeSet<String> = keys
         .iter()
         .filter(|k| before.owner(k) != after.owner(k))
@@ -311,7 +321,7 @@ async fn a_fourth_shard_takes_about_a_quarter_of_the_keys_and_only_those_drain()
     );
     let snapshot = fleet.snapshot(&[0, 1, 2, 3], &[], 0, &[0, 1]);
     fleet.push(&snapshot).await.expect("pushed");
-    let (ended, open) = settle(conns, Duration::from_millis(1_500)).await;
+    let (ended, open) = settle(conns, moved.len()).await;
     assert_only_1012(&ended);
     assert_eq!(ended.keys().cloned().collect::<BTreeSet<_>>(), moved);
     all_echo(&open, "still").await;
@@ -341,17 +351,11 @@ async fn a_removed_backend_drains_only_its_keys_and_they_land_elsewhere() {
     );
     let snapshot = fleet.snapshot(&[0, 1], &[], 0, &[0, 1]);
     fleet.push(&snapshot).await.expect("pushed");
-    let (ended, open) = settle(conns, Duration::from_millis(1_500)).await;
+    let (ended, open) = settle(conns, moved.len()).await;
     assert_only_1012(&ended);
     assert_eq!(ended.keys().cloned().collect::<BTreeSet<_>>(), moved);
     all_echo(&open, "still").await;
-    let expect = Expect {
-        fleet: &fleet,
-        stable: &[0, 1],
-        canary: &[],
-        basis_points: 0,
-        backends: &[0, 1],
-    };
+    let expect = Expect::stable(&fleet, &[0, 1], &[0, 1]);
     let moved: Vec<String> = moved.into_iter().collect();
     for c in open_all(&fleet, &moved, &[0, 1]).await {
         assert_ne!(c.backend, "backend-2");
@@ -484,17 +488,8 @@ async fn only_the_operators_certificate_applies_snapshots_and_stale_epochs_are_r
 
 #[tokio::test]
 async fn shards_keep_routing_on_their_last_snapshot_with_the_control_side_gone() {
-    let mut fleet = Fleet::start(binaries(), 3, 2).await.expect("fleet");
-    let snapshot = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
-    fleet.push(&snapshot).await.expect("pushed");
-    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
-    let expect = Expect {
-        fleet: &fleet,
-        stable: &[0, 1, 2],
-        canary: &[],
-        basis_points: 0,
-        backends: &[0, 1],
-    };
+    let fleet = serving(3, 2).await;
+    let expect = Expect::stable(&fleet, &[0, 1, 2], &[0, 1]);
     let keys = keys(200);
     let conns = open_all(&fleet, &keys, &[0, 1, 2]).await;
     // From here on nobody talks to the control ports, for 30 s.
@@ -509,22 +504,20 @@ async fn shards_keep_routing_on_their_last_snapshot_with_the_control_side_gone()
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let (ended, open) = settle(conns, Duration::ZERO).await;
+    let (ended, open) = settle(conns, 0).await;
     assert!(ended.is_empty(), "connections ended: {ended:?}");
     all_echo(&open, "after-30s").await;
 }
 
 #[tokio::test]
 async fn kill_9_of_one_shard_drops_only_the_connections_through_it() {
-    let mut fleet = Fleet::start(binaries(), 3, 2).await.expect("fleet");
-    let snapshot = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
-    fleet.push(&snapshot).await.expect("pushed");
-    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
+    let mut fleet = serving(3, 2).await;
     let keys = keys(600);
     let conns = open_all(&fleet, &keys, &[0, 1, 2]).await;
-    fleet.shards[1].kill().await.expect("killed");
-    let (ended, open) = settle(conns, Duration::from_secs(2)).await;
     let through = |edge: usize, shard: &str| edge == 1 || shard == "shard-1";
+    let doomed = conns.iter().filter(|c| through(c.edge, &c.shard)).count();
+    fleet.shards[1].kill().await.expect("killed");
+    let (ended, open) = settle(conns, doomed).await;
     for c in &open {
         assert!(
             !through(c.edge, &c.shard),
@@ -539,13 +532,7 @@ async fn kill_9_of_one_shard_drops_only_the_connections_through_it() {
     assert_eq!(ended.len(), expected_dropped);
     // New connections for keys shard-1 owns go to the next shard on the
     // ring without the client noticing: the snapshot still names shard-1.
-    let expect = Expect {
-        fleet: &fleet,
-        stable: &[0, 1, 2],
-        canary: &[],
-        basis_points: 0,
-        backends: &[0, 1],
-    };
+    let expect = Expect::stable(&fleet, &[0, 1, 2], &[0, 1]);
     let orphans: Vec<String> = keys
         .iter()
         .filter(|k| expect.owner(k) == "shard-1")
@@ -566,10 +553,7 @@ async fn kill_9_of_one_shard_drops_only_the_connections_through_it() {
 
 #[tokio::test]
 async fn a_drain_keeps_to_its_rate_cap() {
-    let mut fleet = Fleet::start(binaries(), 1, 1).await.expect("fleet");
-    let snapshot = fleet.snapshot(&[0], &[], 0, &[0]);
-    fleet.push(&snapshot).await.expect("pushed");
-    fleet.wait_ready(&[0]).await.expect("ready");
+    let fleet = serving(1, 1).await;
     let keys = keys(400);
     let conns = open_all(&fleet, &keys, &[0]).await;
     let rate = 100;

@@ -45,6 +45,17 @@ pub struct ConnectArgs {
     #[arg(long, default_value_t = 0)]
     pub key_offset: u64,
 
+    /// Use only keys that this shard owns (rendezvous hashing over
+    /// `--ring`, as the data plane computes it), so that every connection
+    /// dials its owner directly, as a client that knows the ring would:
+    /// connection i gets the i-th such key from `k<offset>` on.
+    #[arg(long, requires = "ring")]
+    pub owned_by: Option<String>,
+
+    /// The shard ids of the ring, comma-separated (with `--owned-by`).
+    #[arg(long, value_delimiter = ',')]
+    pub ring: Vec<String>,
+
     /// Source addresses to bind, round-robin, e.g. 127.0.0.2-127.0.0.40: one
     /// address has only ~28,000 ephemeral ports.
     #[arg(long)]
@@ -66,9 +77,38 @@ pub struct Connector {
     target: Target,
     key_param: Option<String>,
     key_offset: u64,
+    owned: Option<OwnedKeys>,
     sources: Option<SourceAddrs>,
     timeout: Duration,
     read_buffer_bytes: usize,
+}
+
+/// The keys one shard of a ring owns, found as they are needed.
+#[derive(Debug)]
+struct OwnedKeys {
+    ring: ringway_dataplane::routing::Rendezvous,
+    owner: usize,
+    /// Key numbers found so far, in order.
+    found: std::sync::Mutex<Vec<u64>>,
+}
+
+impl OwnedKeys {
+    /// The number of the `index`-th owned key from `offset` on.
+    fn number(&self, offset: u64, index: usize) -> u64 {
+        let mut found = self
+            .found
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = found.last().map_or(offset, |n| n + 1);
+        while found.len() <= index {
+            let key = ringway_dataplane::routing::hash_key(format!("k{next}").as_bytes());
+            if self.ring.pick(key) == Some(self.owner) {
+                found.push(next);
+            }
+            next += 1;
+        }
+        found[index]
+    }
 }
 
 /// One open connection.
@@ -86,10 +126,24 @@ impl Connector {
     /// A connector for `args`, whose connections read with buffers of
     /// `read_buffer_bytes`.
     pub fn new(args: &ConnectArgs, read_buffer_bytes: usize) -> anyhow::Result<Self> {
+        let owned = match &args.owned_by {
+            None => None,
+            Some(shard) => {
+                let owner = args.ring.iter().position(|id| id == shard).ok_or_else(|| {
+                    anyhow::anyhow!("--owned-by {shard}: not in --ring {}", args.ring.join(","))
+                })?;
+                Some(OwnedKeys {
+                    ring: ringway_dataplane::routing::Rendezvous::new(&args.ring),
+                    owner,
+                    found: std::sync::Mutex::default(),
+                })
+            }
+        };
         Ok(Self {
             target: Target::parse(&args.url)?,
             key_param: Some(args.key_param.clone()).filter(|p| !p.is_empty()),
             key_offset: args.key_offset,
+            owned,
             sources: args.sources.clone(),
             timeout: super::seconds("connect-timeout", args.connect_timeout)?,
             read_buffer_bytes,
@@ -98,7 +152,10 @@ impl Connector {
 
     /// The key of connection `index`.
     pub fn key(&self, index: usize) -> String {
-        format!("k{}", self.key_offset + index as u64)
+        match &self.owned {
+            None => format!("k{}", self.key_offset + index as u64),
+            Some(owned) => format!("k{}", owned.number(self.key_offset, index)),
+        }
     }
 
     /// Opens connection `index`; on failure, the reason it failed, short
@@ -243,5 +300,31 @@ async fn report_progress(count: usize, opened: Arc<AtomicU64>, failed: Arc<Atomi
             opened.load(Ordering::Relaxed),
             failed.load(Ordering::Relaxed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringway_dataplane::routing::{Rendezvous, hash_key};
+
+    #[test]
+    fn owned_keys_are_the_owners_own_and_disjoint_between_owners() {
+        let ring: Vec<String> = (0..5).map(|i| format!("shard-{i}")).collect();
+        let rendezvous = Rendezvous::new(&ring);
+        let mut seen = std::collections::HashSet::new();
+        for owner in 0..5 {
+            let owned = OwnedKeys {
+                ring: rendezvous.clone(),
+                owner,
+                found: std::sync::Mutex::default(),
+            };
+            for index in 0..200 {
+                let number = owned.number(0, index);
+                let key = hash_key(format!("k{number}").as_bytes());
+                assert_eq!(rendezvous.pick(key), Some(owner));
+                assert!(seen.insert(number), "k{number} owned twice");
+            }
+        }
     }
 }
