@@ -28,7 +28,13 @@
 # Settings (defaults in brackets): PARTS [handoff drain]
 #   HANDOFF_RUNS [3] LAT_CONNECTIONS [50] LAT_RATE [2000] DURATION [8]
 #   IDLE_CONNECTIONS [5000] IDLE_SETTLE [3]
-#   TOTAL [100000] SHARDS [11] BACKENDS [6] RAMP [100] (per load generator)
+#   TOTAL [100000] SHARDS [11] BACKENDS [10] RAMP [100] (per load generator;
+#     BACKENDS: every shard dials the backends from 127.0.0.1, and this
+#     kernel gives connect() about 14,000 source ports per destination: past
+#     ~14,000 connections per backend, new ones time out)
+#   HEARTBEAT [300] seconds between the shards' pings in the drain part:
+#     ringway-load idle reads, and so answers pings, only once all its
+#     connections are open, so the ramp must end within HEARTBEAT + 10 s
 #   RATE [5000] WINDOW [20] ECHO_EVERY [30] MAX_SECONDS [900]
 #   OUT [docs/benchmarks.md] ("-" to only print)   KEEP_WORK [0]
 set -euo pipefail
@@ -45,8 +51,9 @@ IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 IDLE_SETTLE=${IDLE_SETTLE:-3}
 TOTAL=${TOTAL:-100000}
 SHARDS=${SHARDS:-11}
-BACKENDS=${BACKENDS:-6}
+BACKENDS=${BACKENDS:-10}
 RAMP=${RAMP:-100}
+HEARTBEAT=${HEARTBEAT:-300}
 RATE=${RATE:-5000}
 WINDOW=${WINDOW:-20}
 ECHO_EVERY=${ECHO_EVERY:-30}
@@ -91,7 +98,7 @@ idle_rss() {
   shift
   before=$(rss_kib "$@")
   RUST_BACKTRACE=0 "$BIN/ringway-load" --threads 1 idle --url "$url" --connections "$IDLE_CONNECTIONS" \
-    --hold $((IDLE_SETTLE + 5)) --sources 127.0.2.1-127.0.2.4 --json >"$json" 2>"$json.log" &
+    --hold $((IDLE_SETTLE + 5)) --json >"$json" 2>"$json.log" &
   lpid=$!
   BENCH_PIDS+=("$lpid")
   deadline=$((SECONDS + IDLE_CONNECTIONS / 500 + 30))
@@ -159,8 +166,14 @@ handoff_part() {
 drain_part() {
   local per_shard_rate=$((RATE / SHARDS)) per_load=$(((TOTAL + SHARDS - 1) / SHARDS))
   log "drain: $TOTAL connections over $SHARDS shards and $BACKENDS backends; drain at $RATE/s ($per_shard_rate/s per shard)"
-  fleet drain --shards "$SHARDS" --backends "$BACKENDS" --ring all
+  fleet drain --shards "$SHARDS" --backends "$BACKENDS" --ring all --heartbeat-seconds "$HEARTBEAT"
+  ((TOTAL / BACKENDS <= 14000)) || die "$TOTAL connections over $BACKENDS backends is more than 14,000 each from one source address: raise BACKENDS"
   ((per_load <= 9900)) || die "$TOTAL connections over $SHARDS shards is $per_load each; at most 9,900: raise SHARDS"
+  ((per_load / RAMP < HEARTBEAT)) || die "opening $per_load connections at $RAMP/s takes longer than the shards' heartbeat allows: raise RAMP or HEARTBEAT"
+  # No --sources: every shard has an address of its own, so each generator
+  # has a whole ephemeral port range towards its shard, and bound source
+  # ports would be taken out of the range the shards' own connections to
+  # the backends draw from.
   local hold=$((TOTAL / (RAMP * SHARDS) + ECHO_EVERY * 2 + WINDOW * 3 + 120)) i ring
   ring=$(jq -r '[.shards[].id] | join(",")' "$FLEET")
   local -a loads=() counts=()
@@ -169,7 +182,7 @@ drain_part() {
     counts+=("$count")
     RUST_BACKTRACE=0 "$BIN/ringway-load" --threads 1 idle --url "ws://$(shard "$i" client)/chat" \
       --connections "$count" --ramp "$RAMP" --owned-by "$(shard "$i" id)" --ring "$ring" \
-      --sources "127.0.3.$((i * 4 + 1))-127.0.3.$((i * 4 + 4))" --echo-every "$ECHO_EVERY" \
+      --echo-every "$ECHO_EVERY" \
       --hold "$hold" --until-closed --json >"$WORK/drain-load-$i.json" 2>"$WORK/drain-load-$i.log" &
     loads+=("$!")
     BENCH_PIDS+=("$!")

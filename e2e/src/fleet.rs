@@ -154,6 +154,9 @@ pub struct ShardSettings {
     pub max_connections: usize,
     /// Runtime worker threads per shard.
     pub worker_threads: usize,
+    /// Seconds between the shards' pings to clients (they wait 10 s for
+    /// the pong).
+    pub heartbeat_interval_seconds: u32,
     /// Drain settings in the snapshots.
     pub drain: v1::DrainSettings,
 }
@@ -163,6 +166,7 @@ impl Default for ShardSettings {
         Self {
             max_connections: 9_900,
             worker_threads: 1,
+            heartbeat_interval_seconds: 30,
             drain: quick_drain(),
         }
     }
@@ -332,11 +336,12 @@ impl Fleet {
         let config = format!(
             "listener: {{address: \"{client}\"}}\n\
              admin: {{address: \"{admin}\"}}\n\
-             connections: {{heartbeat: {{intervalSeconds: 30, timeoutSeconds: 10}}, maxConnections: {max}}}\n\
+             connections: {{heartbeat: {{intervalSeconds: {heartbeat}, timeoutSeconds: 10}}, maxConnections: {max}}}\n\
              drain: {{windowSeconds: 1, closeTimeoutSeconds: 2, maxClosesPerSecond: 10000, reconnectJitterMs: 100}}\n\
              runtime: {{workerThreads: {workers}}}\n\
              shard:\n  id: {id}\n  peer: {{address: \"{peer}\", tokenFile: {token}}}\n  control: {{address: \"{control}\", certFile: {cert}, keyFile: {key}, clientCaFile: {ca}}}\n",
             max = self.settings.max_connections,
+            heartbeat = self.settings.heartbeat_interval_seconds,
             workers = self.settings.worker_threads,
             token = self.dir.path().join("token").display(),
             cert = self.pki.server.0.display(),

@@ -1,17 +1,26 @@
 //! Fuzzes the client's upgrade request: `parse_request` on any bytes, the
 //! request rewritten for the backend (which must parse again, in 64 header
-//! slots, to the same target, key and route keys), the refusals' HTTP responses, and reading a route key out of
-//! the request with every kind of `KeySource`.
+//! slots, to the same target, key and route keys), the refusals' HTTP
+//! responses, reading a route key out of the request with every kind of
+//! `KeySource`, and the same bytes as a hand-off preamble on a peer port.
 
 #![no_main]
 
 use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
+use ringway_dataplane::handoff::{PeerToken, parse_preamble};
 use ringway_dataplane::handshake::{MAX_HEADERS, Refusal, UpgradeRequest, parse_request};
 use ringway_dataplane::routing::{KeySource, RequestView};
 
 fuzz_target!(|data: &[u8]| {
+    // A peer port reads the same bytes as a hand-off preamble first.
+    let token = PeerToken::new("fuzz-peer-token-0123").expect("a valid token");
+    match parse_preamble(data, &token) {
+        Ok(Some((_, used))) => assert!(used <= data.len() && data[..used].ends_with(b"\r\n")),
+        Ok(None) => assert!(data.len() < ringway_dataplane::handoff::MAX_PREAMBLE),
+        Err(refusal) => check_refusal(&refusal),
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match parse_request(data, &mut headers) {
         Ok(None) => {}
@@ -50,8 +59,8 @@ fn check_request(data: &[u8], req: &UpgradeRequest<'_, '_>) {
         SocketAddr::from(([192, 0, 2, 7], 5555)),
         SocketAddr::from(([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1], 1)),
     ];
-    for (peer, tls) in [(peers[0], false), (peers[1], true)] {
-        let out = req.backend_request(peer, tls);
+    for (peer, tls, shard) in [(peers[0], false, None), (peers[1], true, Some("shard-0"))] {
+        let out = req.backend_request(peer, tls, shard);
         assert!(
             out.starts_with(b"GET "),
             "{}",
@@ -63,7 +72,7 @@ fn check_request(data: &[u8], req: &UpgradeRequest<'_, '_>) {
             String::from_utf8_lossy(&out)
         );
         // The backend parses it with the same 64 header slots (the gateway
-        // refuses clients that would not leave room for its 3 headers).
+        // refuses clients that would not leave room for its 4 headers).
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         let head_len = match parsed.parse(&out) {

@@ -30,6 +30,9 @@ struct Args {
     /// Connections one shard takes.
     #[arg(long, default_value_t = 9_900)]
     max_connections: usize,
+    /// Seconds between the shards' pings to each client.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_seconds: u32,
     /// The `ringway-dataplane` binary.
     #[arg(long)]
     dataplane: PathBuf,
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let settings = ShardSettings {
         max_connections: args.max_connections,
         worker_threads: 1,
+        heartbeat_interval_seconds: args.heartbeat_seconds,
         drain: quick_drain(),
     };
     let mut fleet = Fleet::start_with(binaries, args.shards, args.backends, settings).await?;
