@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     match parse_preamble(data, &token) {
         Ok(Some((_, used))) => assert!(used <= data.len() && data[..used].ends_with(b"\r\n")),
         Ok(None) => assert!(data.len() < ringway_dataplane::handoff::MAX_PREAMBLE),
-        Err(refusal) => check_refusal(&refusal),
+        Err(refusal) => {
+            // A wrong token is 403; anything else not a preamble is 400.
+            assert!(matches!(refusal.status, 400 | 403), "status {}", refusal.status);
+            check_response(&refusal);
+        }
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match parse_request(data, &mut headers) {
@@ -153,7 +157,12 @@ fn key_sources(req: &UpgradeRequest<'_, '_>) -> Vec<KeySource> {
 /// headers the gateway rewrites.
 fn survives_a_hop(source: &KeySource) -> bool {
     match source {
-        KeySource::Header(name) => !["x-forwarded-for", "forwarded", "x-forwarded-proto"]
+        KeySource::Header(name) => ![
+            "x-forwarded-for",
+            "forwarded",
+            "x-forwarded-proto",
+            "x-ringway-shard",
+        ]
             .iter()
             .any(|h| name.eq_ignore_ascii_case(h)),
         _ => true,
@@ -166,6 +175,11 @@ fn check_refusal(refusal: &Refusal) {
         "status {}",
         refusal.status
     );
+    check_response(refusal);
+}
+
+/// The refusal's HTTP response is well formed, whatever the input.
+fn check_response(refusal: &Refusal) {
     assert!(!refusal.outcome.is_empty());
     let response = refusal.response();
     let status_line = format!("HTTP/1.1 {} ", refusal.status);
