@@ -482,6 +482,15 @@ impl Fleet {
         self.push_to(snapshot, None).await
     }
 
+    /// Every shard's status, in shard order.
+    pub async fn statuses(&self) -> anyhow::Result<Vec<v1::PodStatus>> {
+        let mut out = Vec::with_capacity(self.shards.len());
+        for s in &self.shards {
+            out.push(self.control.status(&s.control_address()).await?);
+        }
+        Ok(out)
+    }
+
     /// Waits until every shard in `shards` reports `/readyz` 200.
     pub async fn wait_ready(&self, shards: &[usize]) -> anyhow::Result<()> {
         for &i in shards {

@@ -211,12 +211,7 @@ async fn every_connection_of_a_key_ends_on_one_shard_and_one_backend() {
     // count what they relay.
     let mut owned = 0;
     let mut relayed = 0;
-    for s in &fleet.shards {
-        let status = fleet
-            .control
-            .status(&s.control_address())
-            .await
-            .expect("status");
+    for status in fleet.statuses().await.expect("statuses") {
         assert_eq!(status.epoch, fleet.epoch);
         assert!(status.ready);
         owned += status.connections.iter().map(|c| c.count).sum::<u64>();
@@ -283,12 +278,7 @@ async fn canary_steps_drain_exactly_the_keys_whose_bucket_moved() {
         conns = open.into_iter().chain(again).collect();
         weight = next;
         // Between steps every shard reports the new epoch.
-        for s in &fleet.shards {
-            let status = fleet
-                .control
-                .status(&s.control_address())
-                .await
-                .expect("status");
+        for status in fleet.statuses().await.expect("statuses") {
             assert_eq!(status.epoch, snapshot.epoch);
         }
     }
