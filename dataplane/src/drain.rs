@@ -94,11 +94,6 @@ impl Pacer {
         self.done = due.max(from);
         from..self.done
     }
-
-    /// Every close has been released.
-    pub fn finished(&self) -> bool {
-        self.done >= self.total
-    }
 }
 
 /// One pod's drains. Every batch of closes (a snapshot's moved keys, a
@@ -229,20 +224,16 @@ async fn run(mut batches: mpsc::UnboundedReceiver<Batch>, pending: Arc<watch::Se
     }
 }
 
-/// Asks every connection in `victims` to drain, paced by [`Pacer`].
-/// Returns when all have been asked. If the rate cap does not let the
-/// drain finish within the window, a stopping pod ([`DrainCause::Shutdown`])
-/// asks the rest at the window's end (it is about to be killed) and logs
-/// it; any other drain goes on at the rate.
-pub async fn drain(victims: Vec<Arc<ConnControl>>, cause: DrainCause, window: Duration, rate: u32) {
-    let drainer = Drainer::start();
-    drainer.submit(victims, cause, window, rate);
-    drainer.idle().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One batch through a fresh drainer; returns when all were asked.
+    async fn drain(victims: Vec<Arc<ConnControl>>, cause: DrainCause, window: Duration, rate: u32) {
+        let drainer = Drainer::start();
+        drainer.submit(victims, cause, window, rate);
+        drainer.idle().await;
+    }
 
     #[test]
     fn closes_are_spread_over_the_window() {

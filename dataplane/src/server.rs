@@ -30,7 +30,9 @@ use crate::{
     config::{Config, MissingKey, secs},
     drain::Drainer,
     handoff::{self, PeerToken},
-    handshake::{self, BackendFailure, MAX_HEADERS, Refusal, parse_request, upgrade_backend},
+    handshake::{
+        self, BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
+    },
     io::Io,
     metrics::{Metrics, RouteLabel},
     registry::{ConnControl, DrainCause, Registry, RegistryGuard, Role},
@@ -472,6 +474,17 @@ impl Drop for Open {
     }
 }
 
+/// Counts a refusal, logs it and answers it.
+async fn refuse(client: &mut Io, metrics: &Metrics, refusal: &Refusal) {
+    metrics.handshake(refusal.outcome);
+    tracing::debug!(
+        status = refusal.status,
+        outcome = refusal.outcome,
+        "upgrade refused"
+    );
+    answer(client, &refusal.response()).await;
+}
+
 /// Writes `response` to the client, briefly, and gives up on it.
 async fn answer(client: &mut Io, response: &[u8]) {
     let _ = timeout(Duration::from_secs(1), client.write_all(response)).await;
@@ -513,7 +526,6 @@ async fn establish(
     permit: OwnedSemaphorePermit,
 ) -> Option<(Relay, Open)> {
     let _ = tcp.set_nodelay(true);
-    let cfg = &shared.config.connections;
     let metrics = &shared.metrics;
     let deadline = Instant::now() + shared.running.load().handshake_timeout;
     let mut client = match (&shared.tls, origin) {
@@ -537,13 +549,7 @@ async fn establish(
         match timeout_at(deadline, read_and_route(&mut client, peer, origin, &shared)).await {
             Ok(Ok(p)) => p,
             Ok(Err(refusal)) => {
-                metrics.handshake(refusal.outcome);
-                tracing::debug!(
-                    status = refusal.status,
-                    outcome = refusal.outcome,
-                    "upgrade refused"
-                );
-                answer(&mut client, &refusal.response()).await;
+                refuse(&mut client, metrics, &refusal).await;
                 return None;
             }
             Err(_) => {
@@ -561,93 +567,18 @@ async fn establish(
     span.record("route", &*placement.route);
     span.record("key_hash", format_args!("{:016x}", placement.key_hash.0));
 
-    // Hand the connection to its owner, or to the next shard on the ring
-    // when the owner cannot be reached; serve it here when the ring says so.
-    let mut serve_here = placement.handoff.is_empty();
-    let mut role = None;
-    let mut upgrade = None;
-    for (attempt, shard) in placement.handoff.iter().enumerate() {
-        if Some(&shard.id) == shared.shard_id() {
-            serve_here = true;
-            break;
-        }
-        let Some(me) = &shared.shard else { break };
-        let mut request = handoff::preamble(&me.token, placement.client, placement.tls);
-        request.extend_from_slice(&placement.raw);
-        let result = upgrade_backend(
-            shard.peer,
-            &request,
-            &placement.ws_key,
-            me.connect_timeout,
-            secs(cfg.backend_connect_timeout_seconds) + secs(cfg.backend_handshake_timeout_seconds),
-        )
-        .await;
-        match result {
-            Ok(u) => {
-                metrics.handoff(if attempt == 0 { "ok" } else { "fallback" });
-                span.record("backend", format_args!("shard {}", shard.id));
-                role = Some(Role::Edge(Arc::clone(&shard.id)));
-                upgrade = Some(u);
-                break;
-            }
-            Err(BackendFailure::Connect(_) | BackendFailure::ConnectTimeout) => {
-                metrics.handoff("unreachable");
-                tracing::debug!(shard = %shard.id, "owner shard unreachable; trying the next one");
-            }
-            Err(failure) => {
-                metrics.handoff("refused");
-                metrics.handshake(failure.outcome());
-                answer(&mut client, &failure_response(failure)).await;
-                return None;
-            }
-        }
-    }
-    if serve_here {
-        let Some(backend) = &placement.backend else {
-            metrics.handshake("no_backend");
-            let refusal = Refusal::new(
-                503,
-                "no_backend",
-                format!("route {} has no backend ready", placement.route),
-            );
-            answer(&mut client, &refusal.response()).await;
+    let (upgrade, role) = match connect_upstream(&placement, &shared).await {
+        Ok(connected) => connected,
+        Err(Failed::Refused(refusal)) => {
+            refuse(&mut client, metrics, &refusal).await;
             return None;
-        };
-        span.record("backend", &*backend.id);
-        let result = upgrade_backend(
-            backend.address,
-            &placement.request,
-            &placement.ws_key,
-            secs(cfg.backend_connect_timeout_seconds),
-            secs(cfg.backend_handshake_timeout_seconds),
-        )
-        .await;
-        match result {
-            Ok(u) => {
-                upgrade = Some(u);
-                role = Some(Role::Owner(Seat {
-                    version: placement.version,
-                    owner: shared.shard_id().cloned(),
-                    backend: Some(Arc::clone(&backend.id)),
-                }));
-            }
-            Err(failure) => {
-                metrics.handshake(failure.outcome());
-                tracing::debug!(?failure, "backend upgrade failed");
-                answer(&mut client, &failure_response(failure)).await;
-                return None;
-            }
         }
-    }
-    let (Some(upgrade), Some(role)) = (upgrade, role) else {
-        metrics.handshake("no_shard");
-        let refusal = Refusal::new(
-            502,
-            "no_shard",
-            "no shard of this gateway could take the connection",
-        );
-        answer(&mut client, &refusal.response()).await;
-        return None;
+        Err(Failed::Upstream(failure)) => {
+            metrics.handshake(failure.outcome());
+            tracing::debug!(?failure, "upgrade towards the backend failed");
+            answer(&mut client, &failure_response(failure)).await;
+            return None;
+        }
     };
     // Registered before the client learns it is connected, so that a drain
     // that starts now cannot miss it.
@@ -713,6 +644,95 @@ async fn establish(
         _permit: permit,
     };
     Some((relay, open))
+}
+
+/// Why a routed connection went no further.
+enum Failed {
+    /// The gateway itself refuses it.
+    Refused(Refusal),
+    /// The backend's (or an owner shard's) upgrade failed.
+    Upstream(BackendFailure),
+}
+
+/// Hands the connection to its owner, or to the next shard on the ring
+/// when the owner cannot be reached, or upgrades it to its backend here
+/// when the ring says so (or this pod is standalone).
+async fn connect_upstream(
+    placement: &Placement,
+    shared: &Shared,
+) -> Result<(BackendUpgrade, Role), Failed> {
+    let cfg = &shared.config.connections;
+    let metrics = &shared.metrics;
+    if placement.handoff.is_empty() {
+        return serve_here(placement, shared).await;
+    }
+    for (attempt, shard) in placement.handoff.iter().enumerate() {
+        let me = match &shared.shard {
+            Some(me) if me.id != shard.id => me,
+            _ => return serve_here(placement, shared).await,
+        };
+        let mut request = handoff::preamble(&me.token, placement.client, placement.tls);
+        request.extend_from_slice(&placement.raw);
+        let result = upgrade_backend(
+            shard.peer,
+            &request,
+            &placement.ws_key,
+            me.connect_timeout,
+            secs(cfg.backend_connect_timeout_seconds) + secs(cfg.backend_handshake_timeout_seconds),
+        )
+        .await;
+        match result {
+            Ok(upgrade) => {
+                metrics.handoff(if attempt == 0 { "ok" } else { "fallback" });
+                tracing::Span::current().record("backend", format_args!("shard {}", shard.id));
+                return Ok((upgrade, Role::Edge(Arc::clone(&shard.id))));
+            }
+            Err(BackendFailure::Connect(_) | BackendFailure::ConnectTimeout) => {
+                metrics.handoff("unreachable");
+                tracing::debug!(shard = %shard.id, "owner shard unreachable; trying the next one");
+            }
+            Err(failure) => {
+                metrics.handoff("refused");
+                return Err(Failed::Upstream(failure));
+            }
+        }
+    }
+    Err(Failed::Refused(Refusal::new(
+        502,
+        "no_shard",
+        "no shard of this gateway could take the connection",
+    )))
+}
+
+/// Upgrades the connection to its backend from this pod.
+async fn serve_here(
+    placement: &Placement,
+    shared: &Shared,
+) -> Result<(BackendUpgrade, Role), Failed> {
+    let cfg = &shared.config.connections;
+    let Some(backend) = &placement.backend else {
+        return Err(Failed::Refused(Refusal::new(
+            503,
+            "no_backend",
+            format!("route {} has no backend ready", placement.route),
+        )));
+    };
+    tracing::Span::current().record("backend", &*backend.id);
+    let upgrade = upgrade_backend(
+        backend.address,
+        &placement.request,
+        &placement.ws_key,
+        secs(cfg.backend_connect_timeout_seconds),
+        secs(cfg.backend_handshake_timeout_seconds),
+    )
+    .await
+    .map_err(Failed::Upstream)?;
+    let seat = Seat {
+        version: placement.version,
+        owner: shared.shard_id().cloned(),
+        backend: Some(Arc::clone(&backend.id)),
+    };
+    Ok((upgrade, Role::Owner(seat)))
 }
 
 /// Reads the upgrade request (after a hand-off's preamble) and decides
@@ -839,7 +859,7 @@ async fn read_and_route(
             tls,
             ws_key: req.ws_key.to_owned(),
             leftover: buf[req.head_len..].to_vec(),
-            running: Arc::clone(&running),
+            running,
         });
     }
 }

@@ -10,7 +10,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ringway_e2e::fleet::{Binaries, Fleet, ShardSettings, quick_drain};
+use ringway_e2e::fleet::{Binaries, Fleet, ShardSettings};
 use serde_json::json;
 
 /// A sharded Ringway gateway on this machine, for benchmarks.
@@ -59,9 +59,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings = ShardSettings {
         max_connections: args.max_connections,
-        worker_threads: 1,
         heartbeat_interval_seconds: args.heartbeat_seconds,
-        drain: quick_drain(),
+        ..ShardSettings::default()
     };
     let mut fleet = Fleet::start_with(binaries, args.shards, args.backends, settings).await?;
     fleet.keep_files();
