@@ -144,7 +144,12 @@ pub struct Placement<'a> {
 
 /// A placement by identities only, comparable across snapshots: a
 /// connection must move when its seat changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Shard ids are unique across versions, so a seat with an owner is the
+/// same seat whatever its version is called: promotion relabels the
+/// canary's shards as stable and must not drain a single connection. Only
+/// seats without an owner (a version with no shards) compare versions.
+#[derive(Clone, Debug, Eq)]
 pub struct Seat {
     /// The version.
     pub version: Version,
@@ -152,6 +157,13 @@ pub struct Seat {
     pub owner: Option<Arc<str>>,
     /// The backend's id.
     pub backend: Option<Arc<str>>,
+}
+
+impl PartialEq for Seat {
+    fn eq(&self, other: &Self) -> bool {
+        let same_version = self.owner.is_some() || self.version == other.version;
+        same_version && self.owner == other.owner && self.backend == other.backend
+    }
 }
 
 impl Placement<'_> {

@@ -181,3 +181,30 @@ fn the_ranking_names_the_owner_first() {
     assert_eq!(s.version_of_shard("a-2"), Some(Version::Stable));
     assert_eq!(s.version_of_shard("b-0"), None);
 }
+
+#[test]
+fn promotion_relabels_the_canary_as_stable_without_moving_a_key() {
+    // Weight 100: every key on the canary's shards "b-*".
+    let before = state(3, 3, BUCKETS);
+    // Promotion: the same shards and backends, now called the stable version.
+    let after = RoutingState::new(
+        2,
+        table(),
+        VersionState::new(Version::Stable, "v2".into(), shards("b", 3), pool(4)),
+        None,
+        0,
+    );
+    for k in keys(20_000) {
+        let (old, new) = (before.place(0, k).seat(), after.place(0, k).seat());
+        assert_eq!(old.version, Version::Canary);
+        assert_eq!(new.version, Version::Stable);
+        assert!(!must_move(Some(&old), Some(&new), &old), "{k:?} moved");
+    }
+    // A version without shards still compares versions.
+    let unowned = |version| Seat {
+        version,
+        owner: None,
+        backend: Some("backend-0".into()),
+    };
+    assert_ne!(unowned(Version::Stable), unowned(Version::Canary));
+}
