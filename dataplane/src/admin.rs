@@ -1,6 +1,6 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics` and `POST /drain`
-//! (for a preStop hook). A small HTTP/1.1 server, one request per
-//! connection.
+//! (also `GET /drain?wait=true`, for a preStop hook). A small HTTP/1.1
+//! server, one request per connection.
 
 use std::{sync::Arc, time::Duration};
 
@@ -73,18 +73,12 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             shared.metrics.render(),
         ),
-        ("POST", "/drain") => {
-            shared.request_drain();
-            if query.split('&').any(|p| p == "wait=true" || p == "wait=1") {
-                shared.wait_drained().await;
-                ok("text/plain", "drained\n".into())
-            } else {
-                ok(
-                    "text/plain",
-                    format!("draining {} connections\n", shared.registry.len()),
-                )
-            }
-        }
+        ("POST", "/drain") => drain(shared, wants_wait(query)).await,
+        // The kubelet's preStop `httpGet` hook can only send GET, so GET
+        // drains too, but only with `wait=true`: that is what the hook
+        // sends, and a stray GET (a browser, a crawler, a curious `curl`)
+        // must not stop the pod.
+        ("GET", "/drain") if wants_wait(query) => drain(shared, true).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/drain") => {
             error_response(405, "method not allowed", &[])
         }
@@ -92,6 +86,28 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     };
     stream.write_all(&response).await?;
     stream.shutdown().await
+}
+
+/// Stops accepting and drains every connection, then the process exits
+/// (see `Server::run`); with `wait`, answers once every connection has
+/// closed.
+async fn drain(shared: &Shared, wait: bool) -> Vec<u8> {
+    shared.request_drain();
+    if wait {
+        shared.wait_drained().await;
+        ok("text/plain", "drained\n".into())
+    } else {
+        ok(
+            "text/plain",
+            format!("draining {} connections\n", shared.registry.len()),
+        )
+    }
+}
+
+/// `wait=true` (or `wait=1`) among the query parameters: answer once the
+/// drain has finished.
+fn wants_wait(query: &str) -> bool {
+    query.split('&').any(|p| p == "wait=true" || p == "wait=1")
 }
 
 fn ok(content_type: &str, body: String) -> Vec<u8> {

@@ -259,7 +259,11 @@ impl Server {
         let (kind, cause) = loop {
             tokio::select! {
                 kind = &mut shutdown => break (kind, DrainCause::Shutdown),
-                () = shared.drain_requested.notified() => break (Shutdown::Graceful, DrainCause::Api),
+                // The admin `/drain` stops the process just as SIGTERM does
+                // (the kubelet's preStop hook calls it): whatever is left
+                // at the window's end is closed, so the pod finishes
+                // within its termination grace period.
+                () = shared.drain_requested.notified() => break (Shutdown::Graceful, DrainCause::Shutdown),
                 () = shared.peer_closed.notified() => {
                     tracing::info!("drained on request: no more hand-offs");
                     peer = None;

@@ -200,3 +200,53 @@ async fn the_drain_api_closes_everything_and_waits() {
         "{metrics}"
     );
 }
+
+/// The kubelet's preStop `httpGet` hook can only GET: `GET /drain?wait=true`
+/// drains and answers when done, while a bare `GET /drain` (a browser, a
+/// crawler) is refused and drains nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prestop_get_drains_and_waits_but_a_bare_get_does_not() {
+    let backend = support::echo_backend("b1").await;
+    let gw = Gateway::echo(
+        &[backend],
+        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(connect(&gw.url(&format!("/echo?room={i}"))).await.0);
+    }
+    let admin = gw.admin.expect("admin port");
+    let stray = support::raw(admin, b"GET /drain HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(stray.starts_with("HTTP/1.1 405"), "{stray}");
+    let ready = support::raw(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200"),
+        "a bare GET must not drain: {ready}"
+    );
+    for ws in &mut clients {
+        ws.send(Message::text("still here")).await.expect("send");
+        assert_eq!(
+            next_data(ws).await,
+            Some(Message::text("still here")),
+            "a bare GET must not close connections"
+        );
+    }
+    let drained = tokio::spawn(async move {
+        support::raw(admin, b"GET /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n").await
+    });
+    for mut ws in clients {
+        let (code, reason) = support::close_of(&mut ws).await.expect("a close frame");
+        assert_eq!(code, 1001, "{reason}");
+    }
+    let answer = drained.await.expect("admin call");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("drained\n"),
+        "{answer}"
+    );
+    let metrics = gw.shared.metrics.render();
+    assert!(
+        metrics.contains("ringway_drains_total{cause=\"api\"} 5"),
+        "{metrics}"
+    );
+}
