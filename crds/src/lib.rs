@@ -19,8 +19,8 @@ pub use disruption::{DisruptionBudget, DrainSettings};
 pub use gateway::{WebSocketGateway, WebSocketGatewaySpec};
 pub use route::{BackendRef, KeySource, MissingKeyPolicy, Route, RouteKey};
 pub use status::{
-    CanaryPhase, CanaryStatus, Slot, SlotStatus, WebSocketGatewayStatus, condition_reasons,
-    condition_types,
+    CanaryPhase, CanaryStatus, DisruptionStatus, Slot, SlotStatus, WebSocketGatewayStatus,
+    condition_reasons, condition_types,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

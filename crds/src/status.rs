@@ -1,7 +1,7 @@
 //! What the operator reports on a gateway: conditions, shards, connections,
 //! the snapshot epoch and the canary's progress.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +27,10 @@ pub struct WebSocketGatewayStatus {
     #[serde(default)]
     pub connections: i64,
 
-    /// Epoch of the routing snapshot that every ready pod has acknowledged.
-    /// It only grows, across operator restarts too.
+    /// Epoch of the latest routing snapshot the operator issued to the pods.
+    /// It only grows, across operator restarts too: it is written here
+    /// before the snapshot is sent. The `Ready` condition says whether every
+    /// pod has acknowledged it.
     #[serde(default)]
     pub epoch: i64,
 
@@ -39,6 +41,20 @@ pub struct WebSocketGatewayStatus {
     /// The canary in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// Connections disrupted in the disruption budget's current window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<DisruptionStatus>,
+}
+
+/// What the current window of the disruption budget has used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DisruptionStatus {
+    /// When the window started.
+    pub window_start: Time,
+    /// Connections that rollout steps, restarts and rebalances closed (or
+    /// were expected to close) since then.
+    pub disrupted: i64,
 }
 
 /// One of the two StatefulSet slots a gateway's versions run in. A canary
@@ -60,6 +76,10 @@ pub struct SlotStatus {
     pub slot: Slot,
     /// The data-plane image of this version.
     pub image: String,
+    /// A hash of everything in the spec that is baked into this version's
+    /// pods (image, resources, listener, drain, connection cap).
+    #[serde(default)]
+    pub revision: String,
     /// Pods of this version that are ready.
     pub shards_ready: i32,
     /// Live client connections held by this version's pods.
