@@ -1,14 +1,227 @@
-//! `ringway-operator`: the controller binary.
+//! `ringway-operator`: the controller binary. Parses flags, sets up
+//! logging, serves `/metrics`, takes the leader lease and runs the
+//! controllers until SIGTERM.
 
-use anyhow::bail;
-use clap::Parser;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-/// Reconciles WebSocketGateway resources into sharded data-plane pods.
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kube::runtime::events::{Recorder, Reporter};
+use ringway_control::Options;
+use ringway_operator::{
+    controller, http,
+    leader::{self, LeaseConfig},
+    metrics::Metrics,
+    reconcile::Context,
+    steer::GrpcSteer,
+};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Reconciles WebSocketGateway resources into sharded data-plane pods and
+/// steers every pod over the control channel.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {}
+struct Args {
+    /// Data-plane image for gateways whose spec names none.
+    #[arg(long, env = "RINGWAY_DATAPLANE_IMAGE", default_value = concat!("ghcr.io/ringway-dev/ringway-dataplane:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Namespace to watch; repeat for several. None: all namespaces.
+    #[arg(long = "namespace", env = "RINGWAY_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "RINGWAY_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Take a Lease before acting, so that only one replica acts.
+    #[arg(long, env = "RINGWAY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (default: the pod's own, from POD_NAMESPACE).
+    #[arg(long, env = "RINGWAY_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "RINGWAY_LEASE_NAME", default_value = "ringway-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease and in events (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter, in `tracing` env-filter syntax.
+    #[arg(long, env = "RINGWAY_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
 
 fn main() -> anyhow::Result<()> {
-    let _args = Args::parse();
-    bail!("the operator is not built yet (issue 5)")
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        signal().await;
+        info!("stopping: waiting for running reconciles");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    tokio::spawn(http::serve(
+        listener,
+        Arc::clone(&metrics),
+        ready_rx,
+        stopped(),
+    ));
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "ringway-operator".to_owned());
+    // Ready once up: a standby replica waiting for the lease is healthy,
+    // and a rolling update of the operator must not wait for it to lead.
+    let _ = ready_tx.send(true);
+    let leadership = if args.leader_election {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned());
+        let config = LeaseConfig::new(namespace, args.lease_name.clone(), identity.clone());
+        info!(lease = %args.lease_name, identity = %identity, "waiting for the leader lease");
+        match leader::acquire(client.clone(), config, stopped())
+            .await
+            .context("leader election")?
+        {
+            Some(l) => Some(l),
+            None => return Ok(()),
+        }
+    } else {
+        None
+    };
+    metrics.set_leader(true);
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let leadership = leadership.map(|mut l| {
+        let lost_tx = lost_tx.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = l.lost() => {
+                    warn!("leader lease lost: stopping");
+                    let _ = lost_tx.send(true);
+                    None
+                }
+                _ = stop.wait_for(|s| *s) => Some(l),
+            }
+        })
+    });
+    let shutdown = {
+        let stopped = stopped();
+        let mut lost = lost_rx.clone();
+        async move {
+            tokio::select! {
+                () = stopped => {}
+                _ = lost.wait_for(|l| *l) => {}
+            }
+        }
+    };
+    let shutdown = futures_shared(shutdown);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ringway-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    let context = Arc::new(Context::new(
+        client.clone(),
+        GrpcSteer::new(Options::default()),
+        Arc::clone(&metrics),
+        recorder,
+        args.image.clone(),
+    ));
+    info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
+    controller::run(client, &args.namespaces, context, shutdown).await;
+    metrics.set_leader(false);
+    if *lost_rx.borrow_and_update() {
+        anyhow::bail!("lost the leader lease; exiting so that a fresh start contends again");
+    }
+    if let Some(task) = leadership
+        && let Ok(Some(l)) = task.await
+    {
+        tokio::time::timeout(Duration::from_secs(5), l.release())
+            .await
+            .ok();
+    }
+    Ok(())
+}
+
+/// A future that many controllers can each wait on.
+fn futures_shared(
+    f: impl std::future::Future<Output = ()> + Send + 'static,
+) -> futures_util::future::Shared<
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+> {
+    use futures_util::FutureExt;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        f.await;
+        let _ = tx.send(());
+    });
+    let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> =
+        Box::pin(async move {
+            let _ = rx.await;
+        });
+    boxed.shared()
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot listen for signals; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -1,0 +1,121 @@
+//! The wiring: one kube-rs `Controller` per watched namespace (or one for
+//! the whole cluster) that owns each gateway's children and also watches
+//! the data-plane pods and the backend Services' EndpointSlices.
+
+use std::{future::Future, sync::Arc};
+
+use futures_util::{StreamExt, future::join_all};
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    core::v1::{ConfigMap, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use ringway_crds::WebSocketGateway;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::{
+    names::LABEL_GATEWAY,
+    reconcile::{Context, error_policy, reconcile},
+    steer::Steer,
+};
+
+/// The label every EndpointSlice carries: the Service it belongs to.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Runs the controllers until `shutdown` resolves, then lets running
+/// reconciles finish. `namespaces` empty means all namespaces.
+pub async fn run<S: Steer>(
+    client: Client,
+    namespaces: &[String],
+    context: Arc<Context<S>>,
+    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    };
+    let runs = scopes.into_iter().map(|ns| {
+        let span = info_span!("controller", namespace = ns.as_deref().unwrap_or("*"));
+        run_scope(client.clone(), ns, Arc::clone(&context), shutdown.clone()).instrument(span)
+    });
+    join_all(runs).await;
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope<S: Steer>(
+    client: Client,
+    ns: Option<String>,
+    context: Arc<Context<S>>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = ns.as_deref();
+    let ours = || watcher::Config::default().labels(LABEL_GATEWAY);
+    let controller = Controller::new(
+        api::<WebSocketGateway>(&client, ns),
+        watcher::Config::default(),
+    );
+    let gateways = controller.store();
+    controller
+        .owns(api::<StatefulSet>(&client, ns), ours())
+        .owns(api::<Service>(&client, ns), ours())
+        .owns(api::<PodDisruptionBudget>(&client, ns), ours())
+        .owns(api::<Secret>(&client, ns), ours())
+        .owns(api::<ConfigMap>(&client, ns), ours())
+        // Pods belong to the StatefulSets; their label names the gateway.
+        .watches(api::<Pod>(&client, ns), ours(), |pod| {
+            let ns = pod.namespace();
+            pod.labels()
+                .get(LABEL_GATEWAY)
+                .map(|gw| ObjectRef::new(gw).within(ns.as_deref().unwrap_or_default()))
+        })
+        // Backend endpoints: every gateway with a route to that Service.
+        .watches(
+            api::<EndpointSlice>(&client, ns),
+            watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            move |slice| {
+                let ns = slice.namespace();
+                let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
+                gateways
+                    .state()
+                    .into_iter()
+                    .filter(|gw| gw.namespace() == ns)
+                    .filter(|gw| {
+                        gw.spec
+                            .routes
+                            .iter()
+                            .any(|r| Some(&r.backend.service) == service.as_ref())
+                    })
+                    .map(|gw| ObjectRef::from_obj(&*gw))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((gw, action)) => log_done(&gw, &action),
+                Err(e) => warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+fn log_done(gw: &ObjectRef<WebSocketGateway>, action: &Action) {
+    tracing::debug!(gateway = %gw, action = ?action, "reconcile done");
+}

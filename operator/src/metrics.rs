@@ -1,0 +1,246 @@
+//! The operator's Prometheus metrics, all prefixed `ringway_operator_`:
+//! reconciles and their errors and durations, snapshot pushes, the pods
+//! steered per gateway and whether this replica leads.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Buckets of the reconcile duration, in seconds: 1 ms to 30 s. A reconcile
+/// that only reads caches takes milliseconds; one that pushes a snapshot to
+/// many pods waits on the slowest.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Labels of the reconcile errors counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    /// [`crate::Error::label`] of the failure.
+    reason: &'static str,
+}
+
+/// Labels of the per-gateway gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GatewayLabel {
+    /// `namespace/name`.
+    gateway: String,
+}
+
+/// Every metric the operator exports. `Send + Sync`: share it as
+/// `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    reconcile_errors: Family<ReasonLabel, Counter>,
+    reconcile_duration: Histogram,
+    pods_steered: Family<GatewayLabel, Gauge>,
+    snapshot_pushes: Counter,
+    snapshot_push_failures: Counter,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics, registered for export.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ringway_operator");
+        let reconciles = Counter::default();
+        let reconcile_errors = Family::<ReasonLabel, Counter>::default();
+        let reconcile_duration = Histogram::new(DURATION_BUCKETS);
+        let pods_steered = Family::<GatewayLabel, Gauge>::default();
+        let snapshot_pushes = Counter::default();
+        let snapshot_push_failures = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of a gateway, finished or failed",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, failed ones included",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "pods_steered",
+            "Ready data-plane pods the operator steers, by gateway (namespace/name)",
+            pods_steered.clone(),
+        );
+        registry.register(
+            "snapshot_pushes",
+            "Routing snapshots pushed, one per pod pushed to",
+            snapshot_pushes.clone(),
+        );
+        registry.register(
+            "snapshot_push_failures",
+            "Snapshot pushes a pod did not acknowledge",
+            snapshot_push_failures.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            pods_steered,
+            snapshot_pushes,
+            snapshot_push_failures,
+            leader,
+        }
+    }
+
+    /// One reconcile finished after `elapsed`; `error` is
+    /// [`crate::Error::label`] when it failed.
+    pub fn reconciled(&self, elapsed: Duration, error: Option<&'static str>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+        if let Some(reason) = error {
+            // One statement: the guard `get_or_create` returns must be gone
+            // before the family is locked again.
+            self.reconcile_errors
+                .get_or_create(&ReasonLabel { reason })
+                .inc();
+        }
+    }
+
+    /// A snapshot push reached `pods` pods, `failed` of which did not
+    /// acknowledge it.
+    pub fn snapshot_pushed(&self, pods: u64, failed: u64) {
+        self.snapshot_pushes.inc_by(pods);
+        self.snapshot_push_failures.inc_by(failed);
+    }
+
+    /// The number of ready pods the operator steers for one gateway
+    /// (`namespace/name`).
+    pub fn set_pods_steered(&self, gateway: &str, pods: i64) {
+        let label = GatewayLabel {
+            gateway: gateway.to_owned(),
+        };
+        self.pods_steered.get_or_create(&label).set(pods);
+    }
+
+    /// Forgets a deleted gateway's gauge, so that it is no longer exported.
+    pub fn forget_gateway(&self, gateway: &str) {
+        self.pods_steered.remove(&GatewayLabel {
+            gateway: gateway.to_owned(),
+        });
+    }
+
+    /// 1 while this replica holds the leader lease, 0 otherwise.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The metrics in Prometheus' text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn renders_what_was_counted() {
+        let metrics = Metrics::new();
+        metrics.reconciled(Duration::from_millis(3), None);
+        metrics.reconciled(Duration::from_millis(40), Some("apply"));
+        metrics.reconciled(Duration::from_secs(2), Some("apply"));
+        metrics.snapshot_pushed(3, 1);
+        metrics.snapshot_pushed(2, 0);
+        metrics.set_pods_steered("default/echo", 4);
+        metrics.set_pods_steered("prod/chat", 2);
+        metrics.set_leader(true);
+
+        let text = metrics.render();
+        let lines = lines(&text);
+        for expected in [
+            "ringway_operator_reconciles_total 3",
+            "ringway_operator_reconcile_errors_total{reason=\"apply\"} 2",
+            "ringway_operator_reconcile_duration_seconds_count 3",
+            "ringway_operator_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",
+            "ringway_operator_reconcile_duration_seconds_bucket{le=\"0.05\"} 2",
+            "ringway_operator_reconcile_duration_seconds_bucket{le=\"30.0\"} 3",
+            "ringway_operator_snapshot_pushes_total 5",
+            "ringway_operator_snapshot_push_failures_total 1",
+            "ringway_operator_pods_steered{gateway=\"default/echo\"} 4",
+            "ringway_operator_pods_steered{gateway=\"prod/chat\"} 2",
+            "ringway_operator_leader 1",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "{expected:?} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forgotten_gateway_is_no_longer_exported() {
+        let metrics = Metrics::new();
+        metrics.set_pods_steered("default/echo", 4);
+        metrics.set_pods_steered("default/echo", 3);
+        metrics.set_pods_steered("prod/chat", 2);
+        metrics.forget_gateway("default/echo");
+        metrics.forget_gateway("never/seen");
+        let text = metrics.render();
+        assert!(!text.contains("default/echo"), "{text}");
+        assert!(
+            lines(&text).contains(&"ringway_operator_pods_steered{gateway=\"prod/chat\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn leadership_goes_to_zero_and_nothing_counted_renders_zero() {
+        let metrics = Metrics::new();
+        metrics.set_leader(true);
+        metrics.set_leader(false);
+        let text = metrics.render();
+        let lines = lines(&text);
+        assert!(lines.contains(&"ringway_operator_leader 0"), "{text}");
+        assert!(
+            lines.contains(&"ringway_operator_reconciles_total 0"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn metrics_are_shareable() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Metrics>();
+    }
+}

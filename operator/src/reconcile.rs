@@ -1,0 +1,704 @@
+//! The reconcile of one gateway: read what the cluster shows, plan with
+//! the pure functions, apply the children server-side, push the snapshot
+//! when it changed, and write the status.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ConfigMap, Pod, Secret, Service},
+        policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+    },
+};
+use ringway_control::{all_acked, pki::Ca};
+use ringway_crds::{
+    Slot, SlotStatus, WebSocketGateway, WebSocketGatewayStatus, condition_reasons as reasons,
+    condition_types as types,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, PodInputs, annotations, budget, children,
+    conditions::{self, Decided},
+    metrics::Metrics,
+    names::{self, CONTROL_PORT, FIELD_MANAGER, GatewayRef},
+    observe, pki,
+    rollout::{self, Observed, SlotView},
+    snapshot,
+    steer::Steer,
+};
+
+/// Look again this often when nothing moves, to refresh the connection
+/// counts in the status and to renew certificates in time.
+pub const STEADY_REQUEUE: Duration = Duration::from_secs(60);
+/// Ask the pods for their counts at most this often when nothing moves,
+/// so that a storm of watch events never becomes a storm of RPCs.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+/// Retry a snapshot that some pods did not acknowledge after this long.
+pub const UNACKED_REQUEUE: Duration = Duration::from_secs(5);
+/// The first retry after an error; it doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between retries after errors.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context<S> {
+    /// The API client.
+    pub client: Client,
+    /// The control channel.
+    pub steer: S,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Publishes Kubernetes events.
+    pub recorder: Recorder,
+    /// The data-plane image when a spec names none.
+    pub default_image: String,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+/// What the operator remembers of a gateway between reconciles. Losing it
+/// (a restart) costs one snapshot push with a new epoch and one status poll.
+#[derive(Clone, Debug, Default)]
+struct Memory {
+    /// Content hash and epoch of the last snapshot issued.
+    hash: u64,
+    epoch: u64,
+    /// Control addresses that acknowledged `epoch`.
+    acked: BTreeSet<String>,
+    /// When the pods were last asked for their counts.
+    polled: Option<Instant>,
+    /// Live connections by pod name, from the last poll.
+    connections: HashMap<String, i64>,
+    /// Consecutive failed reconciles, for the backoff.
+    failures: u32,
+}
+
+impl<S: Steer> Context<S> {
+    /// A context for the controller.
+    pub fn new(
+        client: Client,
+        steer: S,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        default_image: String,
+    ) -> Self {
+        Self {
+            client,
+            steer,
+            metrics,
+            recorder,
+            default_image,
+            memory: Mutex::default(),
+        }
+    }
+
+    fn memory(&self, key: &str) -> Memory {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, key: &str, f: impl FnOnce(&mut Memory)) {
+        let mut all = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        f(all.entry(key.to_owned()).or_default());
+    }
+
+    fn forget(&self, key: &str) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        self.steer.forget(key);
+        self.metrics.forget_gateway(key);
+    }
+}
+
+/// Reconciles one gateway; counted and timed.
+pub async fn reconcile<S: Steer>(
+    gw: Arc<WebSocketGateway>,
+    ctx: Arc<Context<S>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
+    let result = reconcile_gateway(&gw, &ctx, &key).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::label));
+    if result.is_ok() {
+        ctx.remember(&key, |m| m.failures = 0);
+    }
+    result
+}
+
+/// Logs, counts (in [`reconcile`]) and retries with a per-gateway
+/// exponential backoff; a malformed object waits for a change.
+pub fn error_policy<S: Steer>(
+    gw: Arc<WebSocketGateway>,
+    error: &Error,
+    ctx: Arc<Context<S>>,
+) -> Action {
+    let key = format!("{}/{}", gw.namespace().unwrap_or_default(), gw.name_any());
+    warn!(gateway = %key, error = %error, reason = error.label(), "reconcile failed");
+    if matches!(error, Error::Malformed(_)) {
+        return Action::requeue(MAX_BACKOFF);
+    }
+    let mut failures = 0;
+    ctx.remember(&key, |m| {
+        m.failures = m.failures.saturating_add(1);
+        failures = m.failures;
+    });
+    Action::requeue(backoff(failures))
+}
+
+/// The wait before retry number `failures` (1-based).
+pub fn backoff(failures: u32) -> Duration {
+    MIN_BACKOFF
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(MAX_BACKOFF)
+}
+
+async fn reconcile_gateway<S: Steer>(
+    gw: &WebSocketGateway,
+    ctx: &Context<S>,
+    key: &str,
+) -> Result<Action, Error> {
+    if gw.metadata.deletion_timestamp.is_some() {
+        // The children go with it (owner references); forget the rest.
+        ctx.forget(key);
+        return Ok(Action::await_change());
+    }
+    let gwref = GatewayRef::new(gw)?;
+    let client = &ctx.client;
+    let ns = gwref.namespace.as_str();
+    let spec = &gw.spec;
+    let old_status = gw.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+
+    // Certificates first: the pods cannot start without them.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let ca_secret = get(&secrets, &gwref.ca_secret()).await?;
+    let pod_secret = get(&secrets, &gwref.control_secret()).await?;
+    let control = pki::plan(
+        &gwref,
+        ca_secret.as_ref(),
+        pod_secret.as_ref(),
+        SystemTime::now(),
+    )?;
+    for s in control.ca_secret.iter().chain(control.pod_secret.iter()) {
+        apply(&secrets, s).await?;
+    }
+    if let Some(what) = &control.changed {
+        events.push((
+            EventType::Normal,
+            "Certificates",
+            format!("control channel: {what}"),
+        ));
+    }
+
+    // What the cluster shows.
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let all_pods = pods
+        .list(&ListParams::default().labels(&gwref.selector_string()))
+        .await
+        .map_err(|source| Error::Read {
+            what: "pods".into(),
+            source,
+        })?
+        .items;
+    let mut memory = ctx.memory(key);
+    let mut slots = [SlotView::empty(Slot::A), SlotView::empty(Slot::B)];
+    for view in &mut slots {
+        let sts = get(&statefulsets, &gwref.slot_name(view.slot)).await?;
+        *view = observe::slot_view(view.slot, sts.as_ref(), &all_pods, &memory.connections);
+    }
+    let (endpoints, backend_problems) = observe::backends(client, ns, gw).await?;
+
+    // Ask the pods for their counts when a step may depend on them, or
+    // when the last answer is old.
+    let moving = old_status.canary.is_some()
+        || slots.iter().any(|s| s.pods.iter().any(|p| !p.updated))
+        || memory.polled.is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
+    if moving {
+        poll(ctx, key, &control.ca, &mut slots, &mut memory).await?;
+    }
+
+    let spec_inputs = PodInputs::from_spec(spec, &ctx.default_image);
+    let intent = annotations::read(gw.annotations());
+    let plan = rollout::plan(&Observed {
+        spec: &spec_inputs,
+        shards: i32::from(spec.shards),
+        budget: &spec.disruption_budget,
+        intent: &intent,
+        status: &old_status,
+        slots: &slots,
+        control_cert: &control.cert_version,
+        now,
+    });
+
+    // Children, server-side applied.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    for s in &plan.slots {
+        apply(
+            &config_maps,
+            &children::config_map(&gwref, s.slot, &s.inputs),
+        )
+        .await?;
+        apply(
+            &statefulsets,
+            &children::stateful_set(
+                &gwref,
+                s.slot,
+                &s.inputs,
+                s.replicas,
+                s.partition,
+                &control.cert_version,
+            ),
+        )
+        .await?;
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    apply(
+        &services,
+        &children::client_service(&gwref, spec.listener.port),
+    )
+    .await?;
+    apply(&services, &children::peer_service(&gwref)).await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+    apply(&pdbs, &children::disruption_budget(&gwref)).await?;
+
+    // The snapshot: sent when its content changed, or to pods that have
+    // not acknowledged it yet. An unchanged gateway touches no socket.
+    let image = |slot: Slot| -> String {
+        plan.slots
+            .iter()
+            .find(|s| s.slot == slot)
+            .map(|s| s.inputs.image.clone())
+            .or_else(|| slots[index(slot)].inputs.as_ref().map(|i| i.image.clone()))
+            .unwrap_or_default()
+    };
+    let images = [image(Slot::A), image(Slot::B)];
+    let inputs = snapshot::Inputs {
+        gateway: key.to_owned(),
+        spec,
+        roles: plan.roles,
+        slots: &slots,
+        images: [&images[0], &images[1]],
+        endpoints: &endpoints,
+    };
+    let mut draft = snapshot::build(0, &inputs);
+    let hash = snapshot::content_hash(&draft);
+    let targets: BTreeMap<String, String> = slots
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter(|p| p.steerable())
+        .filter_map(|p| Some((control_address(p.ip.as_deref()?), p.name.clone())))
+        .collect();
+    ctx.metrics.set_pods_steered(key, targets.len() as i64);
+    let mut epoch_written = None;
+    if hash != memory.hash {
+        let epoch = memory
+            .epoch
+            .max(u64::try_from(old_status.epoch).unwrap_or(0))
+            + 1;
+        // Written before it is sent: an operator that restarts after the
+        // push never issues this epoch again with other content.
+        write_epoch(gw, client, epoch).await?;
+        epoch_written = Some(epoch);
+        memory.hash = hash;
+        memory.epoch = epoch;
+        memory.acked.clear();
+    }
+    draft.epoch = memory.epoch;
+    let pending: Vec<String> = targets
+        .keys()
+        .filter(|a| !memory.acked.contains(*a))
+        .cloned()
+        .collect();
+    let mut drained = 0i64;
+    let mut failed = Vec::new();
+    if !pending.is_empty() {
+        let results = ctx.steer.push(key, &control.ca, &pending, &draft).await?;
+        ctx.metrics.snapshot_pushed(
+            results.len() as u64,
+            results.iter().filter(|r| r.outcome.is_err()).count() as u64,
+        );
+        for r in &results {
+            match &r.outcome {
+                Ok(ack) if ack.epoch == memory.epoch => {
+                    memory.acked.insert(r.address.clone());
+                    drained += i64::try_from(ack.draining).unwrap_or(i64::MAX);
+                }
+                Ok(ack) => failed.push(format!(
+                    "{} runs epoch {}",
+                    pod_name(&targets, &r.address),
+                    ack.epoch
+                )),
+                Err(e) => failed.push(format!("{}: {}", pod_name(&targets, &r.address), e)),
+            }
+        }
+        if all_acked(&results, memory.epoch) {
+            debug!(gateway = %key, epoch = memory.epoch, pods = results.len(), drained, "snapshot acknowledged");
+        } else {
+            warn!(gateway = %key, epoch = memory.epoch, failed = ?failed, "snapshot not acknowledged by every pod");
+        }
+    }
+    let acked = targets.keys().all(|a| memory.acked.contains(a));
+    ctx.remember(key, |m| *m = memory.clone());
+
+    // Status.
+    let mut canary = plan.canary.clone();
+    if !acked && let (Some(new), Some(old)) = (canary.as_mut(), old_status.canary.as_ref()) {
+        // A weight counts only once every pod runs it.
+        new.weight = old.weight;
+    }
+    let disruption = if epoch_written.is_some() || plan.disrupting > 0 {
+        budget::record(
+            &spec.disruption_budget,
+            old_status.disruption.as_ref(),
+            now,
+            plan.disrupting.max(drained),
+        )
+    } else {
+        budget::record(
+            &spec.disruption_budget,
+            old_status.disruption.as_ref(),
+            now,
+            0,
+        )
+    };
+    let stable_view = &slots[index(plan.stable.0)];
+    let shards_ready: i32 = slots.iter().map(SlotView::ready).sum();
+    let connections: i64 = slots.iter().map(SlotView::connections).sum();
+    let mut problems = plan.problems.clone();
+    problems.extend(backend_problems);
+    let decided = decide(
+        &plan,
+        spec.shards,
+        stable_view,
+        acked,
+        &failed,
+        &problems,
+        &targets,
+    );
+    let status = WebSocketGatewayStatus {
+        observed_generation: gw.metadata.generation,
+        conditions: conditions::merge(
+            &old_status.conditions,
+            decided,
+            gw.metadata.generation,
+            &Time(now),
+        ),
+        shards_ready,
+        connections,
+        epoch: i64::try_from(
+            memory
+                .epoch
+                .max(u64::try_from(old_status.epoch).unwrap_or(0)),
+        )
+        .unwrap_or(i64::MAX),
+        stable: Some(SlotStatus {
+            slot: plan.stable.0,
+            image: plan.stable.1.image.clone(),
+            revision: plan.stable.1.revision(),
+            shards_ready: stable_view.ready(),
+            connections: stable_view.connections(),
+        }),
+        canary,
+        disruption,
+    };
+    // Events: phase changes and newly seen problems.
+    if let Some((reason, message)) = &plan.transition {
+        events.push((EventType::Normal, reason, message.clone()));
+    }
+    let old_degraded =
+        conditions::find(&old_status.conditions, types::DEGRADED).map(|c| c.message.clone());
+    let new_degraded = conditions::find(&status.conditions, types::DEGRADED);
+    if let Some(c) = new_degraded
+        && c.status == "True"
+        && old_degraded.as_deref() != Some(c.message.as_str())
+    {
+        events.push((
+            EventType::Warning,
+            known_reason(&c.reason),
+            c.message.clone(),
+        ));
+    }
+    if status != old_status {
+        write_status(gw, client, &status).await?;
+    }
+    for (type_, reason, note) in events {
+        publish(ctx, gw, type_, reason, note).await;
+    }
+    info!(gateway = %key, epoch = status.epoch, ready = shards_ready, connections, acked, "reconciled");
+    Ok(Action::requeue(if !acked {
+        UNACKED_REQUEUE
+    } else {
+        plan.requeue.unwrap_or(STEADY_REQUEUE)
+    }))
+}
+
+/// Condition reasons are the crate's `&'static str` constants; this maps
+/// a reason read back from a condition onto them.
+fn known_reason(reason: &str) -> &'static str {
+    [
+        reasons::INVALID_ANNOTATION,
+        reasons::BACKEND_UNAVAILABLE,
+        reasons::SNAPSHOT_NOT_ACKNOWLEDGED,
+    ]
+    .into_iter()
+    .find(|r| *r == reason)
+    .unwrap_or(reasons::HEALTHY)
+}
+
+fn decide(
+    plan: &rollout::Plan,
+    shards: u16,
+    stable: &SlotView,
+    acked: bool,
+    failed: &[String],
+    problems: &[String],
+    targets: &BTreeMap<String, String>,
+) -> Vec<Decided> {
+    let want = i32::from(shards);
+    let ready = stable.ready();
+    let ready_condition = if ready >= want && acked {
+        Decided {
+            type_: types::READY,
+            status: true,
+            reason: reasons::SHARDS_READY,
+            message: format!("{ready} of {want} shards ready on the latest snapshot"),
+        }
+    } else {
+        Decided {
+            type_: types::READY,
+            status: false,
+            reason: reasons::SHARDS_NOT_READY,
+            message: if ready < want {
+                format!(
+                    "{ready} of {want} shards ready; see `kubectl get pods -l {}`",
+                    names::LABEL_GATEWAY
+                )
+            } else {
+                format!(
+                    "{} of {} pods acknowledged the latest snapshot",
+                    targets.len() - failed.len(),
+                    targets.len()
+                )
+            },
+        }
+    };
+    let progressing = match &plan.progress {
+        Some(p) => Decided {
+            type_: types::PROGRESSING,
+            status: p.reason != reasons::STABLE,
+            reason: p.reason,
+            message: p.message.clone(),
+        },
+        None => Decided {
+            type_: types::PROGRESSING,
+            status: false,
+            reason: reasons::STABLE,
+            message: "nothing is changing".into(),
+        },
+    };
+    let degraded = if let Some(p) = problems.iter().find(|p| p.starts_with("ringway.dev/")) {
+        Decided {
+            type_: types::DEGRADED,
+            status: true,
+            reason: reasons::INVALID_ANNOTATION,
+            message: format!("{p}; the gateway keeps running as it was"),
+        }
+    } else if !problems.is_empty() {
+        Decided {
+            type_: types::DEGRADED,
+            status: true,
+            reason: reasons::BACKEND_UNAVAILABLE,
+            message: problems.join("; ").chars().take(1000).collect(),
+        }
+    } else if !failed.is_empty() {
+        Decided {
+            type_: types::DEGRADED,
+            status: true,
+            reason: reasons::SNAPSHOT_NOT_ACKNOWLEDGED,
+            message: format!(
+                "pods did not acknowledge the snapshot: {}",
+                failed.join("; ")
+            ),
+        }
+    } else {
+        Decided {
+            type_: types::DEGRADED,
+            status: false,
+            reason: reasons::HEALTHY,
+            message: "nothing needs attention".into(),
+        }
+    };
+    vec![ready_condition, progressing, degraded]
+}
+
+fn index(slot: Slot) -> usize {
+    match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }
+}
+
+fn control_address(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{CONTROL_PORT}")
+    } else {
+        format!("{ip}:{CONTROL_PORT}")
+    }
+}
+
+fn pod_name<'a>(targets: &'a BTreeMap<String, String>, address: &'a str) -> &'a str {
+    targets.get(address).map_or(address, String::as_str)
+}
+
+/// Asks every steerable pod for its counts; an unreachable pod's count
+/// becomes unknown.
+async fn poll<S: Steer>(
+    ctx: &Context<S>,
+    key: &str,
+    ca: &Ca,
+    slots: &mut [SlotView; 2],
+    memory: &mut Memory,
+) -> Result<(), Error> {
+    let addresses: Vec<(String, String)> = slots
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter(|p| p.steerable())
+        .filter_map(|p| Some((control_address(p.ip.as_deref()?), p.name.clone())))
+        .collect();
+    let wanted: Vec<String> = addresses.iter().map(|(a, _)| a.clone()).collect();
+    let answers = ctx.steer.status(key, ca, &wanted).await?;
+    memory.connections.clear();
+    for (address, answer) in answers {
+        let Some((_, pod)) = addresses.iter().find(|(a, _)| *a == address) else {
+            continue;
+        };
+        match answer {
+            Ok(status) => {
+                let count: u64 = status.connections.iter().map(|c| c.count).sum();
+                memory
+                    .connections
+                    .insert(pod.clone(), i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),
+        }
+    }
+    memory.polled = Some(Instant::now());
+    for pod in slots.iter_mut().flat_map(|s| s.pods.iter_mut()) {
+        pod.connections = memory.connections.get(&pod.name).copied();
+    }
+    ctx.remember(key, |m| {
+        m.connections = memory.connections.clone();
+        m.polled = memory.polled;
+    });
+    Ok(())
+}
+
+pub(crate) async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name).await.map_err(|source| Error::Read {
+        what: format!("{} {name}", K::kind(&())),
+        source,
+    })
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        what: format!("{} {name}", K::kind(&())),
+        source,
+    })
+}
+
+fn status_api(gw: &WebSocketGateway, client: &Client) -> Api<WebSocketGateway> {
+    Api::namespaced(client.clone(), &gw.namespace().unwrap_or_default())
+}
+
+async fn write_epoch(gw: &WebSocketGateway, client: &Client, epoch: u64) -> Result<(), Error> {
+    let patch = serde_json::json!({ "status": { "epoch": epoch } });
+    status_api(gw, client)
+        .patch_status(
+            &gw.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+async fn write_status(
+    gw: &WebSocketGateway,
+    client: &Client,
+    status: &WebSocketGatewayStatus,
+) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": WebSocketGateway::api_version(&()),
+        "kind": WebSocketGateway::kind(&()),
+        "status": status,
+    });
+    status_api(gw, client)
+        .patch_status(
+            &gw.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::PatchStatus)?;
+    Ok(())
+}
+
+async fn publish<S>(
+    ctx: &Context<S>,
+    gw: &WebSocketGateway,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &gw.object_ref(&())).await {
+        warn!(gateway = %gw.name_any(), error = %e, "publishing an event failed");
+    }
+}

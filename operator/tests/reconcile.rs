@@ -1,0 +1,557 @@
+//! The reconciler against a fake API server (kube's tower-test mock) and a
+//! fake control channel: what it applies, pushes and reports for creation,
+//! rolling updates, canaries, bad annotations and missing backends.
+
+mod support;
+
+use ringway_control::proto::Version;
+use serde_json::{Value, json};
+use support::{IMAGE, World};
+
+fn sts(w: &World, name: &str) -> Value {
+    w.api.get("statefulsets", name).unwrap_or(Value::Null)
+}
+
+fn replicas(w: &World, name: &str) -> i64 {
+    sts(w, name)["spec"]["replicas"].as_i64().unwrap_or(-1)
+}
+
+fn partition(w: &World, name: &str) -> i64 {
+    sts(w, name)["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn image(w: &World, name: &str) -> String {
+    sts(w, name)["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn shard_ids(snapshot: &ringway_control::proto::Snapshot, version: Version) -> Vec<String> {
+    snapshot
+        .versions
+        .iter()
+        .filter(|v| v.version == version as i32)
+        .flat_map(|v| v.shards.iter().map(|s| s.id.clone()))
+        .collect()
+}
+
+fn set_budget_percent(w: &World, percent: u8) {
+    w.edit(|gw| gw["spec"]["disruptionBudget"] = json!({"maxDisruptedPercent": percent}));
+}
+
+/// A gateway at rest: 3 shards ready on the latest snapshot.
+async fn steady(annotations: Value) -> World {
+    let w = World::new(annotations, 3);
+    w.run(3).await;
+    assert_eq!(w.condition("Ready")["status"], "True", "{:#}", w.status());
+    w
+}
+
+#[tokio::test]
+async fn create_applies_every_child_and_reports_not_ready_until_pods_run() {
+    let w = World::new(Value::Null, 3);
+    w.reconcile().await.unwrap();
+
+    for secret in ["chat-control", "chat-control-ca"] {
+        let s = w
+            .api
+            .get("secrets", secret)
+            .unwrap_or_else(|| panic!("{secret}"));
+        assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], "gw-uid-1");
+    }
+    let pod_secret = w.api.get("secrets", "chat-control").unwrap();
+    for key in ["ca.crt", "tls.crt", "tls.key", "token"] {
+        assert!(pod_secret["data"][key].is_string(), "{key}");
+    }
+    assert!(
+        pod_secret["data"]["ca.key"].is_null(),
+        "the pods must not get the CA key"
+    );
+    assert_eq!(replicas(&w, "chat-a"), 3);
+    assert_eq!(image(&w, "chat-a"), IMAGE);
+    assert!(
+        w.api.get("statefulsets", "chat-b").is_none(),
+        "no canary slot without a canary"
+    );
+    assert!(w.api.get("configmaps", "chat-a").is_some());
+    assert_eq!(
+        w.api.get("services", "chat-peer").unwrap()["spec"]["clusterIP"],
+        "None"
+    );
+    assert!(w.api.get("services", "chat").is_some());
+    assert!(w.api.get("poddisruptionbudgets", "chat").is_some());
+
+    let status = w.status();
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["stable"]["slot"], "A");
+    assert_eq!(status["stable"]["image"], IMAGE);
+    assert_eq!(w.condition("Ready")["status"], "False");
+    assert_eq!(w.condition("Ready")["reason"], "ShardsNotReady");
+    assert_eq!(w.condition("Degraded")["status"], "False");
+    assert!(
+        w.steer.pushed().is_empty(),
+        "no pod runs yet: nothing to push"
+    );
+
+    // The pods start; the next reconcile steers them.
+    w.settle();
+    w.reconcile().await.unwrap();
+    let (targets, snapshot) = w.steer.pushed().last().cloned().unwrap();
+    assert_eq!(
+        targets,
+        vec!["10.0.1.0:7443", "10.0.1.1:7443", "10.0.1.2:7443"]
+    );
+    assert_eq!(
+        shard_ids(&snapshot, Version::Stable),
+        vec!["chat-a-0", "chat-a-1", "chat-a-2"]
+    );
+    assert_eq!(snapshot.versions[0].shards[1].peer_address, "10.0.1.1:7000");
+    assert_eq!(snapshot.canary_basis_points, 0);
+    let backends: Vec<&str> = snapshot.versions[0].backends[0]
+        .backends
+        .iter()
+        .map(|b| b.address.as_str())
+        .collect();
+    assert_eq!(
+        backends,
+        vec!["10.1.0.1:8080", "10.1.0.2:8080"],
+        "ready endpoints only, at the target port"
+    );
+    assert_eq!(
+        snapshot.drain.unwrap().max_closes_per_second,
+        333,
+        "1000/s shared by 3 pods"
+    );
+    assert_eq!(snapshot.gateway, "prod/chat");
+    assert_eq!(w.condition("Ready")["status"], "True", "{:#}", w.status());
+    assert_eq!(w.status()["shardsReady"], 3);
+}
+
+#[tokio::test]
+async fn a_no_op_reconcile_pushes_nothing_and_writes_nothing() {
+    let w = steady(Value::Null).await;
+    let pushes = w.steer.pushed().len();
+    let epoch = w.status()["epoch"].clone();
+    w.api.clear_log();
+    w.reconcile().await.unwrap();
+    assert_eq!(
+        w.steer.pushed().len(),
+        pushes,
+        "unchanged inputs: no new snapshot"
+    );
+    assert_eq!(w.status()["epoch"], epoch);
+    let status_writes = w
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/status"))
+        .count();
+    assert_eq!(status_writes, 0, "unchanged status: not written");
+}
+
+#[tokio::test]
+async fn the_epoch_is_persisted_before_the_snapshot_is_sent_and_only_grows() {
+    let w = steady(Value::Null).await;
+    // Every push went out after its epoch was in the status.
+    let pushed: Vec<i64> = w
+        .steer
+        .pushed()
+        .iter()
+        .map(|(_, s)| s.epoch as i64)
+        .collect();
+    assert_eq!(*w.steer.epoch_at_push.lock().unwrap(), pushed);
+    // A backend endpoint goes away: a new snapshot with a higher epoch.
+    w.api.put("endpointslices", json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "chat-backend-x1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "chat-backend"}},
+        "addressType": "IPv4", "ports": [{"name": "ws", "port": 8080}],
+        "endpoints": [{"addresses": ["10.1.0.1"]}]}));
+    let before = *pushed.last().unwrap();
+    w.reconcile().await.unwrap();
+    let snapshot = w.last_snapshot();
+    assert_eq!(snapshot.epoch as i64, before + 1);
+    assert_eq!(snapshot.versions[0].backends[0].backends.len(), 1);
+    assert_eq!(w.status()["epoch"], before + 1);
+}
+
+#[tokio::test]
+async fn status_is_server_side_applied_with_the_whole_picture() {
+    let w = steady(Value::Null).await;
+    w.connections_per_pod(40);
+    w.api.clear_log();
+    w.edit(|gw| gw["spec"]["connections"] = json!({"idleTimeoutSeconds": 900}));
+    w.reconcile().await.unwrap();
+    let (_, _, body) = w
+        .api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|(m, p, b)| m == "PATCH" && p.ends_with("/status") && b.get("kind").is_some())
+        .expect("a status apply");
+    assert_eq!(body["apiVersion"], "ringway.dev/v1alpha1");
+    assert_eq!(body["kind"], "WebSocketGateway");
+    let s = &body["status"];
+    assert_eq!(s["observedGeneration"], 2);
+    assert_eq!(s["shardsReady"], 3);
+    assert_eq!(s["stable"]["shardsReady"], 3);
+    assert!(s["epoch"].as_i64().unwrap() >= 2);
+    let types: Vec<&str> = s["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["Ready", "Progressing", "Degraded"]);
+    for c in s["conditions"].as_array().unwrap() {
+        assert!(
+            !c["reason"].as_str().unwrap().is_empty() && !c["message"].as_str().unwrap().is_empty()
+        );
+        assert_eq!(c["observedGeneration"], 2);
+    }
+    assert_eq!(
+        w.last_snapshot().limits.unwrap().idle_timeout_ms,
+        900_000,
+        "limits reach pods without a restart"
+    );
+    assert_eq!(partition(&w, "chat-a"), 0, "a limit change restarts no pod");
+}
+
+#[tokio::test]
+async fn a_spec_change_without_the_canary_annotation_rolls_one_pod_at_a_time() {
+    let w = steady(Value::Null).await;
+    set_budget_percent(&w, 100);
+    w.connections_per_pod(10);
+    w.reconcile().await.unwrap();
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    w.reconcile().await.unwrap();
+    assert_eq!(image(&w, "chat-a"), "ringway/dataplane:2");
+    assert_eq!(
+        partition(&w, "chat-a"),
+        3,
+        "the template changes with every pod held back"
+    );
+    assert_eq!(w.condition("Progressing")["reason"], "RollingUpdate");
+    assert!(
+        w.api.get("statefulsets", "chat-b").is_none(),
+        "no second slot for a rolling update"
+    );
+    let mut seen = vec![3];
+    for _ in 0..8 {
+        w.settle();
+        w.reconcile().await.unwrap();
+        let p = partition(&w, "chat-a");
+        if seen.last() != Some(&p) {
+            seen.push(p);
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![3, 2, 1, 0],
+        "one pod per step, highest ordinal first"
+    );
+    w.settle();
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
+    assert_eq!(
+        w.condition("Progressing")["status"],
+        "False",
+        "{:#}",
+        w.status()
+    );
+}
+
+#[tokio::test]
+async fn a_rolling_step_waits_for_the_disruption_budget() {
+    let w = steady(Value::Null).await;
+    // 10% of 3 × 100 connections per window: one pod (100) fits only in a
+    // fresh window.
+    w.connections_per_pod(100);
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    for _ in 0..4 {
+        w.settle();
+        w.reconcile().await.unwrap();
+    }
+    assert_eq!(
+        partition(&w, "chat-a"),
+        2,
+        "one pod restarted, the next waits"
+    );
+    let progressing = w.condition("Progressing");
+    assert_eq!(progressing["reason"], "WaitingForBudget", "{progressing:#}");
+    assert!(
+        progressing["message"]
+            .as_str()
+            .unwrap()
+            .contains("disruption budget")
+    );
+    assert_eq!(w.status()["disruption"]["disrupted"], 100);
+}
+
+#[tokio::test]
+async fn canary_starts_steps_and_promotes_by_annotation() {
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
+    set_budget_percent(&w, 100);
+    w.connections_per_pod(50);
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    w.reconcile().await.unwrap();
+    // The canary starts in the free slot; stable is untouched.
+    assert_eq!(replicas(&w, "chat-b"), 3);
+    assert_eq!(image(&w, "chat-b"), "ringway/dataplane:2");
+    assert_eq!(image(&w, "chat-a"), IMAGE);
+    assert_eq!(partition(&w, "chat-a"), 0);
+    assert_eq!(w.status()["canary"]["phase"], "Starting");
+    assert_eq!(w.status()["canary"]["weight"], 0);
+    assert!(
+        w.api.events().iter().any(|(r, _)| r == "CanaryStarted"),
+        "{:?}",
+        w.api.events()
+    );
+
+    w.settle();
+    w.connections_per_pod(50);
+    w.reconcile().await.unwrap();
+    let snapshot = w.last_snapshot();
+    assert_eq!(snapshot.canary_basis_points, 1000);
+    assert_eq!(
+        shard_ids(&snapshot, Version::Canary),
+        vec!["chat-b-0", "chat-b-1", "chat-b-2"]
+    );
+    assert_eq!(
+        shard_ids(&snapshot, Version::Stable),
+        vec!["chat-a-0", "chat-a-1", "chat-a-2"]
+    );
+    assert_eq!(w.status()["canary"]["phase"], "Shifting");
+    assert_eq!(w.status()["canary"]["weight"], 10);
+    assert_eq!(w.status()["canary"]["slot"], "B");
+    assert_eq!(w.status()["canary"]["image"], "ringway/dataplane:2");
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["phase"], "Holding");
+
+    w.annotate("ringway.dev/canary-weight", Some("100"));
+    w.reconcile().await.unwrap();
+    assert_eq!(w.last_snapshot().canary_basis_points, 10_000);
+    // Promotion: the canary's slot is stable; the old pods keep their
+    // stragglers until they drain.
+    w.reconcile().await.unwrap();
+    assert_eq!(
+        w.status()["canary"]["phase"],
+        "Promoting",
+        "{:#}",
+        w.status()
+    );
+    assert_eq!(w.status()["stable"]["slot"], "B");
+    let snapshot = w.last_snapshot();
+    assert_eq!(
+        shard_ids(&snapshot, Version::Stable),
+        vec!["chat-b-0", "chat-b-1", "chat-b-2"]
+    );
+    assert!(shard_ids(&snapshot, Version::Canary).is_empty());
+    assert_eq!(snapshot.canary_basis_points, 0);
+    assert_eq!(
+        replicas(&w, "chat-a"),
+        3,
+        "old pods wait for their connections to drain"
+    );
+    // The old version's pods are empty: they are scaled to zero.
+    w.connections_per_pod(0);
+    w.reconcile().await.unwrap();
+    assert_eq!(replicas(&w, "chat-a"), 0);
+    assert!(w.status()["canary"].is_null());
+    assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
+    assert!(w.api.events().iter().any(|(r, _)| r == "CanaryPromoted"));
+}
+
+#[tokio::test]
+async fn a_canary_weight_step_is_cut_to_the_disruption_budget() {
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "50"})).await;
+    w.connections_per_pod(100);
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    w.reconcile().await.unwrap();
+    w.settle();
+    w.connections_per_pod(100);
+    w.reconcile().await.unwrap();
+    assert_eq!(
+        w.status()["canary"]["weight"],
+        10,
+        "10% of the connections per window"
+    );
+    assert_eq!(w.status()["canary"]["targetWeight"], 50);
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["phase"], "WaitingForBudget");
+    assert_eq!(w.condition("Progressing")["reason"], "WaitingForBudget");
+    assert_eq!(
+        w.last_snapshot().canary_basis_points,
+        1000,
+        "the waiting step was not pushed"
+    );
+}
+
+#[tokio::test]
+async fn abort_drains_the_canary_back_and_removes_it() {
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "20"})).await;
+    set_budget_percent(&w, 100);
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    w.run(3).await;
+    assert_eq!(w.status()["canary"]["weight"], 20);
+    w.annotate("ringway.dev/canary-abort", Some("true"));
+    w.connections_per_pod(5);
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["phase"], "Aborting");
+    assert_eq!(
+        w.last_snapshot().canary_basis_points,
+        0,
+        "every key goes back to stable"
+    );
+    assert!(w.api.events().iter().any(|(r, _)| r == "CanaryAborting"));
+    w.reconcile().await.unwrap();
+    assert_eq!(replicas(&w, "chat-b"), 3, "its pods still hold connections");
+    w.connections_per_pod(0);
+    w.reconcile().await.unwrap();
+    assert_eq!(replicas(&w, "chat-b"), 0);
+    assert!(w.status()["canary"].is_null());
+    assert_eq!(w.status()["stable"]["image"], IMAGE);
+    assert!(w.api.events().iter().any(|(r, _)| r == "CanaryAborted"));
+    // The spec still names the aborted image: nothing restarts until the
+    // person reverts it or removes the abort annotation.
+    w.settle();
+    w.reconcile().await.unwrap();
+    assert_eq!(replicas(&w, "chat-b"), 0);
+    assert!(
+        w.condition("Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .contains("revert the spec")
+    );
+}
+
+#[tokio::test]
+async fn bad_annotations_are_reported_and_change_nothing() {
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
+    set_budget_percent(&w, 100);
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    w.run(3).await;
+    assert_eq!(w.status()["canary"]["weight"], 10);
+    for bad in ["abc", "150"] {
+        let pushes = w.steer.pushed().len();
+        w.annotate("ringway.dev/canary-weight", Some(bad));
+        w.reconcile().await.unwrap();
+        let degraded = w.condition("Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "InvalidAnnotation");
+        assert!(
+            degraded["message"].as_str().unwrap().contains(bad),
+            "{degraded:#}"
+        );
+        assert_eq!(
+            w.status()["canary"]["weight"],
+            10,
+            "the canary stays where it was"
+        );
+        let p = w.steer.pushed();
+        assert_eq!(
+            p.len(),
+            pushes,
+            "nothing new is sent: {:?}",
+            &p[pushes.saturating_sub(1)..]
+        );
+        // Repeats of one reason become a series of one Event (kube's recorder).
+        assert!(
+            w.api
+                .events()
+                .iter()
+                .any(|(r, n)| r == "InvalidAnnotation" && n.contains("canary-weight")),
+            "{:?}",
+            w.api.events()
+        );
+    }
+}
+
+#[tokio::test]
+async fn abort_without_a_canary_is_an_invalid_annotation() {
+    let w = steady(json!({"ringway.dev/canary-abort": "true"})).await;
+    let degraded = w.condition("Degraded");
+    assert_eq!(degraded["reason"], "InvalidAnnotation");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("no canary runs")
+    );
+    assert_eq!(
+        w.condition("Ready")["status"],
+        "True",
+        "the gateway keeps running"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_backend_service_is_degraded_not_an_error() {
+    let w = steady(Value::Null).await;
+    w.api.remove("services", "chat-backend");
+    w.reconcile().await.unwrap();
+    let degraded = w.condition("Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "BackendUnavailable");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("chat-backend"),
+        "{degraded:#}"
+    );
+    assert!(
+        w.last_snapshot().versions[0].backends[0]
+            .backends
+            .is_empty()
+    );
+    assert!(
+        w.api
+            .events()
+            .iter()
+            .any(|(r, _)| r == "BackendUnavailable")
+    );
+}
+
+#[tokio::test]
+async fn pods_that_do_not_acknowledge_are_retried_and_reported() {
+    let w = World::new(Value::Null, 3);
+    w.reconcile().await.unwrap();
+    w.settle();
+    w.steer.down.lock().unwrap().push("10.0.1.2:7443".into());
+    let action = w.reconcile().await.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(5))
+    );
+    let degraded = w.condition("Degraded");
+    assert_eq!(degraded["reason"], "SnapshotNotAcknowledged");
+    assert!(
+        degraded["message"].as_str().unwrap().contains("chat-a-2"),
+        "{degraded:#}"
+    );
+    // It comes back: only it gets the same epoch again.
+    w.steer.down.lock().unwrap().clear();
+    let epoch = w.last_snapshot().epoch;
+    w.reconcile().await.unwrap();
+    let (targets, snapshot) = w.steer.pushed().last().cloned().unwrap();
+    assert_eq!(targets, vec!["10.0.1.2:7443"]);
+    assert_eq!(snapshot.epoch, epoch);
+    assert_eq!(w.condition("Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_gateway_without_a_uid_is_refused_as_malformed() {
+    let w = World::new(Value::Null, 2);
+    let mut gw = w.api.gateway("chat");
+    gw.metadata.uid = None;
+    let err = ringway_operator::reconcile::reconcile(std::sync::Arc::new(gw), w.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "malformed");
+}

@@ -1,0 +1,585 @@
+//! A fake Kubernetes API server behind kube's mock service (tower-test),
+//! with a small in-memory object store, and a fake control channel. The
+//! reconciler runs against them exactly as against a cluster; tests then
+//! read back what it applied, the status it wrote, the events and the
+//! snapshots it pushed.
+
+#![allow(dead_code, clippy::unwrap_used, missing_docs)]
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::{
+    Client,
+    client::Body,
+    runtime::events::{Recorder, Reporter},
+};
+use ringway_control::{
+    PodResult, RpcError,
+    pki::Ca,
+    proto::{ApplySnapshotResponse, ConnectionCount, PodStatus, Snapshot},
+};
+use ringway_crds::WebSocketGateway;
+use ringway_operator::{Error, metrics::Metrics, reconcile::Context, steer::Steer};
+use serde_json::{Value, json};
+
+/// Objects by "collection path" (e.g. `/apis/apps/v1/namespaces/ns/statefulsets`) and name.
+#[derive(Default)]
+pub struct Store {
+    pub objects: BTreeMap<(String, String), Value>,
+    /// Every request: method, path (without query), and the JSON body.
+    pub log: Vec<(Method, String, Value)>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApi(pub Arc<Mutex<Store>>);
+
+pub const NS: &str = "prod";
+
+pub fn path(kind: &str) -> String {
+    match kind {
+        "secrets" | "pods" | "services" | "configmaps" => format!("/api/v1/namespaces/{NS}/{kind}"),
+        "statefulsets" => format!("/apis/apps/v1/namespaces/{NS}/statefulsets"),
+        "poddisruptionbudgets" => format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets"),
+        "endpointslices" => format!("/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"),
+        "websocketgateways" => {
+            format!("/apis/ringway.dev/v1alpha1/namespaces/{NS}/websocketgateways")
+        }
+        "events" => format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+        other => panic!("unknown kind {other}"),
+    }
+}
+
+fn decode(s: &str) -> String {
+    let mut out = String::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = &s[i + 1..i + 3];
+            out.push(u8::from_str_radix(hex, 16).unwrap() as char);
+            i += 3;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn matches(labels: &Value, selector: &str) -> bool {
+    selector
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => labels.get(k).and_then(Value::as_str) == Some(v),
+            None => labels.get(term).is_some(),
+        })
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn not_found(what: &str) -> Response<Body> {
+    respond(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("{what} not found"), "reason": "NotFound", "code": 404}),
+    )
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+impl FakeApi {
+    pub fn put(&self, kind: &str, object: Value) {
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        self.0
+            .lock()
+            .unwrap()
+            .objects
+            .insert((path(kind), name), object);
+    }
+
+    pub fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .objects
+            .get(&(path(kind), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn remove(&self, kind: &str, name: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .objects
+            .remove(&(path(kind), name.to_owned()));
+    }
+
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let p = path(kind);
+        self.0
+            .lock()
+            .unwrap()
+            .objects
+            .iter()
+            .filter(|((c, _), _)| *c == p)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub fn gateway(&self, name: &str) -> WebSocketGateway {
+        serde_json::from_value(self.get("websocketgateways", name).unwrap()).unwrap()
+    }
+
+    pub fn events(&self) -> Vec<(String, String)> {
+        self.list("events")
+            .iter()
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or("").to_owned(),
+                    e["note"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn requests(&self) -> Vec<(Method, String, Value)> {
+        self.0.lock().unwrap().log.clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.0.lock().unwrap().log.clear();
+    }
+
+    async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let body = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap()
+        };
+        let full = uri.path().to_owned();
+        let query = decode(uri.query().unwrap_or(""));
+        let mut store = self.0.lock().unwrap();
+        store.log.push((method.clone(), full.clone(), body.clone()));
+        let (path, status) = match full.strip_suffix("/status") {
+            Some(p) => (p.to_owned(), true),
+            None => (full.clone(), false),
+        };
+        // Collection paths end in a plural kind; object paths add a name.
+        let kinds = [
+            "secrets",
+            "pods",
+            "services",
+            "configmaps",
+            "statefulsets",
+            "poddisruptionbudgets",
+            "endpointslices",
+            "websocketgateways",
+            "events",
+        ];
+        let (collection, name) = if kinds.iter().any(|k| path.ends_with(&format!("/{k}"))) {
+            (path.clone(), None)
+        } else {
+            let (c, n) = path.rsplit_once('/').unwrap();
+            (c.to_owned(), Some(n.to_owned()))
+        };
+        match (method.clone(), name) {
+            (Method::GET, None) => {
+                let selector = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("labelSelector="))
+                    .unwrap_or("")
+                    .to_owned();
+                let items: Vec<Value> = store
+                    .objects
+                    .iter()
+                    .filter(|((c, _), v)| {
+                        *c == collection && matches(&v["metadata"]["labels"], &selector)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                respond(
+                    StatusCode::OK,
+                    &json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            (Method::GET, Some(name)) => match store.objects.get(&(collection, name.clone())) {
+                Some(v) => respond(StatusCode::OK, v),
+                None => not_found(&name),
+            },
+            (Method::POST, None) => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("ev-{}", store.log.len()));
+                let mut obj = body.clone();
+                obj["metadata"]["name"] = json!(name);
+                store.objects.insert((collection, name), obj.clone());
+                respond(StatusCode::CREATED, &obj)
+            }
+            (Method::PATCH, Some(name)) => {
+                let key = (collection, name.clone());
+                let apply = query.contains("fieldManager=") && query.contains("force=true");
+                let entry = store.objects.get(&key).cloned();
+                let updated = match (status, entry) {
+                    (true, None) => return not_found(&name),
+                    (true, Some(mut obj)) => {
+                        if apply {
+                            obj["status"] = body["status"].clone();
+                        } else {
+                            merge(&mut obj, &body);
+                        }
+                        obj
+                    }
+                    (false, Some(mut obj)) if !apply => {
+                        merge(&mut obj, &body);
+                        obj
+                    }
+                    (false, old) => {
+                        // Server-side apply of a whole object: the applied
+                        // fields replace ours; the status stays.
+                        let mut obj = body.clone();
+                        if let Some(s) = old.as_ref().and_then(|o| o.get("status")) {
+                            obj["status"] = s.clone();
+                        }
+                        obj
+                    }
+                };
+                store.objects.insert(key, updated.clone());
+                respond(StatusCode::OK, &updated)
+            }
+            (m, n) => panic!("unexpected request {m} {full} ({n:?})"),
+        }
+    }
+
+    /// A kube client whose every request this fake answers.
+    pub fn client(&self) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                send.send_response(api.handle(request).await);
+            }
+        });
+        Client::new(service, NS)
+    }
+}
+
+/// A control channel that records pushes and answers from a script.
+#[derive(Default)]
+pub struct FakeSteer {
+    pub pushes: Mutex<Vec<(Vec<String>, Snapshot)>>,
+    pub polls: Mutex<usize>,
+    /// Live connections reported per control address.
+    pub connections: Mutex<BTreeMap<String, u64>>,
+    /// Addresses that do not answer.
+    pub down: Mutex<Vec<String>>,
+    /// Connections each acknowledged push reports as draining.
+    pub draining: Mutex<u64>,
+    /// The API, to note the gateway's `status.epoch` at each push.
+    pub api: Mutex<Option<FakeApi>>,
+    /// `status.epoch` as stored when each push went out.
+    pub epoch_at_push: Mutex<Vec<i64>>,
+}
+
+impl FakeSteer {
+    pub fn pushed(&self) -> Vec<(Vec<String>, Snapshot)> {
+        self.pushes.lock().unwrap().clone()
+    }
+
+    fn error(address: &str) -> RpcError {
+        RpcError {
+            address: address.to_owned(),
+            code: tonic::Code::Unavailable,
+            message: "connection refused".into(),
+            attempts: 4,
+        }
+    }
+}
+
+impl Steer for FakeSteer {
+    async fn push(
+        &self,
+        _gateway: &str,
+        _ca: &Ca,
+        addresses: &[String],
+        snapshot: &Snapshot,
+    ) -> Result<Vec<PodResult>, Error> {
+        self.pushes
+            .lock()
+            .unwrap()
+            .push((addresses.to_vec(), snapshot.clone()));
+        if let Some(api) = self.api.lock().unwrap().as_ref() {
+            let epoch = api.get("websocketgateways", "chat").unwrap()["status"]["epoch"]
+                .as_i64()
+                .unwrap_or(0);
+            self.epoch_at_push.lock().unwrap().push(epoch);
+        }
+        let down = self.down.lock().unwrap().clone();
+        let draining = *self.draining.lock().unwrap();
+        Ok(addresses
+            .iter()
+            .map(|a| PodResult {
+                address: a.clone(),
+                outcome: if down.contains(a) {
+                    Err(FakeSteer::error(a))
+                } else {
+                    Ok(ApplySnapshotResponse {
+                        epoch: snapshot.epoch,
+                        changed: true,
+                        draining,
+                    })
+                },
+            })
+            .collect())
+    }
+
+    async fn status(
+        &self,
+        _gateway: &str,
+        _ca: &Ca,
+        addresses: &[String],
+    ) -> Result<ringway_operator::steer::StatusAnswers, Error> {
+        *self.polls.lock().unwrap() += 1;
+        let down = self.down.lock().unwrap().clone();
+        let counts = self.connections.lock().unwrap().clone();
+        Ok(addresses
+            .iter()
+            .map(|a| {
+                let answer = if down.contains(a) {
+                    Err(FakeSteer::error(a))
+                } else {
+                    Ok(PodStatus {
+                        connections: vec![ConnectionCount {
+                            version: 1,
+                            route: "chat".into(),
+                            count: counts.get(a).copied().unwrap_or(0),
+                        }],
+                        ..PodStatus::default()
+                    })
+                };
+                (a.clone(), answer)
+            })
+            .collect())
+    }
+
+    fn forget(&self, _gateway: &str) {}
+}
+
+pub struct World {
+    pub api: FakeApi,
+    pub steer: Arc<FakeSteer>,
+    pub ctx: Arc<Context<Arc<FakeSteer>>>,
+}
+
+pub const IMAGE: &str = "ringway/dataplane:1";
+
+impl World {
+    /// A gateway `chat` (routes keyed by the `room` query parameter to the
+    /// Service `chat-backend`), that Service and two ready endpoints.
+    pub fn new(annotations: Value, shards: u16) -> Self {
+        let api = FakeApi::default();
+        api.put(
+            "websocketgateways",
+            json!({
+                "apiVersion": "ringway.dev/v1alpha1", "kind": "WebSocketGateway",
+                "metadata": {"name": "chat", "namespace": NS, "uid": "gw-uid-1", "generation": 1, "annotations": annotations},
+                "spec": {"shards": shards, "routes": [{"name": "chat", "pathPrefix": "/chat",
+                    "key": {"source": "Query", "name": "room"}, "backend": {"service": "chat-backend", "port": 80}}]}
+            }),
+        );
+        api.put(
+            "services",
+            json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "chat-backend", "namespace": NS},
+            "spec": {"ports": [{"name": "ws", "port": 80, "targetPort": 8080}]}}),
+        );
+        api.put("endpointslices", json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "chat-backend-x1", "namespace": NS, "labels": {"kubernetes.io/service-name": "chat-backend"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "ws", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.1.0.1"], "conditions": {"ready": true}},
+                {"addresses": ["10.1.0.2"]},
+                {"addresses": ["10.1.0.3"], "conditions": {"ready": false}}
+            ]}));
+        let steer = Arc::new(FakeSteer::default());
+        *steer.api.lock().unwrap() = Some(api.clone());
+        let client = api.client();
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "ringway-operator".into(),
+                instance: Some("test".into()),
+            },
+        );
+        let ctx = Arc::new(Context::new(
+            client,
+            Arc::clone(&steer),
+            Arc::new(Metrics::new()),
+            recorder,
+            IMAGE.into(),
+        ));
+        Self { api, steer, ctx }
+    }
+
+    /// Runs one reconcile of `chat` as the controller would.
+    pub async fn reconcile(&self) -> Result<kube::runtime::controller::Action, Error> {
+        ringway_operator::reconcile::reconcile(
+            Arc::new(self.api.gateway("chat")),
+            Arc::clone(&self.ctx),
+        )
+        .await
+    }
+
+    pub fn status(&self) -> Value {
+        self.api.get("websocketgateways", "chat").unwrap()["status"].clone()
+    }
+
+    pub fn condition(&self, type_: &str) -> Value {
+        self.status()["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Changes the gateway like `kubectl edit` would: the spec change bumps the generation.
+    pub fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let mut gw = self.api.get("websocketgateways", "chat").unwrap();
+        let spec = gw["spec"].clone();
+        f(&mut gw);
+        if gw["spec"] != spec {
+            let g = gw["metadata"]["generation"].as_i64().unwrap();
+            gw["metadata"]["generation"] = json!(g + 1);
+        }
+        self.api.put("websocketgateways", gw);
+    }
+
+    pub fn annotate(&self, key: &str, value: Option<&str>) {
+        self.edit(|gw| {
+            if gw["metadata"]["annotations"].is_null() {
+                gw["metadata"]["annotations"] = json!({});
+            }
+            match value {
+                Some(v) => gw["metadata"]["annotations"][key] = json!(v),
+                None => {
+                    gw["metadata"]["annotations"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove(key);
+                }
+            }
+        });
+    }
+
+    /// Plays the StatefulSet controller and the kubelet: every StatefulSet
+    /// gets its pods, running and ready; pods at or above the partition
+    /// run the latest template, the others keep theirs.
+    pub fn settle(&self) {
+        for mut sts in self.api.list("statefulsets") {
+            let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
+            let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
+            let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+                .as_i64()
+                .unwrap_or(0);
+            let template = &sts["spec"]["template"];
+            let revision = format!(
+                "{}-{}",
+                template["metadata"]["annotations"]["ringway.dev/revision"]
+                    .as_str()
+                    .unwrap_or(""),
+                template["metadata"]["annotations"]["ringway.dev/control-cert"]
+                    .as_str()
+                    .unwrap_or("")
+            );
+            let slot_octet = if name.ends_with("-a") { 1 } else { 2 };
+            for i in 0..replicas {
+                let pod_name = format!("{name}-{i}");
+                let old = self.api.get("pods", &pod_name);
+                let keep = i < partition && old.is_some();
+                let hash = if keep {
+                    old.as_ref().unwrap()["metadata"]["labels"]["controller-revision-hash"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                } else {
+                    revision.clone()
+                };
+                let mut labels = template["metadata"]["labels"].clone();
+                labels["controller-revision-hash"] = json!(hash);
+                self.api.put(
+                    "pods",
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod_name, "namespace": NS, "labels": labels},
+                    "status": {"phase": "Running", "podIP": format!("10.0.{slot_octet}.{i}"),
+                        "conditions": [{"type": "Ready", "status": "True"}]}}),
+                );
+            }
+            for pod in self.api.list("pods") {
+                let pod_name = pod["metadata"]["name"].as_str().unwrap();
+                if let Some(ordinal) = pod_name
+                    .strip_prefix(&format!("{name}-"))
+                    .and_then(|o| o.parse::<i64>().ok())
+                    && ordinal >= replicas
+                {
+                    self.api.remove("pods", pod_name);
+                }
+            }
+            sts["status"] = json!({"updateRevision": revision, "replicas": replicas});
+            self.api.put("statefulsets", sts);
+        }
+    }
+
+    /// Every pod reports `n` connections.
+    pub fn connections_per_pod(&self, n: u64) {
+        let mut c = self.steer.connections.lock().unwrap();
+        c.clear();
+        for pod in self.api.list("pods") {
+            c.insert(
+                format!("{}:7443", pod["status"]["podIP"].as_str().unwrap()),
+                n,
+            );
+        }
+    }
+
+    /// Reconciles and settles until nothing changes (at most `rounds`).
+    pub async fn run(&self, rounds: usize) {
+        for _ in 0..rounds {
+            self.reconcile().await.unwrap();
+            self.settle();
+        }
+    }
+
+    pub fn last_snapshot(&self) -> Snapshot {
+        self.steer.pushed().last().unwrap().1.clone()
+    }
+}
