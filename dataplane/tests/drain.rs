@@ -196,7 +196,7 @@ async fn the_drain_api_closes_everything_and_waits() {
     );
     let metrics = gw.shared.metrics.render();
     assert!(
-        metrics.contains("ringway_drains_total{cause=\"api\"} 10"),
+        metrics.contains("ringway_drains_total{cause=\"shutdown\"} 10"),
         "{metrics}"
     );
 }
@@ -246,7 +246,7 @@ async fn a_prestop_get_drains_and_waits_but_a_bare_get_does_not() {
     );
     let metrics = gw.shared.metrics.render();
     assert!(
-        metrics.contains("ringway_drains_total{cause=\"api\"} 5"),
+        metrics.contains("ringway_drains_total{cause=\"shutdown\"} 5"),
         "{metrics}"
     );
 }

@@ -428,21 +428,38 @@ fn canary_status(
     }
 }
 
-fn start(o: &Observed<'_>, plan: &mut Plan, stable: Slot, stable_inputs: &PodInputs) {
-    let slot = other_slot(stable);
+/// During a canary the stable slot keeps its version and at least the
+/// spec's number of shards.
+fn keep_stable(o: &Observed<'_>, plan: &mut Plan, stable: Slot, inputs: &PodInputs) {
     plan.slots.push(SlotPlan {
         slot: stable,
-        inputs: stable_inputs.clone(),
+        inputs: inputs.clone(),
         replicas: view(o.slots, stable).replicas.max(o.shards),
         partition: 0,
     });
+}
+
+/// The stable slot as it is and the canary slot on the current spec.
+fn canary_alongside_stable(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    stable: Slot,
+    stable_inputs: &PodInputs,
+    canary: Slot,
+) {
+    keep_stable(o, plan, stable, stable_inputs);
     plan.slots.push(SlotPlan {
-        slot,
+        slot: canary,
         inputs: o.spec.clone(),
         replicas: o.shards,
         partition: 0,
     });
-    plan.roles.canary = Some(slot);
+    plan.roles.canary = Some(canary);
+}
+
+fn start(o: &Observed<'_>, plan: &mut Plan, stable: Slot, stable_inputs: &PodInputs) {
+    let slot = other_slot(stable);
+    canary_alongside_stable(o, plan, stable, stable_inputs, slot);
     plan.canary = Some(canary_status(
         slot,
         o.spec,
@@ -483,19 +500,7 @@ fn shift(
     let slot = canary.pods.slot;
     let cview = view(o.slots, slot);
     let stable = other_slot(slot);
-    plan.slots.push(SlotPlan {
-        slot: stable,
-        inputs: stable_inputs.clone(),
-        replicas: view(o.slots, stable).replicas.max(o.shards),
-        partition: 0,
-    });
-    plan.slots.push(SlotPlan {
-        slot,
-        inputs: o.spec.clone(),
-        replicas: o.shards,
-        partition: 0,
-    });
-    plan.roles.canary = Some(slot);
+    canary_alongside_stable(o, plan, stable, stable_inputs, slot);
     let target = o.intent.weight.unwrap_or(canary.weight);
     let mut weight = canary.weight;
     let mut drained = canary.drained;
@@ -649,12 +654,7 @@ fn abort(
     let stable = other_slot(slot);
     let cview = view(o.slots, slot);
     let canary_inputs = cview.inputs.clone().unwrap_or_else(|| o.spec.clone());
-    plan.slots.push(SlotPlan {
-        slot: stable,
-        inputs: stable_inputs.clone(),
-        replicas: view(o.slots, stable).replicas.max(o.shards),
-        partition: 0,
-    });
+    keep_stable(o, plan, stable, stable_inputs);
     if canary.phase != CanaryPhase::Aborting {
         plan.transition = Some((
             "CanaryAborting",
