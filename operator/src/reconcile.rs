@@ -192,7 +192,7 @@ async fn reconcile_gateway<S: Steer>(
     let spec = &gw.spec;
     let old_status = gw.status.clone().unwrap_or_default();
     let now = Timestamp::now();
-    let mut events: Vec<(EventType, &'static str, String)> = Vec::new();
+    let mut events: Vec<(EventType, String, String)> = Vec::new();
 
     // Certificates first: the pods cannot start without them.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -210,7 +210,7 @@ async fn reconcile_gateway<S: Steer>(
     if let Some(what) = &control.changed {
         events.push((
             EventType::Normal,
-            "Certificates",
+            "Certificates".to_owned(),
             format!("control channel: {what}"),
         ));
     }
@@ -239,8 +239,9 @@ async fn reconcile_gateway<S: Steer>(
     let moving = old_status.canary.is_some()
         || slots.iter().any(|s| s.pods.iter().any(|p| !p.updated))
         || memory.polled.is_none_or(|t| t.elapsed() >= STATUS_REFRESH);
+    let targets = control_targets(&slots);
     if moving {
-        poll(ctx, key, &control.ca, &mut slots, &mut memory).await?;
+        poll(ctx, key, &control.ca, &targets, &mut slots, &mut memory).await?;
     }
 
     let spec_inputs = PodInputs::from_spec(spec, &ctx.default_image);
@@ -308,12 +309,6 @@ async fn reconcile_gateway<S: Steer>(
     };
     let mut draft = snapshot::build(0, &inputs);
     let hash = snapshot::content_hash(&draft);
-    let targets: BTreeMap<String, String> = slots
-        .iter()
-        .flat_map(|s| &s.pods)
-        .filter(|p| p.steerable())
-        .filter_map(|p| Some((control_address(p.ip.as_deref()?), p.name.clone())))
-        .collect();
     ctx.metrics.set_pods_steered(key, targets.len() as i64);
     let mut epoch_written = None;
     if hash != memory.hash {
@@ -372,21 +367,17 @@ async fn reconcile_gateway<S: Steer>(
         // A weight counts only once every pod runs it.
         new.weight = old.weight;
     }
-    let disruption = if epoch_written.is_some() || plan.disrupting > 0 {
-        budget::record(
-            &spec.disruption_budget,
-            old_status.disruption.as_ref(),
-            now,
-            plan.disrupting.max(drained),
-        )
+    let disrupted = if epoch_written.is_some() || plan.disrupting > 0 {
+        plan.disrupting.max(drained)
     } else {
-        budget::record(
-            &spec.disruption_budget,
-            old_status.disruption.as_ref(),
-            now,
-            0,
-        )
+        0
     };
+    let disruption = budget::record(
+        &spec.disruption_budget,
+        old_status.disruption.as_ref(),
+        now,
+        disrupted,
+    );
     let stable_view = &slots[index(plan.stable.0)];
     let shards_ready: i32 = slots.iter().map(SlotView::ready).sum();
     let connections: i64 = slots.iter().map(SlotView::connections).sum();
@@ -429,7 +420,7 @@ async fn reconcile_gateway<S: Steer>(
     };
     // Events: phase changes and newly seen problems.
     if let Some((reason, message)) = &plan.transition {
-        events.push((EventType::Normal, reason, message.clone()));
+        events.push((EventType::Normal, (*reason).to_owned(), message.clone()));
     }
     let old_degraded =
         conditions::find(&old_status.conditions, types::DEGRADED).map(|c| c.message.clone());
@@ -438,17 +429,13 @@ async fn reconcile_gateway<S: Steer>(
         && c.status == "True"
         && old_degraded.as_deref() != Some(c.message.as_str())
     {
-        events.push((
-            EventType::Warning,
-            known_reason(&c.reason),
-            c.message.clone(),
-        ));
+        events.push((EventType::Warning, c.reason.clone(), c.message.clone()));
     }
     if status != old_status {
         write_status(gw, client, &status).await?;
     }
     for (type_, reason, note) in events {
-        publish(ctx, gw, type_, reason, note).await;
+        publish(ctx, gw, type_, &reason, note).await;
     }
     info!(gateway = %key, epoch = status.epoch, ready = shards_ready, connections, acked, "reconciled");
     Ok(Action::requeue(if !acked {
@@ -456,19 +443,6 @@ async fn reconcile_gateway<S: Steer>(
     } else {
         plan.requeue.unwrap_or(STEADY_REQUEUE)
     }))
-}
-
-/// Condition reasons are the crate's `&'static str` constants; this maps
-/// a reason read back from a condition onto them.
-fn known_reason(reason: &str) -> &'static str {
-    [
-        reasons::INVALID_ANNOTATION,
-        reasons::BACKEND_UNAVAILABLE,
-        reasons::SNAPSHOT_NOT_ACKNOWLEDGED,
-    ]
-    .into_iter()
-    .find(|r| *r == reason)
-    .unwrap_or(reasons::HEALTHY)
 }
 
 fn decide(
@@ -564,16 +538,24 @@ fn index(slot: Slot) -> usize {
     }
 }
 
-fn control_address(ip: &str) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{CONTROL_PORT}")
-    } else {
-        format!("{ip}:{CONTROL_PORT}")
-    }
-}
-
 fn pod_name<'a>(targets: &'a BTreeMap<String, String>, address: &'a str) -> &'a str {
     targets.get(address).map_or(address, String::as_str)
+}
+
+/// The control address of every pod that can take a snapshot, with its
+/// pod name.
+fn control_targets(slots: &[SlotView; 2]) -> BTreeMap<String, String> {
+    slots
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter(|p| p.steerable())
+        .filter_map(|p| {
+            Some((
+                snapshot::socket_address(p.ip.as_deref()?, CONTROL_PORT),
+                p.name.clone(),
+            ))
+        })
+        .collect()
 }
 
 /// Asks every steerable pod for its counts; an unreachable pod's count
@@ -582,20 +564,15 @@ async fn poll<S: Steer>(
     ctx: &Context<S>,
     key: &str,
     ca: &Ca,
+    targets: &BTreeMap<String, String>,
     slots: &mut [SlotView; 2],
     memory: &mut Memory,
 ) -> Result<(), Error> {
-    let addresses: Vec<(String, String)> = slots
-        .iter()
-        .flat_map(|s| &s.pods)
-        .filter(|p| p.steerable())
-        .filter_map(|p| Some((control_address(p.ip.as_deref()?), p.name.clone())))
-        .collect();
-    let wanted: Vec<String> = addresses.iter().map(|(a, _)| a.clone()).collect();
+    let wanted: Vec<String> = targets.keys().cloned().collect();
     let answers = ctx.steer.status(key, ca, &wanted).await?;
     memory.connections.clear();
     for (address, answer) in answers {
-        let Some((_, pod)) = addresses.iter().find(|(a, _)| *a == address) else {
+        let Some(pod) = targets.get(&address) else {
             continue;
         };
         match answer {

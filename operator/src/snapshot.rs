@@ -60,7 +60,6 @@ pub fn route_endpoints(
         else {
             continue;
         };
-        let ipv6 = slice.address_type == "IPv6";
         for endpoint in &slice.endpoints {
             // A nil `ready` means ready (EndpointSlice API).
             let ready = endpoint
@@ -73,7 +72,7 @@ pub fn route_endpoints(
             }
             for ip in &endpoint.addresses {
                 endpoints.push(Endpoint {
-                    address: socket(ip, target, ipv6),
+                    address: socket_address(ip, target),
                 });
             }
         }
@@ -86,8 +85,9 @@ pub fn route_endpoints(
     Ok(endpoints)
 }
 
-fn socket(ip: &str, port: i32, ipv6: bool) -> String {
-    if ipv6 || ip.contains(':') {
+/// `ip:port`, with an IPv6 address in brackets.
+pub(crate) fn socket_address(ip: &str, port: impl std::fmt::Display) -> String {
+    if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {
         format!("{ip}:{port}")
@@ -176,7 +176,7 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
                 .filter_map(|p| {
                     Some(v1::Shard {
                         id: p.name.clone(),
-                        peer_address: socket(p.ip.as_deref()?, i32::from(PEER_PORT), false),
+                        peer_address: socket_address(p.ip.as_deref()?, PEER_PORT),
                     })
                 })
                 .collect(),
