@@ -16,6 +16,7 @@ use kube::{
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use ringway_crds::WebSocketGateway;
+use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
@@ -27,13 +28,13 @@ use crate::{
 /// The label every EndpointSlice carries: the Service it belongs to.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Runs the controllers until `shutdown` resolves, then lets running
+/// Runs the controllers until `halt` turns true, then lets running
 /// reconciles finish. `namespaces` empty means all namespaces.
 pub async fn run<S: Steer>(
     client: Client,
     namespaces: &[String],
     context: Arc<Context<S>>,
-    shutdown: impl Future<Output = ()> + Clone + Send + Sync + 'static,
+    halt: watch::Receiver<bool>,
 ) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
@@ -42,7 +43,11 @@ pub async fn run<S: Steer>(
     };
     let runs = scopes.into_iter().map(|ns| {
         let span = info_span!("controller", namespace = ns.as_deref().unwrap_or("*"));
-        run_scope(client.clone(), ns, Arc::clone(&context), shutdown.clone()).instrument(span)
+        let mut halt = halt.clone();
+        let shutdown = async move {
+            let _ = halt.wait_for(|h| *h).await;
+        };
+        run_scope(client.clone(), ns, Arc::clone(&context), shutdown).instrument(span)
     });
     join_all(runs).await;
 }

@@ -151,7 +151,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         })
     });
-    let shutdown = {
+    // The controllers stop on a signal or when the lease is lost.
+    let (halt_tx, halt_rx) = watch::channel(false);
+    tokio::spawn({
         let stopped = stopped();
         let mut lost = lost_rx.clone();
         async move {
@@ -159,9 +161,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 () = stopped => {}
                 _ = lost.wait_for(|l| *l) => {}
             }
+            let _ = halt_tx.send(true);
         }
-    };
-    let shutdown = futures_shared(shutdown);
+    });
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -177,7 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.image.clone(),
     ));
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
-    controller::run(client, &args.namespaces, context, shutdown).await;
+    controller::run(client, &args.namespaces, context, halt_rx).await;
     metrics.set_leader(false);
     if *lost_rx.borrow_and_update() {
         anyhow::bail!("lost the leader lease; exiting so that a fresh start contends again");
@@ -190,25 +192,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .ok();
     }
     Ok(())
-}
-
-/// A future that many controllers can each wait on.
-fn futures_shared(
-    f: impl std::future::Future<Output = ()> + Send + 'static,
-) -> futures_util::future::Shared<
-    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
-> {
-    use futures_util::FutureExt;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        f.await;
-        let _ = tx.send(());
-    });
-    let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>> =
-        Box::pin(async move {
-            let _ = rx.await;
-        });
-    boxed.shared()
 }
 
 async fn signal() {
