@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod names;
 mod observe;
 pub mod pki;
+pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
 pub mod snapshot;

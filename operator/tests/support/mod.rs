@@ -7,7 +7,7 @@
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
 };
 
@@ -23,7 +23,7 @@ use ringway_control::{
     proto::{ApplySnapshotResponse, ConnectionCount, PodStatus, Snapshot},
 };
 use ringway_crds::WebSocketGateway;
-use ringway_operator::{Error, metrics::Metrics, reconcile::Context, steer::Steer};
+use ringway_operator::{Error, metrics::Metrics, rbac, reconcile::Context, steer::Steer};
 use serde_json::{Value, json};
 
 /// Objects by "collection path" (e.g. `/apis/apps/v1/namespaces/ns/statefulsets`) and name.
@@ -32,6 +32,8 @@ pub struct Store {
     pub objects: BTreeMap<(String, String), Value>,
     /// Every request: method, path (without query), and the JSON body.
     pub log: Vec<(Method, String, Value)>,
+    /// Every request as RBAC authorizes it: (API group, resource, verb).
+    pub authorized: BTreeSet<(String, String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -49,6 +51,7 @@ pub fn path(kind: &str) -> String {
             format!("/apis/ringway.dev/v1alpha1/namespaces/{NS}/websocketgateways")
         }
         "events" => format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+        "leases" => format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"),
         other => panic!("unknown kind {other}"),
     }
 }
@@ -111,6 +114,49 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// How RBAC sees a request: its API group, resource (with `/status` for the
+/// subresource) and verb. A server-side apply that creates its object is
+/// authorized as `create`, as the API server does.
+pub fn authorization(
+    method: &Method,
+    path: &str,
+    query: &str,
+    applies_to_missing: bool,
+) -> (String, String, String) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _name] => ((*resource).to_owned(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("not a resource path: {path}"),
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method.clone(), named) {
+        (Method::GET, true) => "get",
+        (Method::GET, false) if watch => "watch",
+        (Method::GET, false) => "list",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) if applies_to_missing => "create",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, true) => "delete",
+        (Method::DELETE, false) => "deletecollection",
+        (m, _) => panic!("unexpected method {m} on {path}"),
+    };
+    (group.to_owned(), resource, verb.to_owned())
+}
+
 impl FakeApi {
     pub fn put(&self, kind: &str, object: Value) {
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
@@ -166,6 +212,11 @@ impl FakeApi {
             .collect()
     }
 
+    /// Every (group, resource, verb) the operator has used so far.
+    pub fn authorized(&self) -> BTreeSet<(String, String, String)> {
+        self.0.lock().unwrap().authorized.clone()
+    }
+
     pub fn requests(&self) -> Vec<(Method, String, Value)> {
         self.0.lock().unwrap().log.clone()
     }
@@ -202,6 +253,7 @@ impl FakeApi {
             "endpointslices",
             "websocketgateways",
             "events",
+            "leases",
         ];
         let (collection, name) = if kinds.iter().any(|k| path.ends_with(&format!("/{k}"))) {
             (path.clone(), None)
@@ -209,6 +261,32 @@ impl FakeApi {
             let (c, n) = path.rsplit_once('/').unwrap();
             (c.to_owned(), Some(n.to_owned()))
         };
+        let applies_to_missing = method == Method::PATCH
+            && query.contains("fieldManager=")
+            && query.contains("force=true")
+            && !status
+            && name
+                .as_ref()
+                .is_some_and(|n| !store.objects.contains_key(&(collection.clone(), n.clone())));
+        let seen = authorization(&method, &full, &query, applies_to_missing);
+        let (group, resource, verb) = &seen;
+        let grants = if resource == "leases" {
+            rbac::LEADER_ELECTION
+        } else {
+            rbac::GATEWAYS
+        };
+        assert!(
+            rbac::allows(grants, group, resource, verb),
+            "the operator sent {method} {full}?{query}, which needs `{verb}` on `{resource}` in group {group:?}: \
+             operator/src/rbac.rs (and so the chart) does not grant it"
+        );
+        if applies_to_missing {
+            // The apply also needs `patch`, as every later apply does.
+            store
+                .authorized
+                .insert((group.clone(), resource.clone(), "patch".to_owned()));
+        }
+        store.authorized.insert(seen);
         match (method.clone(), name) {
             (Method::GET, None) => {
                 let selector = query
@@ -240,6 +318,7 @@ impl FakeApi {
                     .unwrap_or_else(|| format!("ev-{}", store.log.len()));
                 let mut obj = body.clone();
                 obj["metadata"]["name"] = json!(name);
+                obj["metadata"]["resourceVersion"] = json!("1");
                 store.objects.insert((collection, name), obj.clone());
                 respond(StatusCode::CREATED, &obj)
             }
@@ -274,8 +353,34 @@ impl FakeApi {
                 store.objects.insert(key, updated.clone());
                 respond(StatusCode::OK, &updated)
             }
+            (Method::PUT, Some(name)) => {
+                let key = (collection, name.clone());
+                let Some(old) = store.objects.get(&key) else {
+                    return not_found(&name);
+                };
+                let version = old["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                let mut obj = body.clone();
+                obj["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+                store.objects.insert(key, obj.clone());
+                respond(StatusCode::OK, &obj)
+            }
             (m, n) => panic!("unexpected request {m} {full} ({n:?})"),
         }
+    }
+
+    /// Checks and records a watch, which is never answered.
+    fn note_watch(&self, request: &Request<Body>) {
+        let query = decode(request.uri().query().unwrap_or(""));
+        let seen = authorization(request.method(), request.uri().path(), &query, false);
+        assert!(
+            rbac::allows(rbac::GATEWAYS, &seen.0, &seen.1, &seen.2),
+            "the operator watches {}, which operator/src/rbac.rs does not grant",
+            request.uri()
+        );
+        self.0.lock().unwrap().authorized.insert(seen);
     }
 
     /// A kube client whose every request this fake answers.
@@ -283,8 +388,20 @@ impl FakeApi {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let api = self.clone();
         tokio::spawn(async move {
+            // A watch is answered with nothing: it stays open, as a watch
+            // with no news does.
+            let mut watching = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
-                send.send_response(api.handle(request).await);
+                let query = request.uri().query().unwrap_or("");
+                if query
+                    .split('&')
+                    .any(|kv| kv == "watch=true" || kv == "watch=1")
+                {
+                    api.note_watch(&request);
+                    watching.push(send);
+                } else {
+                    send.send_response(api.handle(request).await);
+                }
             }
         });
         Client::new(service, NS)

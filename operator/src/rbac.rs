@@ -1,0 +1,121 @@
+//! The Kubernetes API permissions the operator needs: exactly the verbs its
+//! code sends, per resource, and nothing more. The Helm chart grants this
+//! table (`charts/ringway/files/rbac/*.yaml`; a test checks that the two are
+//! equal), and the API tests fail on any request the table does not grant
+//! and on any grant no request uses.
+
+/// Verbs on resources of one API group (`""` is the core group), as in an
+/// RBAC `PolicyRule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The API group.
+    pub api_group: &'static str,
+    /// Resource names, with `/status` for the status subresource.
+    pub resources: &'static [&'static str],
+    /// Verbs as RBAC spells them.
+    pub verbs: &'static [&'static str],
+}
+
+/// The API group of `WebSocketGateway`.
+const GROUP: &str = "ringway.dev";
+
+/// Children written with server-side apply. Kubernetes authorizes an apply
+/// that creates its object as `create`, and one that changes it as `patch`.
+const APPLY: &[&str] = &["list", "watch", "create", "patch"];
+
+/// Children that are also read one by one (a StatefulSet's rollout state,
+/// the control channel's Secrets, the backend Services of the routes).
+const APPLY_AND_GET: &[&str] = &["get", "list", "watch", "create", "patch"];
+
+/// In every namespace whose gateways the operator manages (a ClusterRole
+/// when it watches all namespaces, a Role in each otherwise).
+pub const GATEWAYS: &[Grant] = &[
+    Grant {
+        api_group: GROUP,
+        resources: &["websocketgateways"],
+        verbs: &["list", "watch"],
+    },
+    Grant {
+        api_group: GROUP,
+        resources: &["websocketgateways/status"],
+        verbs: &["patch"],
+    },
+    Grant {
+        api_group: "apps",
+        resources: &["statefulsets"],
+        verbs: APPLY_AND_GET,
+    },
+    Grant {
+        api_group: "",
+        resources: &["secrets", "services"],
+        verbs: APPLY_AND_GET,
+    },
+    Grant {
+        api_group: "",
+        resources: &["configmaps"],
+        verbs: APPLY,
+    },
+    Grant {
+        api_group: "policy",
+        resources: &["poddisruptionbudgets"],
+        verbs: APPLY,
+    },
+    Grant {
+        api_group: "",
+        resources: &["pods"],
+        verbs: &["list", "watch"],
+    },
+    Grant {
+        api_group: "discovery.k8s.io",
+        resources: &["endpointslices"],
+        verbs: &["list", "watch"],
+    },
+    // A repeated event is patched into a series.
+    Grant {
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+];
+
+/// In the namespace of the leader-election Lease (the operator's own).
+pub const LEADER_ELECTION: &[Grant] = &[Grant {
+    api_group: "coordination.k8s.io",
+    resources: &["leases"],
+    verbs: &["get", "create", "update"],
+}];
+
+/// Whether `grants` allow `verb` on `resource` of `api_group`.
+pub fn allows(grants: &[Grant], api_group: &str, resource: &str, verb: &str) -> bool {
+    grants.iter().any(|g| {
+        g.api_group == api_group && g.resources.contains(&resource) && g.verbs.contains(&verb)
+    })
+}
+
+/// Every (group, resource, verb) that `grants` allow, one per entry.
+pub fn triples(grants: &[Grant]) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = grants
+        .iter()
+        .flat_map(|g| {
+            g.resources.iter().flat_map(move |r| {
+                g.verbs
+                    .iter()
+                    .map(move |v| (g.api_group.to_owned(), (*r).to_owned(), (*v).to_owned()))
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::Resource;
+    use ringway_crds::WebSocketGateway;
+
+    #[test]
+    fn the_gateway_group_is_the_crds() {
+        assert_eq!(super::GROUP, WebSocketGateway::group(&()));
+    }
+}
