@@ -15,6 +15,18 @@ fn checked_in_crd_matches_the_types() {
     );
 }
 
+/// The Helm chart installs its own copy (a template reads it, so that
+/// `helm upgrade` updates the CRD); it must be the same bytes.
+#[test]
+fn the_charts_crd_is_the_checked_in_one() {
+    const CHART: &str = include_str!("../../charts/ringway/files/crds/websocketgateway.yaml");
+    assert!(
+        CHART == CHECKED_IN,
+        "charts/ringway/files/crds/websocketgateway.yaml differs from crds/websocketgateway.yaml: run\n  \
+         cp crds/websocketgateway.yaml charts/ringway/files/crds/websocketgateway.yaml"
+    );
+}
+
 fn spec_schema() -> Value {
     let crd = ringway_crds::crd();
     let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
