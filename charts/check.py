@@ -13,6 +13,7 @@ engine; `.ci/run` runs it and fails when it does.
    the workspace, runs it as the user the chart and the operator's pod
    template run it as, and names the image the chart and the code use.
 4. The operator's flags that the chart's Deployment passes exist.
+5. values.yaml has a comment on every key.
 
 Helm's linter does not export its messages' text through helm-sdkpy, only
 their severity and file; values are therefore also validated here with
@@ -92,6 +93,37 @@ def schema_errors(values):
         f"{'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
         for e in validator.iter_errors(values)
     ]
+
+
+def check_values_comments():
+    """Every key of values.yaml that the schema describes has a comment
+    (the line above it, or at its end); keys inside free-form maps (a
+    security context, resource quantities) are the Kubernetes API's."""
+    print("values.yaml: a comment on every key")
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack = []  # (indent, key)
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][A-Za-z0-9]*):( .*)?$", line)
+        if not m:
+            continue
+        indent, key = len(m.group(1)), m.group(2)
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parent = schema
+        for _, k in stack:
+            parent = (parent.get("properties") or {}).get(k, {})
+        stack.append((indent, key))
+        if "properties" not in parent:
+            continue
+        above = lines[i - 1].strip() if i > 0 else ""
+        if not above.startswith("#") and "#" not in (m.group(3) or ""):
+            missing.append(".".join(k for _, k in stack))
+    if missing:
+        fail(f"keys without a comment in charts/ringway/values.yaml: {', '.join(missing)}")
+    else:
+        ok("every key is commented")
 
 
 def check_lint(defaults):
@@ -254,6 +286,7 @@ def check_flags():
 def main():
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     print(f"helm library {helm_sdkpy.get_version()}")
+    check_values_comments()
     check_lint(defaults)
     check_images(defaults)
     check_flags()
