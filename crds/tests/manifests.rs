@@ -8,12 +8,18 @@ use std::path::{Path, PathBuf};
 use ringway_crds::WebSocketGateway;
 use serde_json::Value;
 
+/// Every `.yaml` file under `dir`, subdirectories included, in order.
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+    {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            files.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            files.push(path);
+        }
+    }
     files.sort();
     files
 }
@@ -23,13 +29,24 @@ fn parse(path: &Path) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Every document of a multi-document manifest (`---` between them).
+fn parse_all(path: &Path) -> Vec<Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).expect("readable manifest");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .collect()
+}
+
 #[test]
 fn every_example_gateway_is_accepted() {
     let crd = ringway_crds::crd();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut checked = 0;
-    for path in yaml_files(&examples) {
-        let manifest = parse(&path);
+    let manifests = yaml_files(&examples)
+        .into_iter()
+        .flat_map(|path| parse_all(&path).into_iter().map(move |m| (path.clone(), m)));
+    for (path, manifest) in manifests {
         if manifest["kind"] != "WebSocketGateway" {
             continue;
         }
@@ -46,8 +63,8 @@ fn every_example_gateway_is_accepted() {
         checked += 1;
     }
     assert!(
-        checked >= 2,
-        "expected the minimal and the full example, found {checked}"
+        checked >= 3,
+        "expected the minimal, the full and the chat example, found {checked}"
     );
 }
 

@@ -209,7 +209,8 @@ impl ShardProcess {
     }
 }
 
-/// One `ringway-echo` backend process.
+/// One backend process: `ringway-echo`, or `ringway-chat` when started by
+/// [`Fleet::add_backend_with`].
 pub struct EchoProcess {
     /// Its id (the `X-Ringway-Backend` it answers with).
     pub id: String,
@@ -229,7 +230,7 @@ impl EchoProcess {
 pub struct Fleet {
     /// The shard processes, by index.
     pub shards: Vec<ShardProcess>,
-    /// The echo backends, by index.
+    /// The backends (echo, or those of [`Fleet::add_backend_with`]), by index.
     pub backends: Vec<EchoProcess>,
     /// The control client, holding the operator's certificate.
     pub control: ControlClient,
@@ -288,9 +289,18 @@ impl Fleet {
 
     /// Starts one more echo backend, `backend-<n>`.
     pub async fn add_backend(&mut self) -> anyhow::Result<usize> {
+        let echo = self.binaries.echo.clone();
+        self.add_backend_with(&echo).await
+    }
+
+    /// Starts one more backend, `backend-<n>`, from `binary`: any backend
+    /// that takes `--listen`, `--id` and `--workers` and first prints a line
+    /// ending in the address it listens on, as `ringway-echo` and
+    /// `ringway-chat` do.
+    pub async fn add_backend_with(&mut self, binary: &Path) -> anyhow::Result<usize> {
         let id = format!("backend-{}", self.backends.len());
         let listen = SocketAddr::new(IpAddr::V4(loopback_ip()), 0);
-        let mut child = Command::new(&self.binaries.echo)
+        let mut child = Command::new(binary)
             .args([
                 "--listen",
                 &listen.to_string(),
@@ -303,7 +313,7 @@ impl Fleet {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {}", self.binaries.echo.display()))?;
+            .with_context(|| format!("starting {}", binary.display()))?;
         let stdout = child.stdout.take().context("stdout is piped")?;
         let mut line = String::new();
         tokio::time::timeout(
@@ -311,13 +321,13 @@ impl Fleet {
             BufReader::new(stdout).read_line(&mut line),
         )
         .await
-        .context("ringway-echo did not say where it listens")??;
+        .with_context(|| format!("{} did not say where it listens", binary.display()))??;
         let address = line
             .trim()
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
-            .with_context(|| format!("ringway-echo said {line:?}"))?;
+            .with_context(|| format!("{} said {line:?}", binary.display()))?;
         self.backends.push(EchoProcess { id, address, child });
         Ok(self.backends.len() - 1)
     }

@@ -1,9 +1,12 @@
 //! End-to-end tooling for Ringway: the `ringway-echo` backend, the
-//! `ringway-load` load generator, and the pieces they share. The benchmark
-//! scripts in `e2e/bench/` drive both binaries as processes on 127.0.0.0/8.
+//! `ringway-chat` demo backend, the `ringway-load` load generator, and the
+//! pieces they share. The benchmark scripts in `e2e/bench/` drive the echo
+//! backend and the load generator as processes on 127.0.0.0/8.
 //!
 //! - [`echo`]: a WebSocket echo server that names itself in the upgrade
 //!   response, so a client sees which backend a proxy routed it to;
+//! - [`chat`]: the chat demo backend (rooms, and the demo page for a
+//!   browser);
 //! - [`load`]: the load generator's subcommands (latency, throughput, idle,
 //!   probe) and their reports;
 //! - [`target`]: the URL a connection dials, with its routing key appended;
@@ -11,13 +14,14 @@
 //!   machine opens more connections than one address has ephemeral ports;
 //! - [`stamp`]: the send timestamp carried in each load message;
 //! - [`limits`]: the file-descriptor budget of one process;
-//! - [`fleet`]: shard processes, echo backends and the control client of a
-//!   gateway on one machine, for the sharding tests;
+//! - [`fleet`]: shard processes, echo (or chat) backends and the control
+//!   client of a gateway on one machine, for the sharding and browser tests;
 //! - [`keyed`]: keyed clients that see which shard and backend serve them.
 //!
 //! This is test tooling, not a library for users: errors are `anyhow`
 //! throughout, as in binaries and tests.
 
+pub mod chat;
 pub mod echo;
 pub mod fleet;
 pub mod keyed;

@@ -1,0 +1,85 @@
+//! `ringway-chat`: the chat demo backend. Serves the demo page at `GET /`,
+//! `GET /healthz` for probes, and chat rooms on `/chat?room=<room>`
+//! (WebSocket); see [`ringway_e2e::chat`] for the protocol and its limits.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use ringway_e2e::chat::{self, ChatConfig};
+use tokio::net::TcpSocket;
+use tracing_subscriber::EnvFilter;
+
+/// Listen backlog.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A WebSocket chat backend with rooms, and the demo page for a browser.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (HTTP and WebSocket on one port).
+    #[arg(long, env = "RINGWAY_CHAT_LISTEN", default_value = "127.0.0.1:9101")]
+    listen: SocketAddr,
+
+    /// This backend's name, in every welcome and message it sends and in
+    /// the X-Ringway-Backend header of its upgrade responses.
+    #[arg(long, env = "RINGWAY_CHAT_ID", default_value = "chat")]
+    id: String,
+
+    /// Runtime worker threads (default: one per CPU this process may run on).
+    #[arg(long, env = "RINGWAY_CHAT_WORKERS")]
+    workers: Option<usize>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = ChatConfig::new(&args.id)?;
+    let socket = match args.listen {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
+    // One line on stdout, so that a script or test that asked for port 0
+    // learns the port; logs go to stderr.
+    println!(
+        "ringway-chat {} listening on {}",
+        args.id,
+        listener.local_addr()?
+    );
+    chat::serve(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
