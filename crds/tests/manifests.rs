@@ -63,8 +63,8 @@ fn every_example_gateway_is_accepted() {
         checked += 1;
     }
     assert!(
-        checked >= 3,
-        "expected the minimal, the full and the chat example, found {checked}"
+        checked >= 4,
+        "expected the minimal, full, chat and canary examples, found {checked}"
     );
 }
 
