@@ -22,7 +22,7 @@ use crate::defaults;
 pub struct DrainSettings {
     /// Seconds over which one drain (a pod stopping, or a snapshot that moves
     /// keys) spreads its closes. A stopping pod's termination grace period is
-    /// this window plus `closeTimeoutSeconds` and a margin.
+    /// this window plus twice `closeTimeoutSeconds` plus 5 seconds.
     #[serde(default = "defaults::drain_window_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub window_seconds: u32,

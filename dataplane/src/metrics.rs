@@ -34,7 +34,8 @@ pub struct CloseLabels {
 /// Labels of the drain counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabel {
-    /// `shutdown` (SIGTERM), `api` (POST /drain) or `rebalance`.
+    /// `shutdown` (SIGTERM or the admin port's `/drain`), `api` (the control
+    /// port's Drain RPC) or `rebalance`.
     pub cause: &'static str,
 }
 

@@ -84,7 +84,7 @@ impl Metrics {
         );
         registry.register(
             "pods_steered",
-            "Ready data-plane pods the operator steers, by gateway (namespace/name)",
+            "Running data-plane pods (with an IP) the operator steers, by gateway (namespace/name)",
             pods_steered.clone(),
         );
         registry.register(

@@ -385,6 +385,7 @@ async fn reconcile_gateway<S: Steer>(
     problems.extend(backend_problems);
     let decided = decide(
         &plan,
+        &gwref,
         spec.shards,
         stable_view,
         acked,
@@ -447,6 +448,7 @@ async fn reconcile_gateway<S: Steer>(
 
 fn decide(
     plan: &rollout::Plan,
+    gwref: &GatewayRef,
     shards: u16,
     stable: &SlotView,
     acked: bool,
@@ -471,7 +473,7 @@ fn decide(
             message: if ready < want {
                 format!(
                     "{ready} of {want} shards ready; see `kubectl get pods -l {}`",
-                    names::LABEL_GATEWAY
+                    gwref.selector_string()
                 )
             } else {
                 format!(
