@@ -14,6 +14,7 @@
 //!   machine opens more connections than one address has ephemeral ports;
 //! - [`stamp`]: the send timestamp carried in each load message;
 //! - [`limits`]: the file-descriptor budget of one process;
+//! - [`process`]: the backends' listening socket and shutdown signal;
 //! - [`fleet`]: shard processes, echo (or chat) backends and the control
 //!   client of a gateway on one machine, for the sharding and browser tests;
 //! - [`keyed`]: keyed clients that see which shard and backend serve them.
@@ -27,6 +28,7 @@ pub mod fleet;
 pub mod keyed;
 pub mod limits;
 pub mod load;
+pub mod process;
 pub mod sources;
 pub mod stamp;
 pub mod target;

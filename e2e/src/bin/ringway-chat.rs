@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use clap::Parser;
-use ringway_e2e::chat::{self, ChatConfig};
-use tokio::net::TcpSocket;
+use ringway_e2e::{
+    chat::{self, ChatConfig},
+    process,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Listen backlog.
@@ -48,38 +49,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = ChatConfig::new(&args.id)?;
-    let socket = match args.listen {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    let listener = socket.listen(LISTEN_BACKLOG)?;
-    // One line on stdout, so that a script or test that asked for port 0
-    // learns the port; logs go to stderr.
-    println!(
-        "ringway-chat {} listening on {}",
-        args.id,
-        listener.local_addr()?
-    );
-    chat::serve(listener, config, shutdown_signal()).await?;
+    let listener = process::listen("ringway-chat", &args.id, args.listen, LISTEN_BACKLOG)?;
+    chat::serve(listener, config, process::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use clap::Parser;
-use ringway_e2e::echo::{self, DEFAULT_READ_BUFFER_BYTES, EchoConfig};
-use tokio::net::TcpSocket;
+use ringway_e2e::{
+    echo::{self, DEFAULT_READ_BUFFER_BYTES, EchoConfig},
+    process,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Listen backlog: room for a ramp of a few thousand connections per second.
@@ -53,39 +54,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = EchoConfig::new(&args.id)?;
     config.read_buffer_bytes = args.read_buffer.max(64);
-    let socket = match args.listen {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    // A restarted backend must not wait for its old connections' TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    let listener = socket.listen(LISTEN_BACKLOG)?;
-    // One line on stdout, so that a script or test that asked for port 0
-    // learns the port.
-    println!(
-        "ringway-echo {} listening on {}",
-        args.id,
-        listener.local_addr()?
-    );
-    echo::serve(listener, config, shutdown_signal()).await?;
+    let listener = process::listen("ringway-echo", &args.id, args.listen, LISTEN_BACKLOG)?;
+    echo::serve(listener, config, process::shutdown_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
