@@ -38,7 +38,7 @@ use crate::{
     Error, PodInputs, annotations, budget, children,
     conditions::{self, Decided},
     metrics::Metrics,
-    names::{self, CONTROL_PORT, FIELD_MANAGER, GatewayRef},
+    names::{CONTROL_PORT, FIELD_MANAGER, GatewayRef},
     observe, pki,
     rollout::{self, Observed, SlotView},
     snapshot,
@@ -388,10 +388,12 @@ async fn reconcile_gateway<S: Steer>(
         &gwref,
         spec.shards,
         stable_view,
-        acked,
-        &failed,
+        &Pushed {
+            pods: targets.len(),
+            acked,
+            failed: &failed,
+        },
         &problems,
-        &targets,
     );
     let status = WebSocketGatewayStatus {
         observed_generation: gw.metadata.generation,
@@ -446,16 +448,29 @@ async fn reconcile_gateway<S: Steer>(
     }))
 }
 
+/// How the latest snapshot reached the pods.
+struct Pushed<'a> {
+    /// The pods it was pushed to.
+    pods: usize,
+    /// Whether every one of them acknowledged the current epoch.
+    acked: bool,
+    /// Those that did not in this reconcile, with why.
+    failed: &'a [String],
+}
+
 fn decide(
     plan: &rollout::Plan,
     gwref: &GatewayRef,
     shards: u16,
     stable: &SlotView,
-    acked: bool,
-    failed: &[String],
+    pushed: &Pushed<'_>,
     problems: &[String],
-    targets: &BTreeMap<String, String>,
 ) -> Vec<Decided> {
+    let Pushed {
+        pods,
+        acked,
+        failed,
+    } = *pushed;
     let want = i32::from(shards);
     let ready = stable.ready();
     let ready_condition = if ready >= want && acked {
@@ -477,9 +492,8 @@ fn decide(
                 )
             } else {
                 format!(
-                    "{} of {} pods acknowledged the latest snapshot",
-                    targets.len() - failed.len(),
-                    targets.len()
+                    "{} of {pods} pods acknowledged the latest snapshot",
+                    pods.saturating_sub(failed.len()),
                 )
             },
         }
