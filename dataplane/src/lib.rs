@@ -14,6 +14,7 @@ pub mod handoff;
 pub mod handshake;
 mod io;
 pub mod metrics;
+pub mod open_files;
 pub mod registry;
 pub mod relay;
 pub mod routing;

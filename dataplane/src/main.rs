@@ -4,8 +4,9 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ringway_dataplane::{Config, Server, Shutdown};
+use ringway_dataplane::{Config, Server, Shutdown, open_files};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
 
 /// Holds client WebSockets and routes each one by a consistent hash of its key.
 #[derive(Debug, Parser)]
@@ -49,11 +50,41 @@ fn main() -> anyhow::Result<()> {
             None => anyhow::bail!("--shard-id needs a `shard` section in the config"),
         }
     }
+    check_open_files(config.connections.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.worker_threads > 0 {
         runtime.worker_threads(config.runtime.worker_threads);
     }
     runtime.enable_all().build()?.block_on(run(config))
+}
+
+/// Raises the open-files limit as far as it goes, and says so when that is
+/// still too few for `max_connections`.
+fn check_open_files(max_connections: usize) {
+    let limits = match open_files::raise() {
+        Ok(limits) => limits,
+        Err(e) => {
+            warn!(error = %e, "could not raise the open-files limit");
+            return;
+        }
+    };
+    if limits.before != limits.now {
+        info!(before = ?limits.before, now = ?limits.now, "raised the open-files soft limit to the hard limit");
+    }
+    let needed = open_files::needed(max_connections);
+    if let (Some(limit), Some(room)) = (limits.now, limits.connections())
+        && limit < needed
+    {
+        warn!(
+            limit,
+            needed,
+            max_connections,
+            room,
+            "connections.maxConnections needs more file descriptors than this process may open: \
+             accepts fail past about `room` connections; raise the hard limit (ulimit -Hn, or the \
+             container runtime's) or lower maxConnections"
+        );
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
