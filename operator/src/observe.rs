@@ -15,7 +15,7 @@ use crate::{
     Error, PodInputs,
     names::{self, slot_label},
     reconcile::get,
-    rollout::{PodView, SlotView},
+    rollout::{PodCounts, PodView, SlotView},
     snapshot,
 };
 
@@ -24,7 +24,7 @@ pub(crate) fn slot_view(
     slot: Slot,
     sts: Option<&StatefulSet>,
     pods: &[Pod],
-    connections: &HashMap<String, i64>,
+    counts: &HashMap<String, PodCounts>,
 ) -> SlotView {
     let Some(sts) = sts else {
         return SlotView::empty(slot);
@@ -71,7 +71,8 @@ pub(crate) fn slot_view(
                 running,
                 ready,
                 updated,
-                connections: connections.get(&name).copied(),
+                connections: counts.get(&name).map(|c| c.owned),
+                relayed: counts.get(&name).map(|c| c.relayed),
                 name,
             }
         })

@@ -40,7 +40,7 @@ use crate::{
     metrics::Metrics,
     names::{CONTROL_PORT, FIELD_MANAGER, GatewayRef},
     observe, pki,
-    rollout::{self, Observed, SlotView},
+    rollout::{self, Observed, PodCounts, SlotView},
     snapshot,
     steer::Steer,
 };
@@ -85,7 +85,7 @@ struct Memory {
     /// When the pods were last asked for their counts.
     polled: Option<Instant>,
     /// Live connections by pod name, from the last poll.
-    connections: HashMap<String, i64>,
+    connections: HashMap<String, PodCounts>,
     /// Consecutive failed reconciles, for the backoff.
     failures: u32,
 }
@@ -593,17 +593,21 @@ async fn poll<S: Steer>(
         };
         match answer {
             Ok(status) => {
-                let count: u64 = status.connections.iter().map(|c| c.count).sum();
-                memory
-                    .connections
-                    .insert(pod.clone(), i64::try_from(count).unwrap_or(i64::MAX));
+                let owned: u64 = status.connections.iter().map(|c| c.count).sum();
+                let counts = PodCounts {
+                    owned: i64::try_from(owned).unwrap_or(i64::MAX),
+                    relayed: i64::try_from(status.relayed).unwrap_or(i64::MAX),
+                };
+                memory.connections.insert(pod.clone(), counts);
             }
             Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),
         }
     }
     memory.polled = Some(Instant::now());
     for pod in slots.iter_mut().flat_map(|s| s.pods.iter_mut()) {
-        pod.connections = memory.connections.get(&pod.name).copied();
+        let counts = memory.connections.get(&pod.name);
+        pod.connections = counts.map(|c| c.owned);
+        pod.relayed = counts.map(|c| c.relayed);
     }
     ctx.remember(key, |m| {
         m.connections = memory.connections.clone();

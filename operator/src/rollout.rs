@@ -33,11 +33,30 @@ pub struct PodView {
     pub ready: bool,
     /// It runs the StatefulSet's latest template.
     pub updated: bool,
-    /// Its live connections, from its last status report.
+    /// The live connections it owns (relays to a backend), from its last
+    /// status report.
     pub connections: Option<i64>,
+    /// The clients that entered through it and that it relays to their
+    /// owner on another pod, from the same report.
+    pub relayed: Option<i64>,
+}
+
+/// What one pod reported holding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCounts {
+    /// Connections it owns.
+    pub owned: i64,
+    /// Connections it relays to their owner.
+    pub relayed: i64,
 }
 
 impl PodView {
+    /// Every client connection its stop would close: those it owns and
+    /// those it relays.
+    pub fn held(&self) -> i64 {
+        self.connections.unwrap_or(0) + self.relayed.unwrap_or(0)
+    }
+
     /// Takes a snapshot push: running, with an address.
     pub fn steerable(&self) -> bool {
         self.running && self.ip.is_some()
@@ -231,7 +250,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         Some(canary) => {
             let aborting = o.intent.abort || !spec_changed || canary.phase == CanaryPhase::Aborting;
             if canary.phase == CanaryPhase::Promoting {
-                promote(o, &mut plan, canary);
+                promote(o, &mut plan, canary, &allowance);
             } else if aborting {
                 abort(o, &mut plan, canary, &stable_inputs, &allowance, live);
             } else {
@@ -363,7 +382,7 @@ fn partition(
         return p;
     }
     let next = current.pods.iter().find(|pod| pod.ordinal == p - 1);
-    let cost = next.and_then(|pod| pod.connections).unwrap_or(0);
+    let cost = next.map_or(0, PodView::held);
     if allowance.allows(cost) {
         plan.disrupting += cost;
         wait(plan, reasons::ROLLING_UPDATE, what);
@@ -402,6 +421,46 @@ fn retire(o: &Observed<'_>, plan: &mut Plan, slot: Slot, keep: bool) {
             partition: 0,
         });
     }
+}
+
+/// Stops `slot`'s pods one at a time, highest ordinal first, each when the
+/// budget allows the connections it holds. A pod that owns none still
+/// relays the clients that entered through it (the client Service spans
+/// both slots), and its stop closes them with 1001. Returns whether the
+/// slot has no pods left to stop.
+fn retire_paced(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    slot: Slot,
+    allowance: &budget::Allowance,
+    what: &str,
+) -> bool {
+    let v = view(o.slots, slot);
+    let Some(inputs) = &v.inputs else {
+        return true;
+    };
+    let mut replicas = v.replicas;
+    if replicas > 0 {
+        let next = v.pods.iter().find(|pod| pod.ordinal == replicas - 1);
+        let cost = next.map_or(0, PodView::held);
+        let message = format!(
+            "{what}: stopping the old pods one at a time, {replicas} left (the next relays {cost} connections)"
+        );
+        if allowance.allows(cost) {
+            plan.disrupting += cost;
+            replicas -= 1;
+            wait(plan, reasons::CANARY_IN_PROGRESS, message);
+        } else {
+            budget_wait(plan, allowance, o.now, message);
+        }
+    }
+    plan.slots.push(SlotPlan {
+        slot,
+        inputs: inputs.clone(),
+        replicas,
+        partition: 0,
+    });
+    replicas == 0
 }
 
 fn canary_status(
@@ -516,7 +575,7 @@ fn shift(
         );
         CanaryPhase::Starting
     } else if weight == 100 && target == 100 {
-        return promote_start(o, plan, canary);
+        return promote_start(o, plan, canary, allowance);
     } else if target != weight {
         match budget::next_weight(weight, target, live, allowance) {
             Some(next) => {
@@ -578,7 +637,12 @@ fn shift(
 
 /// Weight 100 acknowledged: the canary's slot becomes stable; the old
 /// slot keeps running until its connections have drained.
-fn promote_start(o: &Observed<'_>, plan: &mut Plan, canary: &CanaryStatus) {
+fn promote_start(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    allowance: &budget::Allowance,
+) {
     let promoted = CanaryStatus {
         phase: CanaryPhase::Promoting,
         ..canary.clone()
@@ -590,10 +654,15 @@ fn promote_start(o: &Observed<'_>, plan: &mut Plan, canary: &CanaryStatus) {
             canary.pods.slot
         ),
     ));
-    promote(o, plan, &promoted);
+    promote(o, plan, &promoted, allowance);
 }
 
-fn promote(o: &Observed<'_>, plan: &mut Plan, canary: &CanaryStatus) {
+fn promote(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    allowance: &budget::Allowance,
+) {
     let new = canary.pods.slot;
     let old = other_slot(new);
     let old_view = view(o.slots, old);
@@ -610,8 +679,18 @@ fn promote(o: &Observed<'_>, plan: &mut Plan, canary: &CanaryStatus) {
         partition: 0,
     });
     let left = old_view.connections();
-    if left > 0 {
+    let gone = if left > 0 {
         retire(o, plan, old, true);
+        wait(
+            plan,
+            reasons::CANARY_IN_PROGRESS,
+            format!("promoting slot {new:?}: {left} connections left on the old version's pods"),
+        );
+        false
+    } else {
+        retire_paced(o, plan, old, allowance, &format!("promoting slot {new:?}"))
+    };
+    if !gone {
         plan.canary = Some(canary_status(
             new,
             o.spec,
@@ -621,13 +700,7 @@ fn promote(o: &Observed<'_>, plan: &mut Plan, canary: &CanaryStatus) {
             None,
             canary.drained,
         ));
-        wait(
-            plan,
-            reasons::CANARY_IN_PROGRESS,
-            format!("promoting slot {new:?}: {left} connections left on the old version's pods"),
-        );
     } else {
-        retire(o, plan, old, false);
         plan.canary = None;
         plan.transition = Some((
             "CanaryPromoted",
@@ -689,7 +762,18 @@ fn abort(
     }
     let left = cview.connections();
     if canary.weight == 0 && left == 0 {
-        retire(o, plan, slot, false);
+        if !retire_paced(o, plan, slot, allowance, "aborting") {
+            plan.canary = Some(canary_status(
+                slot,
+                &canary_inputs,
+                cview,
+                CanaryPhase::Aborting,
+                0,
+                Some(0),
+                drained,
+            ));
+            return;
+        }
         plan.canary = None;
         plan.transition = Some((
             "CanaryAborted",

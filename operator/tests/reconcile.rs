@@ -42,6 +42,18 @@ fn set_budget_percent(w: &World, percent: u8) {
     w.edit(|gw| gw["spec"]["disruptionBudget"] = json!({"maxDisruptedPercent": percent}));
 }
 
+/// Reconciles (and lets the pods follow) until the StatefulSet `name` has
+/// no replicas; returns the replicas after each reconcile.
+async fn scaled_down_one_by_one(w: &World, name: &str) -> Vec<i64> {
+    let mut seen = Vec::new();
+    while seen.len() < 6 && seen.last() != Some(&0) {
+        w.reconcile().await.expect("a reconcile");
+        w.settle();
+        seen.push(replicas(w, name));
+    }
+    seen
+}
+
 /// A gateway at rest: 3 shards ready on the latest snapshot.
 async fn steady(annotations: Value) -> World {
     let w = World::new(annotations, 3);
@@ -355,10 +367,10 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
         3,
         "old pods wait for their connections to drain"
     );
-    // The old version's pods are empty: they are scaled to zero.
+    // The old version's pods are empty: they stop one at a time (each
+    // within the budget, for the clients it relays).
     w.connections_per_pod(0);
-    w.reconcile().await.unwrap();
-    assert_eq!(replicas(&w, "chat-a"), 0);
+    assert_eq!(scaled_down_one_by_one(&w, "chat-a").await, [2, 1, 0]);
     assert!(w.status()["canary"].is_null());
     assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
     assert!(w.api.events().iter().any(|(r, _)| r == "CanaryPromoted"));
@@ -411,8 +423,7 @@ async fn abort_drains_the_canary_back_and_removes_it() {
     w.reconcile().await.unwrap();
     assert_eq!(replicas(&w, "chat-b"), 3, "its pods still hold connections");
     w.connections_per_pod(0);
-    w.reconcile().await.unwrap();
-    assert_eq!(replicas(&w, "chat-b"), 0);
+    assert_eq!(scaled_down_one_by_one(&w, "chat-b").await, [2, 1, 0]);
     assert!(w.status()["canary"].is_null());
     assert_eq!(w.status()["stable"]["image"], IMAGE);
     assert!(w.api.events().iter().any(|(r, _)| r == "CanaryAborted"));

@@ -24,6 +24,7 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             ready: true,
             updated: true,
             connections: Some(connections),
+            relayed: Some(0),
         })
         .collect()
 }
@@ -255,18 +256,100 @@ fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
             .map(|s| s.replicas),
         Some(3)
     );
-    let empty = [slot(Slot::A, &v1, 3, 0), slot(Slot::B, &v2, 3, 10)];
-    let promoting = status(Slot::B, &v2, p.canary.clone());
-    let p = run(&v2, &i, &promoting, &empty);
-    assert_eq!(
-        p.slots
-            .iter()
-            .find(|s| s.slot == Slot::A)
-            .map(|s| s.replicas),
-        Some(0)
+    // The old pods own nothing now, but each still relays 4 clients that
+    // entered through it: they stop one at a time, each step costing what
+    // it relays, and the promotion ends with the last.
+    let mut old = relaying(slot(Slot::A, &v1, 3, 0), 4);
+    let new = slot(Slot::B, &v2, 3, 10);
+    let mut promoting = status(Slot::B, &v2, p.canary.clone());
+    let mut steps = Vec::new();
+    let last = loop {
+        let p = run(&v2, &i, &promoting, &[old.clone(), new.clone()]);
+        let replicas = replicas_of(&p, Slot::A);
+        steps.push((replicas, p.disrupting));
+        if p.canary.is_none() || steps.len() > 3 {
+            break p;
+        }
+        assert_eq!(
+            p.canary.as_ref().map(|c| c.phase),
+            Some(CanaryPhase::Promoting)
+        );
+        old.replicas = replicas;
+        old.pods.retain(|pod| pod.ordinal < replicas);
+        promoting = status(Slot::B, &v2, p.canary.clone());
+    };
+    assert_eq!(steps, vec![(2, 4), (1, 4), (0, 4)]);
+    assert_eq!(last.transition.map(|t| t.0), Some("CanaryPromoted"));
+}
+
+/// Each pod of `view` relays `n` connections owned elsewhere.
+fn relaying(mut view: SlotView, n: i64) -> SlotView {
+    for pod in &mut view.pods {
+        pod.relayed = Some(n);
+    }
+    view
+}
+
+fn replicas_of(p: &Plan, slot: Slot) -> i32 {
+    p.slots
+        .iter()
+        .find(|s| s.slot == slot)
+        .map_or(-1, |s| s.replicas)
+}
+
+#[test]
+fn an_old_pod_that_relays_connections_stops_only_when_the_budget_allows() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "100")]);
+    let mut promoting = status(
+        Slot::B,
+        &v2,
+        Some(canary(CanaryPhase::Promoting, Slot::B, &v2, 100)),
     );
-    assert!(p.canary.is_none());
-    assert_eq!(p.transition.map(|t| t.0), Some("CanaryPromoted"));
+    // This window already closed every connection the budget allows.
+    promoting.disruption = Some(ringway_crds::DisruptionStatus {
+        window_start: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Timestamp::from_second(1_800_000_000 - 10).expect("time"),
+        ),
+        disrupted: 30,
+    });
+    let slots = [
+        relaying(slot(Slot::A, &v1, 3, 0), 4),
+        slot(Slot::B, &v2, 3, 10),
+    ];
+    let p = run(&v2, &i, &promoting, &slots);
+    assert_eq!(replicas_of(&p, Slot::A), 3);
+    assert_eq!(p.disrupting, 0);
+    assert_eq!(
+        p.progress.as_ref().map(|p| p.reason),
+        Some(reasons::WAITING_FOR_BUDGET),
+        "{:?}",
+        p.progress
+    );
+    assert_eq!(
+        p.canary.as_ref().map(|c| c.phase),
+        Some(CanaryPhase::Promoting)
+    );
+}
+
+#[test]
+fn a_rolling_restart_costs_what_the_pod_owns_and_relays() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let mut stable = relaying(slot(Slot::A, &v1, 3, 10), 5);
+    // The template is the new revision; no pod runs it yet.
+    stable.template = Some((v2.revision(), "cert".into()));
+    stable.partition = 3;
+    for pod in &mut stable.pods {
+        pod.updated = false;
+    }
+    let empty = SlotView::empty(Slot::B);
+    let p = run(
+        &v2,
+        &intent(&[]),
+        &status(Slot::A, &v1, None),
+        &[stable, empty],
+    );
+    assert_eq!(p.disrupting, 15, "{:?}", p.progress);
 }
 
 #[test]
@@ -289,26 +372,29 @@ fn abort_steps_the_weight_to_zero_then_removes_the_canary() {
         p.canary.as_ref().map(|c| c.phase),
         Some(CanaryPhase::Aborting)
     );
-    let drained = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
-    let p = run(
-        &v2,
-        &i,
-        &status(
-            Slot::A,
-            &v1,
-            Some(canary(CanaryPhase::Aborting, Slot::B, &v2, 0)),
-        ),
-        &drained,
+    // The canary's pods own nothing at weight 0; they stop one at a time.
+    let mut drained = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
+    let mut aborting = status(
+        Slot::A,
+        &v1,
+        Some(canary(CanaryPhase::Aborting, Slot::B, &v2, 0)),
     );
-    assert!(p.canary.is_none());
-    assert_eq!(
-        p.slots
-            .iter()
-            .find(|s| s.slot == Slot::B)
-            .map(|s| s.replicas),
-        Some(0)
-    );
-    assert_eq!(p.stable, (Slot::A, v1));
+    let mut replicas = Vec::new();
+    let last = loop {
+        let p = run(&v2, &i, &aborting, &drained);
+        replicas.push(replicas_of(&p, Slot::B));
+        if p.canary.is_none() || replicas.len() > 3 {
+            break p;
+        }
+        assert_eq!(p.roles.weight, 0);
+        let left = replicas_of(&p, Slot::B);
+        drained[1].replicas = left;
+        drained[1].pods.retain(|pod| pod.ordinal < left);
+        aborting = status(Slot::A, &v1, p.canary.clone());
+    };
+    assert_eq!(replicas, vec![2, 1, 0]);
+    assert_eq!(last.transition.map(|t| t.0), Some("CanaryAborted"));
+    assert_eq!(last.stable, (Slot::A, v1));
 }
 
 #[test]
