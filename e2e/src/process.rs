@@ -1,11 +1,32 @@
 //! What the backend binaries (`ringway-echo`, `ringway-chat`) share as
-//! processes: the listening socket, the one line that tells a script which
-//! port it got, and the shutdown signal.
+//! processes: logs, the runtime, the listening socket, the one line that
+//! tells a script which port it got, and the shutdown signal.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
+use tracing_subscriber::EnvFilter;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// A multi-threaded runtime with `workers` threads (default: one per CPU
+/// this process may run on).
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        runtime.worker_threads(workers.max(1));
+    }
+    runtime.enable_all().build()
+}
 
 /// Binds `address` with `SO_REUSEADDR` (a restarted backend must not wait
 /// for its old connections' TIME_WAIT) and listens with `backlog`. Then

@@ -9,7 +9,6 @@ use ringway_e2e::{
     echo::{self, DEFAULT_READ_BUFFER_BYTES, EchoConfig},
     process,
 };
-use tracing_subscriber::EnvFilter;
 
 /// Listen backlog: room for a ramp of a few thousand connections per second.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -38,17 +37,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(workers.max(1));
-    }
-    runtime.enable_all().build()?.block_on(run(args))
+    process::log_to_stderr();
+    process::runtime(args.workers)?.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
