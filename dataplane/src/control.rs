@@ -169,6 +169,7 @@ impl Shared {
             gateway = %new.gateway,
             canary_basis_points = new.routing.canary_basis_points(),
             draining,
+            retiring = new.retiring,
             "snapshot applied"
         );
         self.drainer.submit(

@@ -88,11 +88,14 @@ pub struct Shared {
 
 impl Shared {
     /// Accepting connections and not stopping; a shard also needs its
-    /// first snapshot.
+    /// first snapshot, and must not be retiring.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
             && self.drain_cause().is_none()
-            && (self.shard.is_none() || self.running.load().routing.epoch > 0)
+            && (self.shard.is_none() || {
+                let running = self.running.load();
+                running.routing.epoch > 0 && !running.retiring
+            })
     }
 
     /// The drain in progress, if any.

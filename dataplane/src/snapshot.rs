@@ -39,6 +39,9 @@ pub struct Running {
     pub drain: DrainPolicy,
     /// The gateway (`namespace/name`), for logs.
     pub gateway: String,
+    /// The snapshot names this shard as retiring: it answers not ready so
+    /// that no new client enters through it, and keeps what it holds.
+    pub retiring: bool,
 }
 
 impl Running {
@@ -118,6 +121,7 @@ impl Running {
                 max_closes_per_second: config.drain.max_closes_per_second,
             },
             gateway,
+            retiring: false,
         }
     }
 
@@ -162,6 +166,10 @@ impl Running {
         }
         let routing = RoutingState::new(snapshot.epoch, table, stable, canary, bp);
         let mut running = Self::from_config(config, routing, snapshot.gateway.clone());
+        running.retiring = config
+            .shard
+            .as_ref()
+            .is_some_and(|s| snapshot.retiring.contains(&s.id));
         if let Some(limits) = &snapshot.limits {
             apply_limits(&mut running, limits)?;
         }

@@ -448,6 +448,7 @@ impl Fleet {
             canary_basis_points: basis_points,
             limits: None,
             drain: Some(self.settings.drain),
+            retiring: Vec::new(),
         }
     }
 

@@ -604,3 +604,38 @@ async fn a_drain_keeps_to_its_rate_cap() {
         .expect("status");
     assert!(!status.ready);
 }
+
+#[tokio::test]
+async fn a_retiring_shard_answers_not_ready_and_keeps_relaying_what_it_holds() {
+    // Shards 0 and 1 own the keys; shard 2 is outside the ring, like a pod
+    // of the old slot after a promotion, and relays what enters through it.
+    let mut fleet = Fleet::start(binaries(), 3, 2).await.expect("fleet");
+    let first = fleet.snapshot(&[0, 1], &[], 0, &[0, 1]);
+    fleet.push(&first).await.expect("pushed");
+    fleet.wait_ready(&[0, 1, 2]).await.expect("ready");
+    let conns = open_all(&fleet, &keys(100), &[2]).await;
+    assert!(conns.iter().all(|c| c.shard != fleet.shards[2].id));
+
+    let mut retiring = fleet.snapshot(&[0, 1], &[], 0, &[0, 1]);
+    retiring.retiring = vec![fleet.shards[2].id.clone()];
+    fleet.push(&retiring).await.expect("pushed");
+    let ready: Vec<bool> = fleet
+        .statuses()
+        .await
+        .expect("statuses")
+        .iter()
+        .map(|s| s.ready)
+        .collect();
+    assert_eq!(
+        ready,
+        [true, true, false],
+        "only the retiring shard is not ready"
+    );
+    let (ended, open) = settle(conns, 0).await;
+    assert!(ended.is_empty(), "retiring closed {ended:?}");
+    all_echo(&open, "retiring").await;
+
+    let back = fleet.snapshot(&[0, 1], &[], 0, &[0, 1]);
+    fleet.push(&back).await.expect("pushed");
+    fleet.wait_ready(&[0, 1, 2]).await.expect("ready again");
+}

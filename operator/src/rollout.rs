@@ -153,6 +153,9 @@ pub struct Roles {
     pub canary: Option<Slot>,
     /// Percent of the key space on the canary.
     pub weight: u8,
+    /// The slot on its way out, whose pods answer not ready so that no new
+    /// client enters through them (see [`retire_paced`]).
+    pub retiring: Option<Slot>,
 }
 
 /// Why the gateway is not at rest, for the `Progressing` condition.
@@ -208,6 +211,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             stable: stable_slot,
             canary: None,
             weight: 0,
+            retiring: None,
         },
         stable: (stable_slot, stable_inputs.clone()),
         canary: None,
@@ -670,6 +674,7 @@ fn promote(
         stable: new,
         canary: None,
         weight: 0,
+        retiring: Some(old),
     };
     plan.stable = (new, o.spec.clone());
     plan.slots.push(SlotPlan {
@@ -761,6 +766,9 @@ fn abort(
         }
     }
     let left = cview.connections();
+    if canary.weight == 0 {
+        plan.roles.retiring = Some(slot);
+    }
     if canary.weight == 0 && left == 0 {
         if !retire_paced(o, plan, slot, allowance, "aborting") {
             plan.canary = Some(canary_status(

@@ -363,6 +363,11 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
     assert!(shard_ids(&snapshot, Version::Canary).is_empty());
     assert_eq!(snapshot.canary_basis_points, 0);
     assert_eq!(
+        snapshot.retiring,
+        ["chat-a-0", "chat-a-1", "chat-a-2"],
+        "the old pods answer not ready: no new client enters through them"
+    );
+    assert_eq!(
         replicas(&w, "chat-a"),
         3,
         "old pods wait for their connections to drain"

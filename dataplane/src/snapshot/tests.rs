@@ -54,6 +54,7 @@ fn snapshot() -> v1::Snapshot {
             close_timeout_ms: 0,
             max_closes_per_second: 250,
         }),
+        retiring: Vec::new(),
     }
 }
 
@@ -181,4 +182,19 @@ fn the_standalone_config_is_one_version_without_shards() {
     assert!(running.routing.canary().is_none());
     let waiting = Running::waiting(&config);
     assert!(waiting.routing.table.routes().is_empty());
+}
+
+#[test]
+fn a_shard_named_retiring_knows_it_and_the_others_do_not() {
+    let config = config(); // shard a-0
+    assert!(
+        !Running::from_snapshot(&snapshot(), &config)
+            .expect("valid")
+            .retiring
+    );
+    let mut s = snapshot();
+    s.retiring = vec!["b-0".into(), "a-0".into()];
+    assert!(Running::from_snapshot(&s, &config).expect("valid").retiring);
+    s.retiring = vec!["b-0".into()];
+    assert!(!Running::from_snapshot(&s, &config).expect("valid").retiring);
 }

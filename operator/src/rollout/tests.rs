@@ -129,7 +129,8 @@ fn a_new_gateway_gets_slot_a_with_every_shard() {
         Roles {
             stable: Slot::A,
             canary: None,
-            weight: 0
+            weight: 0,
+            retiring: None,
         }
     );
     assert!(p.progress.is_none() && p.problems.is_empty() && p.canary.is_none());
@@ -180,7 +181,8 @@ fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
         Roles {
             stable: Slot::A,
             canary: Some(Slot::B),
-            weight: 25
+            weight: 25,
+            retiring: None,
         }
     );
     assert_eq!(
@@ -241,7 +243,8 @@ fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
         Roles {
             stable: Slot::B,
             canary: None,
-            weight: 0
+            weight: 0,
+            retiring: Some(Slot::A),
         }
     );
     assert_eq!(p.stable, (Slot::B, v2.clone()));
