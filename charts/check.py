@@ -14,6 +14,13 @@ engine; `.ci/run` runs it and fails when it does.
    template run it as, and names the image the chart and the code use.
 4. The operator's flags that the chart's Deployment passes exist.
 5. values.yaml has a comment on every key.
+6. Render: `helm install` through Helm's library against a fake API server
+   (discovery answers and a record of every object created), for every
+   value set: the RBAC rendered is files/rbac/*.yaml (which a Rust test
+   holds equal to the operator's table), the CRD is the generated one and
+   kept, the pod is non-root and read-only with its probes and flags, the
+   Services and ServiceMonitor select what they should, and every object
+   carries the standard labels. The invalid value sets must be refused.
 
 Helm's linter does not export its messages' text through helm-sdkpy, only
 their severity and file; values are therefore also validated here with
@@ -155,6 +162,247 @@ def check_lint(defaults):
             fail(f"{name}: the linter accepted it")
 
 
+# ---- Rendering: `helm install` against a fake API server.
+
+class FakeApiServer:
+    """Just enough of a Kubernetes API server for `helm install`: discovery
+    for the kinds the chart renders, 404 for every read, and a record of
+    every object created. Helm's own code renders the templates and posts
+    each object, so the objects recorded are what a cluster would receive.
+    """
+
+    GROUPS = {
+        "": ("v1", [("serviceaccounts", "ServiceAccount", True), ("services", "Service", True),
+                    ("secrets", "Secret", True), ("configmaps", "ConfigMap", True),
+                    ("namespaces", "Namespace", False)]),
+        "apps": ("v1", [("deployments", "Deployment", True)]),
+        "rbac.authorization.k8s.io": ("v1", [
+            ("clusterroles", "ClusterRole", False), ("clusterrolebindings", "ClusterRoleBinding", False),
+            ("roles", "Role", True), ("rolebindings", "RoleBinding", True)]),
+        "apiextensions.k8s.io": ("v1", [("customresourcedefinitions", "CustomResourceDefinition", False)]),
+        "monitoring.coreos.com": ("v1", [("servicemonitors", "ServiceMonitor", True)]),
+    }
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        server = self
+        self.created = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def send(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self.send(*server.discovery(self.path.split("?")[0]))
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    server.created.append(json.loads(body))
+                self.send(201, json.loads(body) if body.startswith(b"{") else {})
+
+            def do_PATCH(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send(200, {})
+
+            do_PUT = do_PATCH
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.dir = tempfile.TemporaryDirectory()
+        self.kubeconfig = Path(self.dir.name) / "kubeconfig"
+        port = self.httpd.server_address[1]
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            "current-context": "fake",
+        }))
+
+    def discovery(self, path):
+        def resources(group_version, items):
+            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                    "resources": [{"name": n, "singularName": "", "namespaced": ns, "kind": k,
+                                   "verbs": ["create", "get", "list", "patch", "update", "delete"]}
+                                  for n, k, ns in items]}
+        if path == "/version":
+            return 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/api/v1":
+            return 200, resources("v1", self.GROUPS[""][1])
+        if path == "/apis":
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                 "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}}
+                for g, (v, _) in self.GROUPS.items() if g]}
+        for g, (v, items) in self.GROUPS.items():
+            if g and path == f"/apis/{g}/{v}":
+                return 200, resources(f"{g}/{v}", items)
+        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
+
+    def install(self, values):
+        """The objects `helm install ringway charts/ringway -n ringway-system
+        --values <values>` creates."""
+        self.created = []
+        config = helm_sdkpy.Configuration(namespace=RELEASE_NAMESPACE, kubeconfig=str(self.kubeconfig))
+        asyncio.run(helm_sdkpy.Install(config).run("ringway", str(CHART), values=values, wait=False, timeout=30))
+        return list(self.created)
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.dir.cleanup()
+
+
+RELEASE_NAMESPACE = "ringway-system"
+STANDARD_LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance",
+                   "app.kubernetes.io/version", "app.kubernetes.io/managed-by"]
+
+
+def rules_file(name):
+    return yaml.safe_load((CHART / "files" / "rbac" / name).read_text())
+
+
+def rendered_problems(objects, values):
+    """What is wrong with the objects one value set renders."""
+    problems = []
+    by_kind = {}
+    for o in objects:
+        by_kind.setdefault(o["kind"], []).append(o)
+        missing = [l for l in STANDARD_LABELS if l not in (o["metadata"].get("labels") or {})]
+        if missing:
+            problems.append(f"{o['kind']} {o['metadata']['name']} lacks labels {missing}")
+
+    def one(kind):
+        found = by_kind.get(kind, [])
+        return found[0] if len(found) == 1 else None
+
+    # RBAC: the rendered rules are the files, which a Rust test holds equal
+    # to the operator's table; bindings name the ServiceAccount.
+    namespaces = values.get("watchNamespaces") or []
+    gateways, leader = rules_file("gateways.yaml"), rules_file("leader-election.yaml")
+    roles = by_kind.get("Role", [])
+    if namespaces:
+        if by_kind.get("ClusterRole"):
+            problems.append("watchNamespaces is set but a ClusterRole was rendered")
+        for ns in namespaces:
+            here = [r for r in roles if r["metadata"].get("namespace") == ns]
+            if len(here) != 1 or here[0]["rules"] != gateways:
+                problems.append(f"namespace {ns}: not exactly one Role with files/rbac/gateways.yaml's rules")
+    else:
+        cluster_role = one("ClusterRole")
+        if not cluster_role or cluster_role["rules"] != gateways:
+            problems.append("no ClusterRole with files/rbac/gateways.yaml's rules")
+    leader_roles = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    if values.get("leaderElection", {}).get("enabled", True):
+        if len(leader_roles) != 1 or leader_roles[0]["rules"] != leader \
+                or leader_roles[0]["metadata"].get("namespace") != RELEASE_NAMESPACE:
+            problems.append("no leader-election Role in the release namespace with files/rbac/leader-election.yaml's rules")
+    account = one("ServiceAccount")
+    for binding in by_kind.get("ClusterRoleBinding", []) + by_kind.get("RoleBinding", []):
+        subject = binding["subjects"][0]
+        if not account or subject["name"] != account["metadata"]["name"] or subject["namespace"] != RELEASE_NAMESPACE:
+            problems.append(f"{binding['kind']} {binding['metadata']['name']} binds {subject}, not the chart's ServiceAccount")
+
+    # The operator's pod: non-root, read-only, probed, given its flags.
+    deployment = one("Deployment")
+    if not deployment:
+        return problems + ["not exactly one Deployment"]
+    pod = deployment["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    pod_sc, sc = pod["spec"].get("securityContext", {}), container.get("securityContext", {})
+    if pod_sc.get("runAsNonRoot") is not True or pod_sc.get("runAsUser") != NONROOT:
+        problems.append(f"the pod does not run as non-root user {NONROOT}: {pod_sc}")
+    if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False \
+            or sc.get("capabilities", {}).get("drop") != ["ALL"]:
+        problems.append(f"the container is not read-only and unprivileged: {sc}")
+    probes = {p: container.get(p, {}).get("httpGet", {}).get("path") for p in ["livenessProbe", "readinessProbe"]}
+    if probes != {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
+        problems.append(f"probes: {probes}")
+    if pod["spec"].get("serviceAccountName") != (account or {}).get("metadata", {}).get("name"):
+        problems.append("the pod does not run as the chart's ServiceAccount")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    if any(pod["metadata"]["labels"].get(k) != v for k, v in selector.items()):
+        problems.append("the Deployment's selector does not match its pods")
+    args = container.get("args", [])
+    dataplane = values.get("dataplane", {}).get("image", {})
+    want_image = f"{dataplane.get('repository', 'ghcr.io/ringway-dev/ringway-dataplane')}:{dataplane.get('tag') or '0.1.0'}"
+    if f"--image={want_image}" not in args:
+        problems.append(f"args {args} do not pass --image={want_image}")
+    if namespaces and f"--namespace={','.join(namespaces)}" not in args:
+        problems.append(f"args {args} do not pass --namespace={','.join(namespaces)}")
+    if not namespaces and any(a.startswith("--namespace") for a in args):
+        problems.append(f"args {args} restrict namespaces though watchNamespaces is empty")
+
+    # Metrics: the Service selects the pods; the ServiceMonitor the Service.
+    service = one("Service")
+    if service and any(pod["metadata"]["labels"].get(k) != v for k, v in service["spec"]["selector"].items()):
+        problems.append("the metrics Service does not select the operator's pods")
+    monitor = one("ServiceMonitor")
+    wants_monitor = values.get("metrics", {}).get("serviceMonitor", {}).get("enabled", False)
+    if bool(monitor) != wants_monitor:
+        problems.append(f"ServiceMonitor rendered: {bool(monitor)}, wanted: {wants_monitor}")
+    if monitor and service and any(service["metadata"]["labels"].get(k) != v
+                                   for k, v in monitor["spec"]["selector"]["matchLabels"].items()):
+        problems.append("the ServiceMonitor does not select the metrics Service")
+
+    # The CRD: the generated one, kept on uninstall.
+    crds = values.get("crds", {})
+    crd = one("CustomResourceDefinition")
+    if bool(crd) != crds.get("install", True):
+        problems.append(f"CRD rendered: {bool(crd)}, wanted: {crds.get('install', True)}")
+    if crd:
+        generated = yaml.safe_load((ROOT / "crds" / "websocketgateway.yaml").read_text())
+        if crd["spec"] != generated["spec"] or crd["metadata"]["name"] != generated["metadata"]["name"]:
+            problems.append("the rendered CRD is not crds/websocketgateway.yaml")
+        keep = (crd["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep"
+        if keep != crds.get("keep", True):
+            problems.append(f"CRD kept on uninstall: {keep}, wanted: {crds.get('keep', True)}")
+    return problems
+
+
+def check_render():
+    print("render: helm install (Helm's library) against a fake API server, for every value set")
+    server = FakeApiServer()
+    try:
+        sets = [("defaults", {})] + [
+            (str(p.relative_to(ROOT)), yaml.safe_load(p.read_text()) or {})
+            for p in sorted((TESTS / "values").glob("*.yaml"))
+        ]
+        for name, values in sets:
+            try:
+                objects = server.install(values)
+            except helm_sdkpy.HelmError as e:
+                fail(f"{name}: helm install failed: {e}")
+                continue
+            kinds = sorted(o["kind"] for o in objects)
+            problems = rendered_problems(objects, values)
+            if problems:
+                fail(f"{name}: " + "; ".join(problems))
+            else:
+                ok(f"{name}: {len(objects)} objects ({', '.join(kinds)})")
+        for path in sorted((TESTS / "invalid").glob("*.yaml")):
+            name = path.relative_to(ROOT)
+            try:
+                server.install(yaml.safe_load(path.read_text()) or {})
+                fail(f"{name}: helm install accepted it")
+            except helm_sdkpy.HelmError as e:
+                ok(f"{name}: helm install refuses it ({str(e).splitlines()[0][:120]})")
+    finally:
+        server.stop()
+
+
 def dockerfile(path):
     """The parts of a Dockerfile this check reads."""
     text = path.read_text()
@@ -288,6 +536,7 @@ def main():
     print(f"helm library {helm_sdkpy.get_version()}")
     check_values_comments()
     check_lint(defaults)
+    check_render()
     check_images(defaults)
     check_flags()
     if failures:
