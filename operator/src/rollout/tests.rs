@@ -58,6 +58,25 @@ fn status(
     }
 }
 
+/// The status during a canary: slot A stable on `stable`, slot B the
+/// canary on `canary` at `weight`.
+fn during(
+    phase: CanaryPhase,
+    weight: u8,
+    stable: &PodInputs,
+    canary_inputs: &PodInputs,
+) -> WebSocketGatewayStatus {
+    status(
+        Slot::A,
+        stable,
+        Some(canary(phase, Slot::B, canary_inputs, weight)),
+    )
+}
+
+fn phase_of(p: &Plan) -> Option<CanaryPhase> {
+    p.canary.as_ref().map(|c| c.phase)
+}
+
 fn canary(phase: CanaryPhase, slot: Slot, inputs: &PodInputs, weight: u8) -> CanaryStatus {
     CanaryStatus {
         phase,
@@ -166,16 +185,7 @@ fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "25")]);
-    let p = run(
-        &v2,
-        &i,
-        &status(
-            Slot::A,
-            &v1,
-            Some(canary(CanaryPhase::Starting, Slot::B, &v2, 0)),
-        ),
-        &slots,
-    );
+    let p = run(&v2, &i, &during(CanaryPhase::Starting, 0, &v1, &v2), &slots);
     assert_eq!(
         p.roles,
         Roles {
@@ -185,25 +195,15 @@ fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
             retiring: None,
         }
     );
-    assert_eq!(
-        p.canary.as_ref().map(|c| c.phase),
-        Some(CanaryPhase::Shifting)
-    );
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Shifting));
     assert_eq!(p.disrupting, 8, "25% of 30 connections, rounded up");
     let p = run(
         &v2,
         &i,
-        &status(
-            Slot::A,
-            &v1,
-            Some(canary(CanaryPhase::Shifting, Slot::B, &v2, 25)),
-        ),
+        &during(CanaryPhase::Shifting, 25, &v1, &v2),
         &slots,
     );
-    assert_eq!(
-        p.canary.as_ref().map(|c| c.phase),
-        Some(CanaryPhase::Holding)
-    );
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Holding));
     assert_eq!(p.disrupting, 0);
 }
 
@@ -212,16 +212,7 @@ fn an_invalid_weight_holds_the_canary_where_it_is() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 10)];
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "150")]);
-    let p = run(
-        &v2,
-        &i,
-        &status(
-            Slot::A,
-            &v1,
-            Some(canary(CanaryPhase::Holding, Slot::B, &v2, 40)),
-        ),
-        &slots,
-    );
+    let p = run(&v2, &i, &during(CanaryPhase::Holding, 40, &v1, &v2), &slots);
     assert_eq!(p.roles.weight, 40);
     assert_eq!(p.problems.len(), 1);
     assert!(p.problems[0].starts_with(CANARY_WEIGHT));
@@ -231,11 +222,7 @@ fn an_invalid_weight_holds_the_canary_where_it_is() {
 fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "100")]);
-    let holding = status(
-        Slot::A,
-        &v1,
-        Some(canary(CanaryPhase::Holding, Slot::B, &v2, 100)),
-    );
+    let holding = during(CanaryPhase::Holding, 100, &v1, &v2);
     let busy = [slot(Slot::A, &v1, 3, 2), slot(Slot::B, &v2, 3, 10)];
     let p = run(&v2, &i, &holding, &busy);
     assert_eq!(
@@ -248,17 +235,8 @@ fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
         }
     );
     assert_eq!(p.stable, (Slot::B, v2.clone()));
-    assert_eq!(
-        p.canary.as_ref().map(|c| c.phase),
-        Some(CanaryPhase::Promoting)
-    );
-    assert_eq!(
-        p.slots
-            .iter()
-            .find(|s| s.slot == Slot::A)
-            .map(|s| s.replicas),
-        Some(3)
-    );
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Promoting));
+    assert_eq!(replicas_of(&p, Slot::A), 3);
     // The old pods own nothing now, but each still relays 4 clients that
     // entered through it: they stop one at a time, each step costing what
     // it relays, and the promotion ends with the last.
@@ -273,10 +251,7 @@ fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
         if p.canary.is_none() || steps.len() > 3 {
             break p;
         }
-        assert_eq!(
-            p.canary.as_ref().map(|c| c.phase),
-            Some(CanaryPhase::Promoting)
-        );
+        assert_eq!(phase_of(&p), Some(CanaryPhase::Promoting));
         old.replicas = replicas;
         old.pods.retain(|pod| pod.ordinal < replicas);
         promoting = status(Slot::B, &v2, p.canary.clone());
@@ -329,10 +304,7 @@ fn an_old_pod_that_relays_connections_stops_only_when_the_budget_allows() {
         "{:?}",
         p.progress
     );
-    assert_eq!(
-        p.canary.as_ref().map(|c| c.phase),
-        Some(CanaryPhase::Promoting)
-    );
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Promoting));
 }
 
 #[test]
@@ -360,28 +332,12 @@ fn abort_steps_the_weight_to_zero_then_removes_the_canary() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_ABORT, "true")]);
     let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 10)];
-    let p = run(
-        &v2,
-        &i,
-        &status(
-            Slot::A,
-            &v1,
-            Some(canary(CanaryPhase::Holding, Slot::B, &v2, 30)),
-        ),
-        &slots,
-    );
+    let p = run(&v2, &i, &during(CanaryPhase::Holding, 30, &v1, &v2), &slots);
     assert_eq!(p.roles.weight, 0);
-    assert_eq!(
-        p.canary.as_ref().map(|c| c.phase),
-        Some(CanaryPhase::Aborting)
-    );
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
     // The canary's pods own nothing at weight 0; they stop one at a time.
     let mut drained = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
-    let mut aborting = status(
-        Slot::A,
-        &v1,
-        Some(canary(CanaryPhase::Aborting, Slot::B, &v2, 0)),
-    );
+    let mut aborting = during(CanaryPhase::Aborting, 0, &v1, &v2);
     let mut replicas = Vec::new();
     let last = loop {
         let p = run(&v2, &i, &aborting, &drained);
@@ -405,20 +361,8 @@ fn reverting_the_spec_during_a_canary_aborts_it() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 10)];
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "30")]);
-    let p = run(
-        &v1,
-        &i,
-        &status(
-            Slot::A,
-            &v1,
-            Some(canary(CanaryPhase::Holding, Slot::B, &v2, 30)),
-        ),
-        &slots,
-    );
-    assert_eq!(
-        p.canary.as_ref().map(|c| c.phase),
-        Some(CanaryPhase::Aborting)
-    );
+    let p = run(&v1, &i, &during(CanaryPhase::Holding, 30, &v1, &v2), &slots);
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
 }
 
 #[test]
