@@ -169,16 +169,7 @@ async fn a_graceful_drain_loses_nothing_and_respects_the_rate_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_api_closes_everything_and_waits() {
-    let backend = support::echo_backend("b1").await;
-    let gw = Gateway::echo(
-        &[backend],
-        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
-    )
-    .await;
-    let mut clients = Vec::new();
-    for i in 0..10 {
-        clients.push(connect(&gw.url(&format!("/echo?room={i}"))).await.0);
-    }
+    let (gw, clients) = drainable_gateway(10).await;
     let admin = gw.admin.expect("admin port");
     let ready = support::raw(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
@@ -188,6 +179,21 @@ async fn the_drain_api_closes_everything_and_waits() {
         b"POST /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
+}
+
+/// A gateway with a quick drain (0.5 s window) and `n` clients on it.
+async fn drainable_gateway(n: usize) -> (Gateway, Vec<support::Client>) {
+    let backend = support::echo_backend("b1").await;
+    let gw = Gateway::echo(
+        &[backend],
+        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
+    )
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(connect(&gw.url(&format!("/echo?room={i}"))).await.0);
+    }
+    (gw, clients)
 }
 
 /// Sends `request` to the admin port and checks that it closes every one of
@@ -220,16 +226,7 @@ async fn drains_and_waits(gw: &Gateway, clients: Vec<support::Client>, request: 
 /// crawler) is refused and drains nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prestop_get_drains_and_waits_but_a_bare_get_does_not() {
-    let backend = support::echo_backend("b1").await;
-    let gw = Gateway::echo(
-        &[backend],
-        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
-    )
-    .await;
-    let mut clients = Vec::new();
-    for i in 0..5 {
-        clients.push(connect(&gw.url(&format!("/echo?room={i}"))).await.0);
-    }
+    let (gw, mut clients) = drainable_gateway(5).await;
     let admin = gw.admin.expect("admin port");
     let stray = support::raw(admin, b"GET /drain HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(stray.starts_with("HTTP/1.1 405"), "{stray}");
