@@ -157,6 +157,21 @@ pub fn authorization(
     (group.to_owned(), resource, verb.to_owned())
 }
 
+/// Fails the test unless `operator/src/rbac.rs` grants what `request` needs
+/// (the Lease's grants for leases, the gateways' for everything else).
+fn assert_granted((group, resource, verb): &(String, String, String), request: &str) {
+    let grants = if resource == "leases" {
+        rbac::LEADER_ELECTION
+    } else {
+        rbac::GATEWAYS
+    };
+    assert!(
+        rbac::allows(grants, group, resource, verb),
+        "the operator sent {request}, which needs `{verb}` on `{resource}` in group {group:?}: \
+         operator/src/rbac.rs (and so the chart) does not grant it"
+    );
+}
+
 impl FakeApi {
     pub fn put(&self, kind: &str, object: Value) {
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
@@ -269,17 +284,8 @@ impl FakeApi {
                 .as_ref()
                 .is_some_and(|n| !store.objects.contains_key(&(collection.clone(), n.clone())));
         let seen = authorization(&method, &full, &query, applies_to_missing);
-        let (group, resource, verb) = &seen;
-        let grants = if resource == "leases" {
-            rbac::LEADER_ELECTION
-        } else {
-            rbac::GATEWAYS
-        };
-        assert!(
-            rbac::allows(grants, group, resource, verb),
-            "the operator sent {method} {full}?{query}, which needs `{verb}` on `{resource}` in group {group:?}: \
-             operator/src/rbac.rs (and so the chart) does not grant it"
-        );
+        assert_granted(&seen, &format!("{method} {full}?{query}"));
+        let (group, resource, _) = &seen;
         if applies_to_missing {
             // The apply also needs `patch`, as every later apply does.
             store
@@ -375,11 +381,7 @@ impl FakeApi {
     fn note_watch(&self, request: &Request<Body>) {
         let query = decode(request.uri().query().unwrap_or(""));
         let seen = authorization(request.method(), request.uri().path(), &query, false);
-        assert!(
-            rbac::allows(rbac::GATEWAYS, &seen.0, &seen.1, &seen.2),
-            "the operator watches {}, which operator/src/rbac.rs does not grant",
-            request.uri()
-        );
+        assert_granted(&seen, &format!("{} {}", request.method(), request.uri()));
         self.0.lock().unwrap().authorized.insert(seen);
     }
 
