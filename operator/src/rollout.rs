@@ -386,14 +386,33 @@ fn partition(
         return p;
     }
     let next = current.pods.iter().find(|pod| pod.ordinal == p - 1);
-    let cost = next.map_or(0, PodView::held);
-    if allowance.allows(cost) {
-        plan.disrupting += cost;
-        wait(plan, reasons::ROLLING_UPDATE, what);
+    if charge_stop(o, plan, allowance, next, reasons::ROLLING_UPDATE, what) {
         p - 1
     } else {
-        budget_wait(plan, allowance, o.now, what);
         p
+    }
+}
+
+/// Whether the budget allows stopping `pod` now, which closes every
+/// connection it holds (owned and relayed). If so the cost is charged and
+/// progress says `what` with `reason`; if not, progress says when the
+/// budget refills.
+fn charge_stop(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    allowance: &budget::Allowance,
+    pod: Option<&PodView>,
+    reason: &'static str,
+    what: String,
+) -> bool {
+    let cost = pod.map_or(0, PodView::held);
+    if allowance.allows(cost) {
+        plan.disrupting += cost;
+        wait(plan, reason, what);
+        true
+    } else {
+        budget_wait(plan, allowance, o.now, what);
+        false
     }
 }
 
@@ -450,12 +469,15 @@ fn retire_paced(
         let message = format!(
             "{what}: stopping the old pods one at a time, {replicas} left (the next relays {cost} connections)"
         );
-        if allowance.allows(cost) {
-            plan.disrupting += cost;
+        if charge_stop(
+            o,
+            plan,
+            allowance,
+            next,
+            reasons::CANARY_IN_PROGRESS,
+            message,
+        ) {
             replicas -= 1;
-            wait(plan, reasons::CANARY_IN_PROGRESS, message);
-        } else {
-            budget_wait(plan, allowance, o.now, message);
         }
     }
     plan.slots.push(SlotPlan {
