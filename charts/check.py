@@ -133,13 +133,18 @@ def check_values_comments():
         ok("every key is commented")
 
 
-def check_lint(defaults):
-    print("lint: defaults and charts/tests/values/*.yaml must be clean")
-    sets = [("defaults", {})] + [
+def value_sets():
+    """(name, values over the defaults) for the defaults and every file in
+    charts/tests/values/."""
+    return [("defaults", {})] + [
         (str(p.relative_to(ROOT)), yaml.safe_load(p.read_text()) or {})
         for p in sorted((TESTS / "values").glob("*.yaml"))
     ]
-    for name, override in sets:
+
+
+def check_lint(defaults):
+    print("lint: defaults and charts/tests/values/*.yaml must be clean")
+    for name, override in value_sets():
         values = merged(defaults, override)
         problems = [f"{SEVERITY[s]} in {path}" for s, path in lint(values)]
         problems += [f"schema: {e}" for e in schema_errors(values)]
@@ -275,7 +280,8 @@ def rules_file(name):
 
 
 def rendered_problems(objects, values):
-    """What is wrong with the objects one value set renders."""
+    """What is wrong with the objects one value set renders; `values` are
+    the chart's defaults with the set over them."""
     problems = []
     by_kind = {}
     for o in objects:
@@ -336,8 +342,9 @@ def rendered_problems(objects, values):
     if any(pod["metadata"]["labels"].get(k) != v for k, v in selector.items()):
         problems.append("the Deployment's selector does not match its pods")
     args = container.get("args", [])
-    dataplane = values.get("dataplane", {}).get("image", {})
-    want_image = f"{dataplane.get('repository', 'ghcr.io/ringway-dev/ringway-dataplane')}:{dataplane.get('tag') or '0.1.0'}"
+    dataplane = values["dataplane"]["image"]
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    want_image = f"{dataplane['repository']}:{dataplane['tag'] or app_version}"
     if f"--image={want_image}" not in args:
         problems.append(f"args {args} do not pass --image={want_image}")
     if namespaces and f"--namespace={','.join(namespaces)}" not in args:
@@ -372,22 +379,18 @@ def rendered_problems(objects, values):
     return problems
 
 
-def check_render():
+def check_render(defaults):
     print("render: helm install (Helm's library) against a fake API server, for every value set")
     server = FakeApiServer()
     try:
-        sets = [("defaults", {})] + [
-            (str(p.relative_to(ROOT)), yaml.safe_load(p.read_text()) or {})
-            for p in sorted((TESTS / "values").glob("*.yaml"))
-        ]
-        for name, values in sets:
+        for name, values in value_sets():
             try:
                 objects = server.install(values)
             except helm_sdkpy.HelmError as e:
                 fail(f"{name}: helm install failed: {e}")
                 continue
             kinds = sorted(o["kind"] for o in objects)
-            problems = rendered_problems(objects, values)
+            problems = rendered_problems(objects, merged(defaults, values))
             if problems:
                 fail(f"{name}: " + "; ".join(problems))
             else:
@@ -536,7 +539,7 @@ def main():
     print(f"helm library {helm_sdkpy.get_version()}")
     check_values_comments()
     check_lint(defaults)
-    check_render()
+    check_render(defaults)
     check_images(defaults)
     check_flags()
     if failures:
