@@ -72,9 +72,6 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close handshake, and the backend's shutdown, may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long to wait before accepting again after an accept error.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// The page's Content-Security-Policy: its own inline script and style,
 /// WebSockets anywhere, nothing else.
 const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src ws: wss:; base-uri 'none'; form-action 'none'";
@@ -137,7 +134,7 @@ pub async fn serve(
             }
             Err(e) => {
                 warn!(error = %e, "accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                tokio::time::sleep(crate::process::ACCEPT_BACKOFF).await;
             }
         }
     }

@@ -39,10 +39,6 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 4096;
 /// How long a client may take to send its upgrade request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long to wait before accepting again after an accept error (most
-/// often EMFILE: every file descriptor is in use).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// What an echo server says about itself and how it reads.
 #[derive(Clone, Debug)]
 pub struct EchoConfig {
@@ -88,7 +84,7 @@ pub async fn serve(
             }
             Err(e) => {
                 warn!(error = %e, "accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                tokio::time::sleep(crate::process::ACCEPT_BACKOFF).await;
             }
         }
     }

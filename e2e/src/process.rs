@@ -2,11 +2,15 @@
 //! processes: logs, the runtime, the listening socket, the one line that
 //! tells a script which port it got, and the shutdown signal.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpSocket};
 use tracing_subscriber::EnvFilter;
+
+/// How long a backend waits before accepting again after an accept error
+/// (most often EMFILE: every file descriptor is in use).
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn log_to_stderr() {
