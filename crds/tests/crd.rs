@@ -66,8 +66,10 @@ fn every_spec_field_is_explained() {
     );
 }
 
+/// Every rule compiles and says what is wrong in words; whether it fits the
+/// API server's cost budget is `cel_budget.rs`'s job.
 #[test]
-fn every_cel_rule_compiles_within_the_cost_budget() {
+fn every_cel_rule_compiles_and_has_a_message() {
     let spec = spec_schema();
     let compiled = kube_cel::compile_schema(&spec);
     let errors: Vec<String> = compiled
@@ -88,11 +90,6 @@ fn every_cel_rule_compiles_within_the_cost_budget() {
             .flatten()
         {
             let text = rule["rule"].as_str().expect("a rule has text");
-            let at = kube_cel::compile_schema(schema);
-            // (kube-cel's scope check mistakes comprehension variables such as
-            // `r` in `self.all(r, ...)` for free ones, so only cost is checked.)
-            let warnings = kube_cel::estimate_rule_cost(text, &at);
-            assert!(warnings.is_empty(), "{path}: {text}: {warnings:?}");
             assert!(rule["message"].is_string(), "{path}: {text} has no message");
             rules += 1;
         }
