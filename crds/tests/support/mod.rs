@@ -2,8 +2,11 @@
 //! does, so that example manifests are checked without a cluster: defaults
 //! first, then the structural schema (types, required fields, bounds, enums,
 //! patterns, unknown fields, list-map keys), then the CEL rules (through
-//! kube-cel). Errors read like the API server's: `spec.routes[0].name:
-//! Required value`.
+//! kube-cel). Errors are worded as the API server words them (v1.36:
+//! `field.Invalid` around kube-openapi's messages, see apiextensions-apiserver
+//! `pkg/apiserver/validation/validation.go`), so that each `# expect:` line
+//! in `tests/invalid/` is also what the cluster tests look for in the API
+//! server's answer.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use regex::Regex;
@@ -57,13 +60,44 @@ pub fn validate(crd: &CustomResourceDefinition, object: &Value) -> Vec<String> {
                         } else {
                             format!("spec.{}", e.field_path.trim_start_matches('.'))
                         };
-                        errors.push(format!("{path}: Invalid value: {}", e.message));
+                        // The value shown is the type of the node the rule is on.
+                        let node = rule_node_type(spec_schema, &e.rule).unwrap_or("object");
+                        errors.push(format!("{path}: Invalid value: {node:?}: {}", e.message));
                     }
                 }
             }
         }
     }
     errors
+}
+
+/// The `type` of the schema node that carries `rule`.
+fn rule_node_type<'a>(schema: &'a Value, rule: &str) -> Option<&'a str> {
+    let here = schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["rule"] == rule);
+    if here {
+        return schema["type"].as_str();
+    }
+    let children = schema["properties"]
+        .as_object()
+        .into_iter()
+        .flat_map(|p| p.values())
+        .chain([&schema["items"], &schema["additionalProperties"]]);
+    children
+        .filter(|c| c.is_object())
+        .find_map(|c| rule_node_type(c, rule))
+}
+
+/// A number as Go's `%v` prints a float64 that holds an integer.
+fn go_number(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        x.to_string()
+    }
 }
 
 fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
@@ -73,15 +107,20 @@ fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String
         }
         return;
     }
-    if schema["x-kubernetes-int-or-string"] == Value::Bool(true) {
-        if !(value.is_i64() || value.is_u64() || value.is_string()) {
-            errors.push(format!(
-                "{path}: Invalid value: {value}: must be an integer or a string"
-            ));
-        }
+    // An int-or-string is checked as what it holds: `minimum`/`maximum`
+    // apply to the integer, `maxLength`/`pattern` to the string.
+    let int_or_string = schema["x-kubernetes-int-or-string"] == Value::Bool(true);
+    if int_or_string && !(value.is_i64() || value.is_u64() || value.is_string()) {
+        errors.push(format!(
+            "{path}: Invalid value: {value}: must be an integer or a string"
+        ));
         return;
     }
-    let want = schema["type"].as_str().unwrap_or("");
+    let want = if int_or_string {
+        ""
+    } else {
+        schema["type"].as_str().unwrap_or("")
+    };
     let type_ok = match want {
         "object" => value.is_object(),
         "array" => value.is_array(),
@@ -123,7 +162,8 @@ fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String
                 } else if let Some(extra) = additional.filter(|a| a.is_object()) {
                     structural(extra, child, &child_path, errors);
                 } else if schema["x-kubernetes-preserve-unknown-fields"] != Value::Bool(true) {
-                    errors.push(format!("{child_path}: unknown field {name:?}"));
+                    // Strict field validation (`kubectl --validate=strict`).
+                    errors.push(format!("unknown field {child_path:?}"));
                 }
             }
         }
@@ -154,8 +194,9 @@ fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String
                         .map(|k| ((*k).to_owned(), item[*k].clone()))
                         .collect();
                     if seen.contains(&key) {
+                        // Go's %#v of the key, as the API server prints it.
                         errors.push(format!(
-                            "{path}[{i}]: Duplicate value: {}",
+                            "{path}[{i}]: Duplicate value: map[string]interface {{}}{}",
                             Value::Object(key.clone())
                         ));
                     }
@@ -178,7 +219,7 @@ fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String
                 let re = Regex::new(pattern).expect("schema patterns compile");
                 if !re.is_match(s) {
                     errors.push(format!(
-                        "{path}: Invalid value: {s:?}: should match '{pattern}'"
+                        "{path}: Invalid value: {s:?}: {path} in body should match '{pattern}'"
                     ));
                 }
             }
@@ -189,14 +230,16 @@ fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String
                 && x < min
             {
                 errors.push(format!(
-                    "{path}: Invalid value: {n}: should be greater than or equal to {min}"
+                    "{path}: Invalid value: {n}: {path} in body should be greater than or equal to {}",
+                    go_number(min)
                 ));
             }
             if let Some(max) = schema["maximum"].as_f64()
                 && x > max
             {
                 errors.push(format!(
-                    "{path}: Invalid value: {n}: should be less than or equal to {max}"
+                    "{path}: Invalid value: {n}: {path} in body should be less than or equal to {}",
+                    go_number(max)
                 ));
             }
         }
