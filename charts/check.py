@@ -21,6 +21,11 @@ engine; `.ci/run` runs it and fails when it does.
    kept, the pod is non-root and read-only with its probes and flags, the
    Services and ServiceMonitor select what they should, and every object
    carries the standard labels. The invalid value sets must be refused.
+7. Support floor: the chart's kubeVersion names the oldest Kubernetes minor
+   the product supports, which is the API version the workspace builds its
+   Kubernetes types for (k8s-openapi's `v1_NN` feature) and what the READMEs
+   name; `helm install` succeeds against an API server of that version and
+   is refused by one a minor older.
 
 Helm's linter does not export its messages' text through helm-sdkpy, only
 their severity and file; values are therefore also validated here with
@@ -39,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 import helm_sdkpy
@@ -188,12 +194,14 @@ class FakeApiServer:
         "monitoring.coreos.com": ("v1", [("servicemonitors", "ServiceMonitor", True)]),
     }
 
-    def __init__(self):
+    def __init__(self, version):
         import http.server
         import threading
 
         server = self
         self.created = []
+        # (major, minor) that /version reports.
+        self.version = version
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -242,7 +250,8 @@ class FakeApiServer:
                                    "verbs": ["create", "get", "list", "patch", "update", "delete"]}
                                   for n, k, ns in items]}
         if path == "/version":
-            return 200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0"}
+            major, minor = self.version
+            return 200, {"major": str(major), "minor": str(minor), "gitVersion": f"v{major}.{minor}.0"}
         if path == "/api":
             return 200, {"kind": "APIVersions", "versions": ["v1"]}
         if path == "/api/v1":
@@ -379,9 +388,49 @@ def rendered_problems(objects, values):
     return problems
 
 
+def support_floor():
+    """The oldest supported Kubernetes (major, minor), from the chart's
+    kubeVersion; fails unless the workspace's k8s-openapi feature and the
+    READMEs say the same."""
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    m = re.fullmatch(r">=(\d+)\.(\d+)\.0-0", chart.get("kubeVersion", ""))
+    if not m:
+        fail(f"Chart.yaml kubeVersion {chart.get('kubeVersion')!r} is not of the form '>=1.NN.0-0'")
+        return None
+    floor = (int(m[1]), int(m[2]))
+    workspace = tomllib.loads((ROOT / "Cargo.toml").read_text())
+    features = workspace["workspace"]["dependencies"]["k8s-openapi"].get("features", [])
+    api = [f for f in features if re.fullmatch(r"v\d+_\d+", f)]
+    if api != [f"v{floor[0]}_{floor[1]}"]:
+        fail(f"k8s-openapi builds for {api}, but the chart's floor is {floor[0]}.{floor[1]}: "
+             "the types the operator sends must not be newer than the oldest supported API server")
+    for readme in [ROOT / "README.md", CHART / "README.md"]:
+        if f"Kubernetes {floor[0]}.{floor[1]} or newer" not in readme.read_text():
+            fail(f"{readme.relative_to(ROOT)} does not say 'Kubernetes {floor[0]}.{floor[1]} or newer'")
+    return floor
+
+
+def check_support_floor():
+    floor = support_floor()
+    if floor is None:
+        return
+    older = (floor[0], floor[1] - 1)
+    print(f"support floor: Kubernetes {floor[0]}.{floor[1]}")
+    server = FakeApiServer(older)
+    try:
+        server.install({})
+        fail(f"helm install accepted an API server of Kubernetes {older[0]}.{older[1]}, below the floor")
+    except helm_sdkpy.HelmError as e:
+        ok(f"helm install refuses Kubernetes {older[0]}.{older[1]} ({str(e).splitlines()[0][:120]})")
+    finally:
+        server.stop()
+
+
 def check_render(defaults):
-    print("render: helm install (Helm's library) against a fake API server, for every value set")
-    server = FakeApiServer()
+    floor = support_floor() or (1, 33)
+    print(f"render: helm install (Helm's library) against a fake API server of Kubernetes "
+          f"{floor[0]}.{floor[1]} (the support floor), for every value set")
+    server = FakeApiServer(floor)
     try:
         for name, values in value_sets():
             try:
@@ -540,6 +589,7 @@ def main():
     check_values_comments()
     check_lint(defaults)
     check_render(defaults)
+    check_support_floor()
     check_images(defaults)
     check_flags()
     if failures:
