@@ -46,7 +46,7 @@ use crate::{
         name = "Connections",
         type_ = "integer",
         json_path = ".status.connections",
-        description = "Live client connections"
+        description = "Live client connections, each counted once"
     ),
     printcolumn(
         name = "Canary",

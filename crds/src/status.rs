@@ -19,11 +19,15 @@ pub struct WebSocketGatewayStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
-    /// Data-plane pods ready, both slots together.
+    /// Data-plane pods ready, of every version (the `Ready` condition's
+    /// message counts the same pods, per version during a canary).
     #[serde(default)]
     pub shards_ready: i32,
 
-    /// Live client connections, summed over every pod's last report.
+    /// Live client connections, each counted once (on the pod that owns
+    /// it, not again on the pod it entered through), as the pods last
+    /// reported them: at every reconcile while something moves, at least
+    /// once a minute at rest.
     #[serde(default)]
     pub connections: i64,
 
@@ -82,7 +86,7 @@ pub struct SlotStatus {
     pub revision: String,
     /// Pods of this version that are ready.
     pub shards_ready: i32,
-    /// Live client connections held by this version's pods.
+    /// Live client connections this version's pods own, each counted once.
     pub connections: i64,
 }
 

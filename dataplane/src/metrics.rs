@@ -49,8 +49,12 @@ pub struct KindLabel {
 /// Every metric the data plane exports.
 pub struct Metrics {
     registry: Registry,
-    /// Open client connections by route.
+    /// Open client connections this pod owns, by route: summed over the
+    /// pods, every client once.
     pub connections_open: Family<RouteLabel, Gauge>,
+    /// Client connections that entered here and are relayed to their
+    /// owner pod (which counts them in its `connections_open`), by route.
+    pub connections_relayed: Family<RouteLabel, Gauge>,
     /// Upgrade requests by outcome.
     pub handshakes: Family<OutcomeLabel, Counter>,
     /// Messages client → backend.
@@ -93,6 +97,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("ringway");
         let connections_open = Family::<RouteLabel, Gauge>::default();
+        let connections_relayed = Family::<RouteLabel, Gauge>::default();
         let handshakes = Family::<OutcomeLabel, Counter>::default();
         let messages = Family::<DirectionLabel, Counter>::default();
         let bytes = Family::<DirectionLabel, Counter>::default();
@@ -125,8 +130,13 @@ impl Metrics {
         );
         registry.register(
             "connections_open",
-            "Open client connections",
+            "Open client connections this pod owns (relays to a backend); summed over the pods, each client counts once",
             connections_open.clone(),
+        );
+        registry.register(
+            "connections_relayed",
+            "Client connections that entered through this pod and are relayed to their owner pod, which counts them in connections_open",
+            connections_relayed.clone(),
         );
         registry.register(
             "handshakes",
@@ -176,6 +186,7 @@ impl Metrics {
             bytes_to_client,
             registry,
             connections_open,
+            connections_relayed,
             handshakes,
             closes,
             drains,

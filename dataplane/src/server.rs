@@ -628,8 +628,13 @@ async fn establish(
     if let Some(cause) = shared.drain_cause() {
         control.request_drain(cause);
     }
-    let gauge = metrics
-        .connections_open
+    // Each client is counted once over the pods, where it is owned; the
+    // edge that relays it to its owner counts it apart.
+    let family = match control.role {
+        Role::Owner(_) => &metrics.connections_open,
+        Role::Edge(_) => &metrics.connections_relayed,
+    };
+    let gauge = family
         .get_or_create(&RouteLabel {
             route: placement.route.to_string(),
         })

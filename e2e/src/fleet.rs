@@ -20,7 +20,7 @@ use ringway_control::{
     proto as v1,
 };
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
 };
 
@@ -193,6 +193,32 @@ impl ShardProcess {
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// The sum of every series of the metric `name` on the admin port's
+    /// `/metrics` (e.g. a gauge over all its routes).
+    pub async fn metric_sum(&self, name: &str) -> anyhow::Result<f64> {
+        let mut stream = tokio::net::TcpStream::connect(self.admin).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        let mut sum = 0.0;
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            // `name{labels} value` or `name value`, not `name_suffix ...`.
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                continue;
+            }
+            let value = rest.rsplit(' ').next().unwrap_or_default();
+            sum += value
+                .parse::<f64>()
+                .with_context(|| format!("{}: bad sample {line:?}", self.id))?;
+        }
+        Ok(sum)
     }
 
     /// The control address as the client dials it.

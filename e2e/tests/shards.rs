@@ -218,6 +218,17 @@ async fn every_connection_of_a_key_ends_on_one_shard_and_one_backend() {
         relayed += status.relayed;
     }
     assert_eq!((owned, relayed), (2_000, handed as u64));
+    // So do the metrics: summed over the pods, connections_open counts
+    // every client once.
+    let (mut open, mut relaying) = (0.0, 0.0);
+    for shard in &fleet.shards {
+        open += shard.metric_sum("ringway_connections_open").await.unwrap();
+        relaying += shard
+            .metric_sum("ringway_connections_relayed")
+            .await
+            .unwrap();
+    }
+    assert_eq!((open, relaying), (2_000.0, handed as f64));
 }
 
 #[tokio::test]

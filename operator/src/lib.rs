@@ -13,6 +13,7 @@ pub mod children;
 pub mod conditions;
 pub mod controller;
 mod error;
+pub mod events;
 pub mod http;
 pub mod inputs;
 pub mod leader;

@@ -6,10 +6,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use ringway_control::Options;
 use ringway_operator::{
-    controller, http,
+    controller,
+    events::Events,
+    http,
     leader::{self, LeaseConfig},
     metrics::Metrics,
     reconcile::Context,
@@ -164,7 +166,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = halt_tx.send(true);
         }
     });
-    let recorder = Recorder::new(
+    let events = Events::new(
         client.clone(),
         Reporter {
             controller: "ringway-operator".into(),
@@ -175,7 +177,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client.clone(),
         GrpcSteer::new(Options::default()),
         Arc::clone(&metrics),
-        recorder,
+        events,
         args.image.clone(),
     ));
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");

@@ -21,10 +21,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType, Recorder},
-    },
+    runtime::{controller::Action, events::EventType},
 };
 use ringway_control::{all_acked, pki::Ca};
 use ringway_crds::{
@@ -37,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::{
     Error, PodInputs, annotations, budget, children,
     conditions::{self, Decided},
+    events::Events,
     metrics::Metrics,
     names::{CONTROL_PORT, FIELD_MANAGER, GatewayRef},
     observe, pki,
@@ -67,7 +65,7 @@ pub struct Context<S> {
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes events.
-    pub recorder: Recorder,
+    pub events: Events,
     /// The data-plane image when a spec names none.
     pub default_image: String,
     memory: Mutex<HashMap<String, Memory>>,
@@ -88,6 +86,9 @@ struct Memory {
     connections: HashMap<String, PodCounts>,
     /// Consecutive failed reconciles, for the backoff.
     failures: u32,
+    /// The last phase change published as an event: a step that is
+    /// planned again (its push was not acknowledged) is not news.
+    transition: Option<(&'static str, String)>,
 }
 
 impl<S: Steer> Context<S> {
@@ -96,14 +97,14 @@ impl<S: Steer> Context<S> {
         client: Client,
         steer: S,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        events: Events,
         default_image: String,
     ) -> Self {
         Self {
             client,
             steer,
             metrics,
-            recorder,
+            events,
             default_image,
             memory: Mutex::default(),
         }
@@ -387,7 +388,7 @@ async fn reconcile_gateway<S: Steer>(
         &plan,
         &gwref,
         spec.shards,
-        stable_view,
+        &slots,
         &Pushed {
             pods: targets.len(),
             acked,
@@ -422,8 +423,12 @@ async fn reconcile_gateway<S: Steer>(
         disruption,
     };
     // Events: phase changes and newly seen problems.
-    if let Some((reason, message)) = &plan.transition {
+    if let Some(transition) = &plan.transition
+        && memory.transition.as_ref() != Some(transition)
+    {
+        let (reason, message) = transition;
         events.push((EventType::Normal, (*reason).to_owned(), message.clone()));
+        ctx.remember(key, |m| m.transition = Some(transition.clone()));
     }
     let old_degraded =
         conditions::find(&old_status.conditions, types::DEGRADED).map(|c| c.message.clone());
@@ -458,11 +463,42 @@ struct Pushed<'a> {
     failed: &'a [String],
 }
 
+/// The pods ready, in the unit of the `Ready` column (data-plane pods of
+/// every version): "3 of 3 pods ready", and per version when a canary or
+/// a retiring version runs beside stable: "4 of 4 pods ready (stable 2 of
+/// 2, canary 2 of 2)".
+fn pods_ready(roles: &rollout::Roles, shards: u16, slots: &[SlotView; 2]) -> String {
+    let want = i32::from(shards);
+    let stable = slots[index(roles.stable)].ready();
+    let mut parts = vec![format!("stable {stable} of {want}")];
+    let (mut ready, mut wanted) = (stable, want);
+    if let Some(canary) = roles.canary {
+        let r = slots[index(canary)].ready();
+        parts.push(format!("canary {r} of {want}"));
+        ready += r;
+        wanted += want;
+    }
+    if let Some(old) = roles.retiring.filter(|s| Some(*s) != roles.canary) {
+        // Retiring pods answer not ready; any that still do are counted
+        // in the column, so they are named here too.
+        let r = slots[index(old)].ready();
+        if r > 0 {
+            parts.push(format!("{r} of the retiring version"));
+            ready += r;
+        }
+    }
+    if parts.len() == 1 {
+        format!("{ready} of {wanted} pods ready")
+    } else {
+        format!("{ready} of {wanted} pods ready ({})", parts.join(", "))
+    }
+}
+
 fn decide(
     plan: &rollout::Plan,
     gwref: &GatewayRef,
     shards: u16,
-    stable: &SlotView,
+    slots: &[SlotView; 2],
     pushed: &Pushed<'_>,
     problems: &[String],
 ) -> Vec<Decided> {
@@ -471,23 +507,23 @@ fn decide(
         acked,
         failed,
     } = *pushed;
-    let want = i32::from(shards);
-    let ready = stable.ready();
-    let ready_condition = if ready >= want && acked {
+    let stable_ready = slots[index(plan.roles.stable)].ready() >= i32::from(shards);
+    let counted = pods_ready(&plan.roles, shards, slots);
+    let ready_condition = if stable_ready && acked {
         Decided {
             type_: types::READY,
             status: true,
             reason: reasons::SHARDS_READY,
-            message: format!("{ready} of {want} shards ready on the latest snapshot"),
+            message: format!("{counted} on the latest snapshot"),
         }
     } else {
         Decided {
             type_: types::READY,
             status: false,
             reason: reasons::SHARDS_NOT_READY,
-            message: if ready < want {
+            message: if !stable_ready {
                 format!(
-                    "{ready} of {want} shards ready; see `kubectl get pods -l {}`",
+                    "{counted}; see `kubectl get pods -l {}`",
                     gwref.selector_string()
                 )
             } else {
@@ -688,14 +724,11 @@ async fn publish<S>(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &gw.object_ref(&())).await {
+    if let Err(e) = ctx
+        .events
+        .publish(&gw.object_ref(&()), type_, reason, note)
+        .await
+    {
         warn!(gateway = %gw.name_any(), error = %e, "publishing an event failed");
     }
 }

@@ -341,6 +341,43 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
     assert_eq!(w.status()["canary"]["image"], "ringway/dataplane:2");
     w.reconcile().await.unwrap();
     assert_eq!(w.status()["canary"]["phase"], "Holding");
+    // The Ready message counts what the READY column counts: pods, of
+    // both versions.
+    assert_eq!(w.status()["shardsReady"], 6);
+    assert_eq!(
+        w.condition("Ready")["message"],
+        "6 of 6 pods ready (stable 3 of 3, canary 3 of 3) on the latest snapshot"
+    );
+
+    // Each step is an event of its own, not a repeat of the first.
+    w.annotate("ringway.dev/canary-weight", Some("20"));
+    w.reconcile().await.unwrap();
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["weight"], 20);
+    assert_eq!(w.status()["canary"]["phase"], "Holding");
+    let notes = |reason: &str| -> Vec<String> {
+        w.api
+            .events()
+            .into_iter()
+            .filter(|(r, _)| r == reason)
+            .map(|(_, n)| n)
+            .collect()
+    };
+    let steps = notes("CanaryWeightChanged");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|n| n.starts_with("canary weight 0% → 10%"))
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|n| n.starts_with("canary weight 10% → 20%"))
+    );
+    let mut holds = notes("CanaryPhaseChanged");
+    holds.sort();
+    assert_eq!(holds, ["canary Holding at 10%", "canary Holding at 20%"]);
 
     w.annotate("ringway.dev/canary-weight", Some("100"));
     w.reconcile().await.unwrap();
@@ -379,6 +416,36 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
     assert!(w.status()["canary"].is_null());
     assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
     assert!(w.api.events().iter().any(|(r, _)| r == "CanaryPromoted"));
+}
+
+/// A step whose push some pod did not acknowledge is planned again; it is
+/// one event, and a repeat of the same note is a series on that event.
+#[tokio::test]
+async fn a_step_retried_until_acknowledged_is_one_event() {
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
+    set_budget_percent(&w, 100);
+    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
+    w.reconcile().await.unwrap();
+    w.settle();
+    let canary_pod = w.api.get("pods", "chat-b-0").unwrap();
+    let address = format!("{}:7443", canary_pod["status"]["podIP"].as_str().unwrap());
+    w.steer.down.lock().unwrap().push(address);
+    for _ in 0..3 {
+        w.reconcile().await.unwrap();
+    }
+    assert_eq!(w.status()["canary"]["weight"], 0, "not every pod runs 10%");
+    w.steer.down.lock().unwrap().clear();
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["weight"], 10);
+    let steps: Vec<Value> = w
+        .api
+        .list("events")
+        .into_iter()
+        .filter(|e| e["reason"] == "CanaryWeightChanged")
+        .collect();
+    assert_eq!(steps.len(), 1, "{steps:#?}");
+    assert!(steps[0]["series"].is_null(), "{:#}", steps[0]);
 }
 
 #[tokio::test]

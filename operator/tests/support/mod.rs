@@ -12,18 +12,16 @@ use std::{
 };
 
 use http::{Method, Request, Response, StatusCode};
-use kube::{
-    Client,
-    client::Body,
-    runtime::events::{Recorder, Reporter},
-};
+use kube::{Client, client::Body, runtime::events::Reporter};
 use ringway_control::{
     PodResult, RpcError,
     pki::Ca,
     proto::{ApplySnapshotResponse, ConnectionCount, PodStatus, Snapshot},
 };
 use ringway_crds::WebSocketGateway;
-use ringway_operator::{Error, metrics::Metrics, rbac, reconcile::Context, steer::Steer};
+use ringway_operator::{
+    Error, events::Events, metrics::Metrics, rbac, reconcile::Context, steer::Steer,
+};
 use serde_json::{Value, json};
 
 /// Objects by "collection path" (e.g. `/apis/apps/v1/namespaces/ns/statefulsets`) and name.
@@ -551,7 +549,7 @@ impl World {
         let steer = Arc::new(FakeSteer::default());
         *steer.api.lock().unwrap() = Some(api.clone());
         let client = api.client();
-        let recorder = Recorder::new(
+        let events = Events::new(
             client.clone(),
             Reporter {
                 controller: "ringway-operator".into(),
@@ -562,7 +560,7 @@ impl World {
             client,
             Arc::clone(&steer),
             Arc::new(Metrics::new()),
-            recorder,
+            events,
             IMAGE.into(),
         ));
         Self { api, steer, ctx }
