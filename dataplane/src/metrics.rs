@@ -25,8 +25,9 @@ pub struct OutcomeLabel {
 /// Labels of the close counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
-    /// The WebSocket close code, `none` for a TCP close without one.
-    pub code: String,
+    /// The WebSocket close code (see [`close_code_label`]), `none` for a
+    /// TCP close without one.
+    pub code: &'static str,
     /// Who or what closed: `client`, `backend`, or the gateway's reason.
     pub reason: &'static str,
 }
@@ -239,7 +240,7 @@ impl Metrics {
 
     /// Counts one connection close.
     pub fn close(&self, code: Option<u16>, reason: &'static str) {
-        let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        let code = close_code_label(code);
         self.closes
             .get_or_create(&CloseLabels { code, reason })
             .inc();
@@ -264,4 +265,66 @@ impl Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DirectionLabel {
     direction: &'static str,
+}
+
+/// The `code` label of a close: the code itself when RFC 6455 or IANA's
+/// registry defines it for the wire, else a bucket. The code comes from
+/// the peers, so each distinct value must not become a series of its own:
+/// `3xxx` (registered for libraries and frameworks), `4xxx` (private use)
+/// and `invalid` (anything a peer may not send: below 1000, 1004-1006,
+/// 1015, unassigned, 5000 and up) bound the label to 16 values.
+pub fn close_code_label(code: Option<u16>) -> &'static str {
+    match code {
+        None => "none",
+        Some(1000) => "1000",
+        Some(1001) => "1001",
+        Some(1002) => "1002",
+        Some(1003) => "1003",
+        Some(1007) => "1007",
+        Some(1008) => "1008",
+        Some(1009) => "1009",
+        Some(1010) => "1010",
+        Some(1011) => "1011",
+        Some(1012) => "1012",
+        Some(1013) => "1013",
+        Some(1014) => "1014",
+        Some(3000..=3999) => "3xxx",
+        Some(4000..=4999) => "4xxx",
+        Some(_) => "invalid",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_from_peers_make_a_bounded_set_of_series() {
+        let metrics = Metrics::new();
+        for code in (0..=u16::MAX).map(Some).chain([None]) {
+            metrics.close(code, "client");
+        }
+        let rendered = metrics.render();
+        let series: Vec<&str> = rendered
+            .lines()
+            .filter(|l| l.starts_with("ringway_closes_total{"))
+            .collect();
+        assert_eq!(series.len(), 16, "{series:#?}");
+        for (label, count) in [
+            ("none", 1),
+            ("1000", 1),
+            ("1014", 1),
+            ("3xxx", 1000),
+            ("4xxx", 1000),
+            // 65,536 codes less the 12 named and the 2,000 bucketed.
+            ("invalid", 63_524),
+        ] {
+            let line =
+                format!("ringway_closes_total{{code=\"{label}\",reason=\"client\"}} {count}");
+            assert!(series.contains(&line.as_str()), "{line} not in {series:#?}");
+        }
+        for gone in ["1004", "1005", "1006", "1015", "999", "5000"] {
+            assert!(!rendered.contains(&format!("code=\"{gone}\"")), "{gone}");
+        }
+    }
 }

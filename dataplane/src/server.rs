@@ -492,9 +492,38 @@ async fn refuse(client: &mut Io, metrics: &Metrics, refusal: &Refusal) {
     answer(client, &refusal.response()).await;
 }
 
-/// Writes `response` to the client, briefly, and gives up on it.
+/// How long a refused client may go on sending after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much of what it sends then is read (and dropped).
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Writes `response` to the client, briefly, then closes so that the
+/// client can read it: a socket closed with unread bytes (the rest of a
+/// request too large to read) sends a reset, which may destroy the answer
+/// in flight. So the gateway half-closes and reads what comes for a
+/// bounded time and amount first, like nginx's lingering close.
 async fn answer(client: &mut Io, response: &[u8]) {
-    let _ = timeout(Duration::from_secs(1), client.write_all(response)).await;
+    if let Ok(Ok(())) = timeout(Duration::from_secs(1), client.write_all(response)).await {
+        linger(client).await;
+    }
+}
+
+async fn linger(client: &mut Io) {
+    let deadline = Instant::now() + LINGER;
+    let shut = std::future::poll_fn(|cx| client.poll_shutdown(cx));
+    if !matches!(timeout_at(deadline, shut).await, Ok(Ok(()))) {
+        return;
+    }
+    // Only refused connections get here, and only for a second: the
+    // buffer is not part of every connection's future.
+    let mut sink = vec![0; 4096];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        match timeout_at(deadline, client.read_some(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 /// What a failed upgrade toward a backend (or an owner shard) tells the client.
@@ -562,11 +591,7 @@ async fn establish(
             Err(_) => {
                 metrics.handshake("timeout");
                 let refusal = Refusal::new(408, "timeout", "the upgrade request took too long");
-                let _ = timeout(
-                    Duration::from_millis(200),
-                    client.write_all(&refusal.response()),
-                )
-                .await;
+                answer(&mut client, &refusal.response()).await;
                 return None;
             }
         };

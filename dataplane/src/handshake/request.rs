@@ -124,6 +124,7 @@ pub fn parse_request<'h, 'b>(
     if find("host").is_none() {
         return Err(Refusal::new(400, "not_websocket", "missing Host header"));
     }
+    check_no_body(headers)?;
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return Err(Refusal::new(
             400,
@@ -148,6 +149,52 @@ pub fn parse_request<'h, 'b>(
         ws_key,
         head_len,
     }))
+}
+
+/// An upgrade request has no body (RFC 6455 §4.1: a GET). One that
+/// announces one is refused before anything is upgraded: its body bytes
+/// would otherwise be taken for WebSocket frames, and the backend, which
+/// gets the headers, might frame the stream another way (RFC 9112 §6.3:
+/// a request with conflicting framing must be refused). `Content-Length: 0`
+/// is no body.
+fn check_no_body(headers: &[httparse::Header<'_>]) -> Result<(), Refusal> {
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+    };
+    let chunked = named("transfer-encoding").next().is_some();
+    let mut lengths = named("content-length");
+    let length = lengths.next();
+    let conflicting = |why: &str| Refusal::new(400, "conflicting_framing", why.to_owned());
+    match (length, chunked) {
+        (Some(_), true) => Err(conflicting(
+            "Content-Length and Transfer-Encoding together: the request's framing is ambiguous",
+        )),
+        (None, true) => Err(Refusal::new(
+            400,
+            "request_body",
+            "a WebSocket upgrade has no body: Transfer-Encoding is not allowed",
+        )),
+        (None, false) => Ok(()),
+        (Some(_), false) if lengths.next().is_some() => {
+            Err(conflicting("more than one Content-Length header"))
+        }
+        (Some(h), false) => {
+            let value = h.value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                Err(conflicting("Content-Length is not a number"))
+            } else if value.iter().any(|&d| d != b'0') {
+                Err(Refusal::new(
+                    400,
+                    "request_body",
+                    "a WebSocket upgrade has no body: Content-Length must be 0 or absent",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Headers the gateway adds to the backend's request: `X-Forwarded-For`,
@@ -337,6 +384,43 @@ mod tests {
         let response = String::from_utf8(r.response()).expect("utf-8");
         assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(response.contains("Sec-WebSocket-Version: 13\r\n"));
+    }
+
+    /// Found by a hostile-client probe: a body after the head was taken
+    /// for frames, and the backend got headers that announce one.
+    #[test]
+    fn an_upgrade_that_announces_a_body_is_refused() {
+        let with = |extra: &str| GOOD.replace("Host: gw\r\n", &format!("Host: gw\r\n{extra}"));
+        for (extra, outcome) in [
+            ("Content-Length: 5\r\n", "request_body"),
+            ("content-length:  12 \r\n", "request_body"),
+            ("Transfer-Encoding: chunked\r\n", "request_body"),
+            ("Transfer-Encoding: identity\r\n", "request_body"),
+            (
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "conflicting_framing",
+            ),
+            (
+                "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+                "conflicting_framing",
+            ),
+            (
+                "Content-Length: 5\r\nContent-Length: 5\r\n",
+                "conflicting_framing",
+            ),
+            (
+                "Content-Length: 0\r\nContent-Length: 0\r\n",
+                "conflicting_framing",
+            ),
+            ("Content-Length: 5, 5\r\n", "conflicting_framing"),
+            ("Content-Length: -1\r\n", "conflicting_framing"),
+            ("Content-Length: \r\n", "conflicting_framing"),
+        ] {
+            assert_eq!(refused(&with(extra)), (400, outcome), "{extra:?}");
+        }
+        for fine in ["Content-Length: 0\r\n", "Content-Length: 000\r\n"] {
+            assert!(matches!(parse(&with(fine)), Ok(Some(_))), "{fine:?}");
+        }
     }
 
     #[test]
