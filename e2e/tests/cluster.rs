@@ -1,25 +1,54 @@
-//! The operator against a real cluster: the CRD, the `ringway-operator`
-//! binary watching a fresh namespace, and `examples/gateway-minimal.yaml`.
-//! It checks what `kubectl` shows a user: the children the gateway becomes,
-//! its status, and a canary slot once the image changes under
-//! `ringway.dev/rollout: canary`.
+//! The operator against a real cluster, and the install path a user takes:
 //!
-//! Runs only when `RINGWAY_E2E_KUBECONFIG` names a kubeconfig; otherwise it
-//! says so and passes. The data-plane image (`RINGWAY_E2E_IMAGE`) need not
-//! be pullable: nothing here waits for pods to become ready. The namespace
-//! `ringway-e2e-<random>` is deleted at the end, on failure too (set
-//! `RINGWAY_E2E_KEEP_NAMESPACE=1` to keep it for a look). The CRD is
-//! applied and left installed.
+//! - `a_gateway_becomes_its_children_and_a_canary`: the CRD, the
+//!   `ringway-operator` binary (the test's own kubeconfig) watching a fresh
+//!   namespace, and `examples/gateway-minimal.yaml`: the children it
+//!   becomes, its status, and a canary slot once the image changes under
+//!   `ringway.dev/rollout: canary`.
+//! - `the_api_server_accepts_every_example_and_refuses_every_invalid_manifest`:
+//!   a server-side dry run with strict field validation of every example
+//!   gateway (accepted) and every `crds/tests/invalid/` manifest (refused
+//!   with its `# expect:` text, in the API server's words).
+//! - `the_chart_with_its_defaults_runs_an_operator_that_needs_nothing_more`
+//!   and `the_chart_without_its_crd_runs_an_operator_confined_to_its_namespace`:
+//!   `helm install` of `charts/ringway` (through helm-sdkpy, by
+//!   `e2e/cluster/helm_install.py`), then the operator binary as the
+//!   chart's ServiceAccount (its own token, the chart's flags): the example
+//!   gateway's children appear and no request of the operator is refused.
+//!
+//! Each runs only when `RINGWAY_E2E_KUBECONFIG` names a kubeconfig;
+//! otherwise it says so and passes. The data-plane image
+//! (`RINGWAY_E2E_IMAGE`) need not be pullable: nothing here waits for pods
+//! to become ready. Every test has its own namespaces
+//! (`ringway-e2e-<random>`) and Helm releases, removed at the end, on
+//! failure too (`RINGWAY_E2E_KEEP_NAMESPACE=1` keeps them for a look). The
+//! CRD is applied and left installed.
+
+// The crate root is this file, so its modules' files are named by path.
+#[path = "cluster/chart.rs"]
+mod chart;
+#[path = "cluster/gateway.rs"]
+mod gateway;
+#[path = "cluster/kubectl.rs"]
+mod kubectl;
+#[path = "cluster/manifests.rs"]
+mod manifests;
+#[path = "cluster/operator.rs"]
+mod operator;
 
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, bail, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use chart::{Install, Release, Scratch};
+use gateway::{canary_steps, gateway_children};
+use kubectl::{Kubectl, fresh_name};
+use operator::{Operator, operator_binary, refused_lines, wait_until};
 
 const SKIPPED: &str = "skipped: no cluster (set RINGWAY_E2E_KUBECONFIG to run the cluster tests)";
 
@@ -28,16 +57,33 @@ const DEFAULT_IMAGE: &str = "ghcr.io/ringway-dev/ringway-dataplane:0.1.0";
 /// The image the canary step switches to, unless `RINGWAY_E2E_CANARY_IMAGE`
 /// says otherwise.
 const DEFAULT_CANARY_IMAGE: &str = "ghcr.io/ringway-dev/ringway-dataplane:0.1.0-canary";
-/// How long the operator may take to make each expectation true.
+/// How long the operator may take to make each expectation true; also the
+/// bound on each `helm install` or uninstall.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// Between two looks at the cluster.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// The kubeconfig of `RINGWAY_E2E_KUBECONFIG`; `None` (having said the
+/// test is skipped) when there is none.
+fn cluster() -> Option<OsString> {
+    let kubeconfig = std::env::var_os("RINGWAY_E2E_KUBECONFIG").filter(|k| !k.is_empty());
+    if kubeconfig.is_none() {
+        println!("{SKIPPED}");
+    }
+    kubeconfig
+}
+
+/// `kubectl` for the cluster, in a fresh namespace (not yet created).
+fn fresh_kubectl(kubeconfig: &OsString) -> Kubectl {
+    Kubectl {
+        kubeconfig: kubeconfig.clone(),
+        namespace: fresh_name(),
+    }
+}
+
 #[test]
 fn a_gateway_becomes_its_children_and_a_canary() -> anyhow::Result<()> {
-    let Some(kubeconfig) = std::env::var_os("RINGWAY_E2E_KUBECONFIG").filter(|k| !k.is_empty())
-    else {
-        println!("{SKIPPED}");
+    let Some(kubeconfig) = cluster() else {
         return Ok(());
     };
     let image = env_or("RINGWAY_E2E_IMAGE", DEFAULT_IMAGE);
@@ -48,417 +94,244 @@ fn a_gateway_becomes_its_children_and_a_canary() -> anyhow::Result<()> {
     );
     let operator_bin = operator_binary()?;
 
-    let kubectl = Kubectl {
-        kubeconfig: kubeconfig.clone(),
-        namespace: format!("ringway-e2e-{:08x}", fastrand::u32(..)),
-    };
-    kubectl
-        .run(
-            &["apply", "--server-side", "--force-conflicts", "-f"],
-            Some(&repo_file("crds/websocketgateway.yaml")),
-        )
-        .context("applying the CRD")?;
-    kubectl.run(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/websocketgateways.ringway.dev",
-        ],
-        None,
-    )?;
+    let kubectl = fresh_kubectl(&kubeconfig);
+    install_crd(&kubectl)?;
     // Dropped in reverse order: the operator stops before its namespace goes.
     let _namespace = kubectl.create_namespace()?;
     let mut operator = Operator::start(&operator_bin, &kubeconfig, &kubectl.namespace, &image)?;
 
-    let result = gateway_steps(&kubectl, &mut operator, &canary_image);
+    let result = gateway_children(&kubectl, &mut operator)
+        .and_then(|gateway| canary_steps(&kubectl, &mut operator, &gateway, &canary_image));
     if result.is_err() {
         kubectl.dump();
     }
     result
 }
 
-/// Everything after the operator started; an error leaves the cluster as
-/// it was for [`Kubectl::dump`].
-fn gateway_steps(
-    kubectl: &Kubectl,
-    operator: &mut Operator,
-    canary_image: &str,
-) -> anyhow::Result<()> {
-    let example = repo_file("examples/gateway-minimal.yaml");
-    let applied = kubectl
+#[test]
+fn the_api_server_accepts_every_example_and_refuses_every_invalid_manifest() -> anyhow::Result<()> {
+    let Some(kubeconfig) = cluster() else {
+        return Ok(());
+    };
+    let kubectl = fresh_kubectl(&kubeconfig);
+    install_crd(&kubectl)?;
+    let _namespace = kubectl.create_namespace()?;
+    let mismatches = manifests::dry_run_mismatches(&kubectl)?;
+    if !mismatches.is_empty() {
+        bail!(
+            "{} manifest verdicts differ from what the repository expects:\n- {}",
+            mismatches.len(),
+            mismatches.join("\n- ")
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_chart_with_its_defaults_runs_an_operator_that_needs_nothing_more() -> anyhow::Result<()> {
+    let Some(kubeconfig) = cluster() else {
+        return Ok(());
+    };
+    chart::ensure_helm_sdkpy()?;
+    let operator_bin = operator_binary()?;
+    let kubectl = fresh_kubectl(&kubeconfig);
+    let _namespace = kubectl.create_namespace()?;
+    // The chart installs the CRD as a template. Other tests apply it too and
+    // leave it installed, so it may exist without Helm's ownership labels,
+    // which Helm refuses unless told to adopt it.
+    let release = Release::install(
+        &kubectl,
+        Install {
+            take_ownership: true,
+            ..Install::default()
+        },
+    )?;
+    wait_crd_established(&kubectl)?;
+    // The chart watches all namespaces; the gateway lives in the release's.
+    as_the_charts_operator(&release, &kubectl, &kubectl, &operator_bin)
+}
+
+#[test]
+fn the_chart_without_its_crd_runs_an_operator_confined_to_its_namespace() -> anyhow::Result<()> {
+    let Some(kubeconfig) = cluster() else {
+        return Ok(());
+    };
+    chart::ensure_helm_sdkpy()?;
+    let operator_bin = operator_binary()?;
+    let operators = fresh_kubectl(&kubeconfig);
+    let gateways = fresh_kubectl(&kubeconfig);
+    install_crd(&operators)?;
+    let _operators_namespace = operators.create_namespace()?;
+    let _gateways_namespace = gateways.create_namespace()?;
+    // With watchNamespaces the chart grants its rules by a Role in each
+    // watched namespace and passes --namespace; the Lease stays in the
+    // release's namespace.
+    let release = Release::install(
+        &operators,
+        Install {
+            set: &["crds.install=false"],
+            values: Some(json!({ "watchNamespaces": [gateways.namespace] })),
+            ..Install::default()
+        },
+    )?;
+    let crd = operators.must_get("crd", "websocketgateways.ringway.dev")?;
+    let owner = crd
+        .pointer("/metadata/annotations/meta.helm.sh~1release-name")
+        .and_then(Value::as_str);
+    ensure!(
+        owner != Some(release.name.as_str()),
+        "crds.install=false, yet release {} took the CRD",
+        release.name
+    );
+    as_the_charts_operator(&release, &operators, &gateways, &operator_bin)
+}
+
+/// Applies `crds/websocketgateway.yaml` and waits until it is served.
+fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
+    kubectl
+        .run(
+            &["apply", "--server-side", "--force-conflicts", "-f"],
+            Some(&repo_file("crds/websocketgateway.yaml")),
+        )
+        .context("applying the CRD")?;
+    wait_crd_established(kubectl)
+}
+
+fn wait_crd_established(kubectl: &Kubectl) -> anyhow::Result<()> {
+    kubectl
         .run(
             &[
-                "apply",
-                "--namespace",
-                &kubectl.namespace,
-                "--output=json",
-                "-f",
+                "wait",
+                "--for=condition=Established",
+                &format!("--timeout={}s", DEADLINE.as_secs()),
+                "crd/websocketgateways.ringway.dev",
             ],
-            Some(&example),
+            None,
         )
-        .context("applying the example gateway")?;
-    let applied: Value = serde_json::from_str(&applied).context("kubectl apply: not JSON")?;
-    // The example's one object; its name is the prefix of every child.
-    let gateway = applied
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .context("kubectl apply did not print the gateway")?;
-    let shards = kubectl
-        .get("websocketgateways.ringway.dev", &gateway)?
-        .context("the gateway is gone")?
-        .pointer("/spec/shards")
-        .and_then(Value::as_i64)
-        .context("the gateway has no spec.shards (the CRD defaults it)")?;
-
-    eventually(operator, "StatefulSet <gateway>-a", || {
-        let sts = kubectl.must_get("statefulset", &format!("{gateway}-a"))?;
-        let replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64);
-        ensure!(
-            replicas == Some(shards),
-            "replicas {replicas:?}, not spec.shards = {shards}"
-        );
-        check_security_context(&sts)
-    })?;
-    eventually(operator, "the client and peer Services", || {
-        kubectl.must_get("service", &gateway)?;
-        let peer = kubectl.must_get("service", &format!("{gateway}-peer"))?;
-        let cluster_ip = peer.pointer("/spec/clusterIP").and_then(Value::as_str);
-        ensure!(
-            cluster_ip == Some("None"),
-            "the peer Service is not headless: clusterIP {cluster_ip:?}"
-        );
-        Ok(())
-    })?;
-    eventually(operator, "the PodDisruptionBudget", || {
-        kubectl.must_get("poddisruptionbudget", &gateway).map(drop)
-    })?;
-    eventually(operator, "the control-channel Secrets", || {
-        let control = kubectl.must_get("secret", &format!("{gateway}-control"))?;
-        for key in ["ca.crt", "tls.crt", "tls.key", "token"] {
-            let value = control.pointer("/data").and_then(|data| data.get(key));
-            ensure!(
-                value.and_then(Value::as_str).is_some_and(|v| !v.is_empty()),
-                "Secret {gateway}-control has no {key}"
-            );
-        }
-        kubectl
-            .must_get("secret", &format!("{gateway}-control-ca"))
-            .map(drop)
-    })?;
-    eventually(operator, "the gateway's status", || {
-        let gw = kubectl.must_get("websocketgateways.ringway.dev", &gateway)?;
-        let generation = gw.pointer("/metadata/generation").and_then(Value::as_i64);
-        let observed = gw
-            .pointer("/status/observedGeneration")
-            .and_then(Value::as_i64);
-        ensure!(
-            observed.is_some() && observed == generation,
-            "status.observedGeneration {observed:?}, metadata.generation {generation:?}"
-        );
-        ensure!(
-            condition(&gw, "Ready").is_some(),
-            "no Ready condition in {}",
-            gw.pointer("/status").unwrap_or(&Value::Null)
-        );
-        Ok(())
-    })?;
-
-    // A canary: the annotation first, then the new image.
-    kubectl.run(
-        &[
-            "annotate",
-            "--namespace",
-            &kubectl.namespace,
-            "--overwrite",
-            &format!("websocketgateways.ringway.dev/{gateway}"),
-            "ringway.dev/rollout=canary",
-        ],
-        None,
-    )?;
-    let patch = serde_json::json!({ "spec": { "image": canary_image } }).to_string();
-    kubectl.run(
-        &[
-            "patch",
-            "--namespace",
-            &kubectl.namespace,
-            &format!("websocketgateways.ringway.dev/{gateway}"),
-            "--type=merge",
-            "--patch",
-            &patch,
-        ],
-        None,
-    )?;
-    eventually(operator, "the canary's StatefulSet <gateway>-b", || {
-        let sts = kubectl.must_get("statefulset", &format!("{gateway}-b"))?;
-        check_security_context(&sts)
-    })?;
-    eventually(operator, "status.canary.phase", || {
-        let gw = kubectl.must_get("websocketgateways.ringway.dev", &gateway)?;
-        let phase = gw.pointer("/status/canary/phase").and_then(Value::as_str);
-        ensure!(
-            phase.is_some_and(|p| !p.is_empty()),
-            "no canary phase in {}",
-            gw.pointer("/status").unwrap_or(&Value::Null)
-        );
-        Ok(())
-    })?;
-    Ok(())
+        .map(drop)
+        .context("waiting for the CRD to be Established")
 }
 
-/// Every container of the StatefulSet's pods runs as non-root (by its own
-/// or the pod's security context) on a read-only root filesystem.
-fn check_security_context(sts: &Value) -> anyhow::Result<()> {
-    let pod = sts
-        .pointer("/spec/template/spec")
-        .context("no pod template")?;
-    let pod_non_root = pod
-        .pointer("/securityContext/runAsNonRoot")
-        .and_then(Value::as_bool);
-    let containers = pod
-        .get("containers")
-        .and_then(Value::as_array)
-        .filter(|c| !c.is_empty())
-        .context("no containers")?;
-    for container in containers {
-        let name = container.get("name").and_then(Value::as_str).unwrap_or("?");
-        let non_root = container
-            .pointer("/securityContext/runAsNonRoot")
-            .and_then(Value::as_bool)
-            .or(pod_non_root);
-        ensure!(non_root == Some(true), "container {name} may run as root");
-        let read_only = container
-            .pointer("/securityContext/readOnlyRootFilesystem")
-            .and_then(Value::as_bool);
-        ensure!(
-            read_only == Some(true),
-            "container {name} has a writable root filesystem"
-        );
-    }
-    Ok(())
-}
-
-/// The condition of `type_` in the object's `status.conditions`.
-fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
-    object
-        .pointer("/status/conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
-}
-
-/// Retries `check` until it passes or [`DEADLINE`] runs out; fails at once
-/// if the operator exits.
-fn eventually(
-    operator: &mut Operator,
-    what: &str,
-    mut check: impl FnMut() -> anyhow::Result<()>,
+/// Stops the release's own operator pod and runs the binary as the
+/// release's ServiceAccount instead, with the flags the chart gives it;
+/// then the example gateway in `gateways`' namespace must become its
+/// children, with nothing refused along the way.
+fn as_the_charts_operator(
+    release: &Release<'_>,
+    operators: &Kubectl,
+    gateways: &Kubectl,
+    binary: &Path,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let outcome = check();
-        match outcome {
-            Ok(()) => {
-                println!("ok: {what} after {:.1?}", started.elapsed());
-                return Ok(());
-            }
-            Err(e) if started.elapsed() >= DEADLINE => {
-                return Err(e.context(format!("waited {DEADLINE:?} for {what}")));
-            }
-            Err(_) => {}
-        }
-        operator
-            .ensure_running()
-            .with_context(|| format!("waiting for {what}"))?;
-        std::thread::sleep(POLL_EVERY);
-    }
-}
-
-/// `kubectl` with the test's kubeconfig.
-struct Kubectl {
-    kubeconfig: OsString,
-    /// The test's namespace.
-    namespace: String,
-}
-
-impl Kubectl {
-    fn command(&self) -> Command {
-        let mut command = Command::new("kubectl");
-        command
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--request-timeout=30s");
-        command
-    }
-
-    /// Runs `kubectl <args> [file]`; fails with kubectl's stderr.
-    fn run(&self, args: &[&str], file: Option<&Path>) -> anyhow::Result<String> {
-        let mut command = self.command();
-        command.args(args);
-        if let Some(file) = file {
-            command.arg(file);
-        }
-        let output = command
-            .stdin(Stdio::null())
-            .output()
-            .context("running kubectl (is it installed?)")?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {} failed ({}): {}",
-                args.join(" "),
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        String::from_utf8(output.stdout).context("kubectl printed something other than UTF-8")
-    }
-
-    /// `kind/name` in the test's namespace, `None` if it does not exist.
-    fn get(&self, kind: &str, name: &str) -> anyhow::Result<Option<Value>> {
-        let out = self.run(
-            &[
-                "get",
-                "--namespace",
-                &self.namespace,
-                "--ignore-not-found",
-                "--output=json",
-                kind,
-                name,
-            ],
-            None,
-        )?;
-        if out.trim().is_empty() {
-            return Ok(None);
-        }
-        serde_json::from_str(&out)
-            .map(Some)
-            .with_context(|| format!("kubectl get {kind} {name}: not JSON"))
-    }
-
-    /// `kind/name`, which must exist.
-    fn must_get(&self, kind: &str, name: &str) -> anyhow::Result<Value> {
-        self.get(kind, name)?
-            .with_context(|| format!("{kind} {name} does not exist"))
-    }
-
-    /// Creates the test's namespace; it is deleted when the guard drops.
-    fn create_namespace(&self) -> anyhow::Result<NamespaceGuard<'_>> {
-        self.run(&["create", "namespace", &self.namespace], None)
-            .context("creating the test namespace")?;
-        println!("namespace {}", self.namespace);
-        Ok(NamespaceGuard(self))
-    }
-
-    /// Prints what the namespace holds, to see why a step failed.
-    fn dump(&self) {
-        for args in [
-            &[
-                "get",
-                "websocketgateways.ringway.dev,statefulsets,services,poddisruptionbudgets,secrets,pods",
-                "--output=wide",
-            ][..],
-            &["get", "websocketgateways.ringway.dev", "--output=yaml"],
-            &["get", "events", "--sort-by=.lastTimestamp"],
-        ] {
-            let mut all = args.to_vec();
-            all.extend(["--namespace", &self.namespace]);
-            match self.run(&all, None) {
-                Ok(out) => eprintln!("$ kubectl {}\n{out}", all.join(" ")),
-                Err(e) => eprintln!("{e:#}"),
-            }
-        }
-    }
-}
-
-/// Deletes the test's namespace when dropped, whatever happened.
-struct NamespaceGuard<'a>(&'a Kubectl);
-
-impl Drop for NamespaceGuard<'_> {
-    fn drop(&mut self) {
-        let namespace = &self.0.namespace;
-        if std::env::var_os("RINGWAY_E2E_KEEP_NAMESPACE").is_some_and(|v| !v.is_empty()) {
-            eprintln!("keeping namespace {namespace} (RINGWAY_E2E_KEEP_NAMESPACE)");
-            return;
-        }
-        let deleted = self.0.run(
-            &[
-                "delete",
-                "namespace",
-                namespace,
-                "--wait=false",
-                "--ignore-not-found",
-            ],
-            None,
-        );
-        if let Err(e) = deleted {
-            eprintln!("could not delete namespace {namespace}: {e:#}");
-        }
-    }
-}
-
-/// The `ringway-operator` process, killed when dropped.
-struct Operator(Child);
-
-impl Operator {
-    fn start(
-        binary: &Path,
-        kubeconfig: &OsString,
-        namespace: &str,
-        image: &str,
-    ) -> anyhow::Result<Self> {
-        let child = Command::new(binary)
-            .args([
-                "--namespace",
-                namespace,
-                "--leader-election=false",
-                "--image",
-                image,
-                "--metrics-address",
-                "127.0.0.1:0",
-                "--log-format",
-                "text",
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,ringway_operator=debug".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self(child))
-    }
-
-    /// Fails if the operator has exited.
-    fn ensure_running(&mut self) -> anyhow::Result<()> {
-        match self.0.try_wait()? {
-            Some(status) => bail!("ringway-operator exited: {status}"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `ringway-operator` beside this package's binaries in the same target
-/// directory, unless `RINGWAY_OPERATOR_BIN` says otherwise.
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    let path = match std::env::var_os("RINGWAY_OPERATOR_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_BIN_EXE_ringway-echo")).with_file_name("ringway-operator"),
+    let deployment = release.deployment()?;
+    let text = |pointer: &str| {
+        deployment
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .with_context(|| format!("the chart's Deployment has no {pointer}"))
     };
-    ensure!(
-        path.exists(),
-        "{} does not exist: build it first (`cargo build -p ringway-operator`), or set RINGWAY_OPERATOR_BIN",
-        path.display()
+    let name = text("/metadata/name")?;
+    let account = text("/spec/template/spec/serviceAccountName")?;
+    let chart_args: Vec<String> = deployment
+        .pointer("/spec/template/spec/containers/0/args")
+        .and_then(Value::as_array)
+        .context("the chart's Deployment passes no args")?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let selector = deployment
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .filter(|labels| !labels.is_empty())
+        .context("the chart's Deployment has no selector")?
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // Only the test's operator may act: should the chart's image pull, its
+    // pod would reconcile the gateway with the same rights and hide a gap.
+    // (The chart's schema does not allow replicaCount 0.)
+    operators.run(
+        &[
+            "scale",
+            "deployment",
+            &name,
+            "--replicas=0",
+            "--namespace",
+            &operators.namespace,
+        ],
+        None,
+    )?;
+    wait_until(
+        "the chart's operator pods to be gone",
+        || {
+            let now = operators.must_get("deployment", &name)?;
+            let generation = now.pointer("/metadata/generation").and_then(Value::as_i64);
+            let observed = now
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64);
+            ensure!(
+                observed >= generation,
+                "scale not yet observed: {observed:?} < {generation:?}"
+            );
+            let pods = operators.json(&["get", "pods", "--selector", &selector])?;
+            let left = pods
+                .pointer("/items")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            ensure!(left == 0, "{left} pods left");
+            Ok(())
+        },
+        || Ok(()),
+    )?;
+
+    let user = format!("system:serviceaccount:{}:{account}", operators.namespace);
+    let token = chart::service_account_token(operators, &account)?;
+    let kubeconfig = chart::token_kubeconfig(&chart::current_cluster(operators)?, &user, &token)?;
+    let scratch = Scratch::new()?;
+    let kubeconfig = scratch.write("kubeconfig", &serde_json::to_string_pretty(&kubeconfig)?)?;
+    let log = scratch.0.join("operator.log");
+    let image = env_or("RINGWAY_E2E_IMAGE", DEFAULT_IMAGE);
+    let args = chart::operator_args(&chart_args, &image, &gateways.namespace);
+    let identity = format!("{}-e2e", release.name);
+    println!(
+        "ringway-operator as {user}: {} (log: {})",
+        args.join(" "),
+        log.display()
     );
-    Ok(path)
+    let mut operator = Operator::spawn(
+        binary,
+        kubeconfig.as_os_str(),
+        &args,
+        &[
+            ("POD_NAME", identity.as_str()),
+            ("POD_NAMESPACE", operators.namespace.as_str()),
+        ],
+        Some(&log),
+    )?;
+    let steps = gateway_children(gateways, &mut operator).map(drop);
+    drop(operator);
+
+    let text = std::fs::read_to_string(&log)
+        .with_context(|| format!("reading the operator's log {}", log.display()))?;
+    let refused = refused_lines(&text);
+    if steps.is_ok() && refused.is_empty() {
+        return Ok(());
+    }
+    eprintln!("the operator's log ends:\n{}", chart::log_tail(&log, 40));
+    gateways.dump();
+    if !refused.is_empty() {
+        let steps = steps
+            .err()
+            .map(|e| format!("\nand: {e:#}"))
+            .unwrap_or_default();
+        bail!(
+            "the API server refused requests of {user} (rules missing from the chart?):\n  {}{steps}",
+            refused.join("\n  ")
+        );
+    }
+    steps
 }
 
 /// A file of the repository, from its root.

@@ -1,0 +1,188 @@
+//! What a user sees of a gateway once the operator acts: the children
+//! `examples/gateway-minimal.yaml` becomes, its status, and a canary.
+
+use anyhow::{Context, ensure};
+use serde_json::{Value, json};
+
+use super::{
+    kubectl::Kubectl,
+    operator::{Operator, eventually},
+    repo_file,
+};
+
+/// Applies `examples/gateway-minimal.yaml` in the kubectl's namespace and
+/// waits for the operator to make its children and status; returns the
+/// gateway's name. An error leaves the cluster as it was for
+/// [`Kubectl::dump`].
+pub fn gateway_children(kubectl: &Kubectl, operator: &mut Operator) -> anyhow::Result<String> {
+    let example = repo_file("examples/gateway-minimal.yaml");
+    let applied = kubectl
+        .run(
+            &[
+                "apply",
+                "--namespace",
+                &kubectl.namespace,
+                "--output=json",
+                "-f",
+            ],
+            Some(&example),
+        )
+        .context("applying the example gateway")?;
+    let applied: Value = serde_json::from_str(&applied).context("kubectl apply: not JSON")?;
+    // The example's one object; its name is the prefix of every child.
+    let gateway = applied
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .context("kubectl apply did not print the gateway")?;
+    let shards = kubectl
+        .get("websocketgateways.ringway.dev", &gateway)?
+        .context("the gateway is gone")?
+        .pointer("/spec/shards")
+        .and_then(Value::as_i64)
+        .context("the gateway has no spec.shards (the CRD defaults it)")?;
+
+    eventually(operator, "StatefulSet <gateway>-a", || {
+        let sts = kubectl.must_get("statefulset", &format!("{gateway}-a"))?;
+        let replicas = sts.pointer("/spec/replicas").and_then(Value::as_i64);
+        ensure!(
+            replicas == Some(shards),
+            "replicas {replicas:?}, not spec.shards = {shards}"
+        );
+        check_security_context(&sts)
+    })?;
+    eventually(operator, "the client and peer Services", || {
+        kubectl.must_get("service", &gateway)?;
+        let peer = kubectl.must_get("service", &format!("{gateway}-peer"))?;
+        let cluster_ip = peer.pointer("/spec/clusterIP").and_then(Value::as_str);
+        ensure!(
+            cluster_ip == Some("None"),
+            "the peer Service is not headless: clusterIP {cluster_ip:?}"
+        );
+        Ok(())
+    })?;
+    eventually(operator, "the PodDisruptionBudget", || {
+        kubectl.must_get("poddisruptionbudget", &gateway).map(drop)
+    })?;
+    eventually(operator, "the control-channel Secrets", || {
+        let control = kubectl.must_get("secret", &format!("{gateway}-control"))?;
+        for key in ["ca.crt", "tls.crt", "tls.key", "token"] {
+            let value = control.pointer("/data").and_then(|data| data.get(key));
+            ensure!(
+                value.and_then(Value::as_str).is_some_and(|v| !v.is_empty()),
+                "Secret {gateway}-control has no {key}"
+            );
+        }
+        kubectl
+            .must_get("secret", &format!("{gateway}-control-ca"))
+            .map(drop)
+    })?;
+    eventually(operator, "the gateway's status", || {
+        let gw = kubectl.must_get("websocketgateways.ringway.dev", &gateway)?;
+        let generation = gw.pointer("/metadata/generation").and_then(Value::as_i64);
+        let observed = gw
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64);
+        ensure!(
+            observed.is_some() && observed == generation,
+            "status.observedGeneration {observed:?}, metadata.generation {generation:?}"
+        );
+        ensure!(
+            condition(&gw, "Ready").is_some(),
+            "no Ready condition in {}",
+            gw.pointer("/status").unwrap_or(&Value::Null)
+        );
+        Ok(())
+    })?;
+
+    Ok(gateway)
+}
+
+/// Starts a canary of `gateway`: the annotation first, then the new image.
+pub fn canary_steps(
+    kubectl: &Kubectl,
+    operator: &mut Operator,
+    gateway: &str,
+    canary_image: &str,
+) -> anyhow::Result<()> {
+    kubectl.run(
+        &[
+            "annotate",
+            "--namespace",
+            &kubectl.namespace,
+            "--overwrite",
+            &format!("websocketgateways.ringway.dev/{gateway}"),
+            "ringway.dev/rollout=canary",
+        ],
+        None,
+    )?;
+    let patch = json!({ "spec": { "image": canary_image } }).to_string();
+    kubectl.run(
+        &[
+            "patch",
+            "--namespace",
+            &kubectl.namespace,
+            &format!("websocketgateways.ringway.dev/{gateway}"),
+            "--type=merge",
+            "--patch",
+            &patch,
+        ],
+        None,
+    )?;
+    eventually(operator, "the canary's StatefulSet <gateway>-b", || {
+        let sts = kubectl.must_get("statefulset", &format!("{gateway}-b"))?;
+        check_security_context(&sts)
+    })?;
+    eventually(operator, "status.canary.phase", || {
+        let gw = kubectl.must_get("websocketgateways.ringway.dev", gateway)?;
+        let phase = gw.pointer("/status/canary/phase").and_then(Value::as_str);
+        ensure!(
+            phase.is_some_and(|p| !p.is_empty()),
+            "no canary phase in {}",
+            gw.pointer("/status").unwrap_or(&Value::Null)
+        );
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Every container of the StatefulSet's pods runs as non-root (by its own
+/// or the pod's security context) on a read-only root filesystem.
+fn check_security_context(sts: &Value) -> anyhow::Result<()> {
+    let pod = sts
+        .pointer("/spec/template/spec")
+        .context("no pod template")?;
+    let pod_non_root = pod
+        .pointer("/securityContext/runAsNonRoot")
+        .and_then(Value::as_bool);
+    let containers = pod
+        .get("containers")
+        .and_then(Value::as_array)
+        .filter(|c| !c.is_empty())
+        .context("no containers")?;
+    for container in containers {
+        let name = container.get("name").and_then(Value::as_str).unwrap_or("?");
+        let non_root = container
+            .pointer("/securityContext/runAsNonRoot")
+            .and_then(Value::as_bool)
+            .or(pod_non_root);
+        ensure!(non_root == Some(true), "container {name} may run as root");
+        let read_only = container
+            .pointer("/securityContext/readOnlyRootFilesystem")
+            .and_then(Value::as_bool);
+        ensure!(
+            read_only == Some(true),
+            "container {name} has a writable root filesystem"
+        );
+    }
+    Ok(())
+}
+
+/// The condition of `type_` in the object's `status.conditions`.
+fn condition<'a>(object: &'a Value, type_: &str) -> Option<&'a Value> {
+    object
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(type_))
+}
