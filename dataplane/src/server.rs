@@ -781,7 +781,10 @@ async fn read_and_route(
     shared: &Shared,
 ) -> Result<Placement, Refusal> {
     let cap = shared.config.connections.max_request_header_bytes;
-    let mut buf = Vec::with_capacity(1024);
+    // Most requests fit the first 512 bytes; the buffer doubles as a
+    // request grows, so a connection that sends a byte at a time (a
+    // slowloris) holds half a kilobyte, not the largest read.
+    let mut buf = Vec::new();
     let mut from = (origin == Origin::Client).then_some((peer, client.is_tls()));
     loop {
         // Read straight into `buf`: a stack array would live in the
@@ -792,7 +795,10 @@ async fn read_and_route(
             } else {
                 0
             };
-        let room = (limit - buf.len().min(limit)).min(2048);
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(buf.capacity().clamp(512, 2048));
+        }
+        let room = (limit - buf.len().min(limit)).min(buf.capacity() - buf.len());
         if room == 0 {
             return Err(Refusal::new(
                 431,

@@ -5,7 +5,7 @@
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringway_e2e::load::{
-    self, Report, idle::IdleArgs, latency::LatencyArgs, probe::ProbeArgs,
+    self, Report, hostile::HostileArgs, idle::IdleArgs, latency::LatencyArgs, probe::ProbeArgs,
     throughput::ThroughputArgs,
 };
 
@@ -38,6 +38,9 @@ enum Command {
     Idle(IdleArgs),
     /// Check that a URL echoes and routes each key to one backend.
     Probe(ProbeArgs),
+    /// Attack a gateway with hostile clients while a legitimate one is
+    /// timed; its memory and descriptors before, at the peak and after.
+    Hostile(HostileArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +63,6 @@ async fn run(command: Command) -> anyhow::Result<Report> {
         Command::Throughput(args) => load::throughput::run(args).await,
         Command::Idle(args) => load::idle::run(args).await,
         Command::Probe(args) => load::probe::run(args).await,
+        Command::Hostile(args) => load::hostile::run(args).await,
     }
 }

@@ -10,9 +10,13 @@
 //! - [`idle`]: many connections that only read (pongs, closes), and how the
 //!   server closes them: close codes and closes per second;
 //! - [`probe`]: a few keys, twice each: which backend each reached, and
-//!   whether routing was sticky.
+//!   whether routing was sticky;
+//! - [`hostile`]: attacks (slowloris, huge frames, slow consumers, bad
+//!   requests and frames, churn) while a legitimate client is timed; the
+//!   gateway's memory and descriptors before, at the peak and after.
 
 pub mod connect;
+pub mod hostile;
 pub mod idle;
 pub mod latency;
 pub mod pacer;
