@@ -57,7 +57,10 @@ const HEADER: &str =
     "| field | type | default | allowed values | meaning |\n| --- | --- | --- | --- | --- |\n";
 
 fn doc_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md")
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../docs/configuration.md")
 }
 
 fn read_doc() -> String {
@@ -600,8 +603,10 @@ fn value_paths(value: &Value, path: &str, out: &mut Vec<String>) {
 fn yaml_examples_of_the_resource_part_are_valid() {
     let doc = read_doc();
     let crd = ringway_crds::crd();
-    let minimal_path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/gateway-minimal.yaml");
+    let minimal_path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../examples/gateway-minimal.yaml");
     let minimal: Value = serde_yaml::from_str(
         &std::fs::read_to_string(&minimal_path).expect("examples/gateway-minimal.yaml"),
     )
@@ -684,7 +689,10 @@ fn yaml_examples_of_the_resource_part_are_valid() {
 /// `(NAME, value)` of every `pub const NAME: &str = "value";` in
 /// crds/src/annotations.rs: the annotation names and their known values.
 fn annotation_constants() -> Vec<(String, String)> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/annotations.rs");
+    let path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("src/annotations.rs");
     let source = std::fs::read_to_string(path).expect("crds/src/annotations.rs");
     let constant = Regex::new(r#"pub const ([A-Z_]+): &str = "([^"]*)";"#).expect("regex");
     let found: Vec<(String, String)> = constant

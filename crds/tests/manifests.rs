@@ -41,7 +41,10 @@ fn parse_all(path: &Path) -> Vec<Value> {
 #[test]
 fn every_example_gateway_is_accepted() {
     let crd = ringway_crds::crd();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../examples");
     let mut checked = 0;
     let manifests = yaml_files(&examples)
         .into_iter()
@@ -73,7 +76,10 @@ fn every_example_gateway_is_accepted() {
 #[test]
 fn wrong_manifests_are_rejected_naming_the_field() {
     let crd = ringway_crds::crd();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let dir = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("tests/invalid");
     let files = yaml_files(&dir);
     assert!(files.len() >= 5, "the invalid manifests are missing");
     for path in files {
@@ -96,7 +102,10 @@ fn wrong_manifests_are_rejected_naming_the_field() {
 #[test]
 fn defaults_are_filled_in_like_the_api_server_does() {
     let crd = ringway_crds::crd();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../examples");
     let minimal = parse(&examples.join("gateway-minimal.yaml"));
     let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema");
     let spec_schema = &schema["openAPIV3Schema"]["properties"]["spec"];

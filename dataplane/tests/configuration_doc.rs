@@ -264,7 +264,10 @@ fn type_mismatch(ty: &str, kind: &Kind) -> Option<String> {
 // ---------------------------------------------------------------- the page
 
 fn read_doc() -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../docs/configuration.md");
     std::fs::read_to_string(path).expect("docs/configuration.md is readable")
 }
 
@@ -595,7 +598,10 @@ fn crd_spec_fields() -> Vec<(String, Value)> {
             }
         }
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds/websocketgateway.yaml");
+    let path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../crds/websocketgateway.yaml");
     let crd: Value = serde_yaml::from_str(
         &std::fs::read_to_string(path).expect("crds/websocketgateway.yaml is readable"),
     )

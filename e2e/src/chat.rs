@@ -594,8 +594,10 @@ mod tests {
 
     #[test]
     fn the_local_demo_config_loads() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../examples/chat/standalone.yaml");
+        let path = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+        )
+        .join("../examples/chat/standalone.yaml");
         let config = ringway_dataplane::config::Config::load(&path)
             .expect("examples/chat/standalone.yaml is valid");
         assert_eq!(config.routes[0].path_prefix, "/chat");

@@ -336,9 +336,11 @@ fn as_the_charts_operator(
 
 /// A file of the repository, from its root.
 fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(relative)
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("..")
+    .join(relative)
 }
 
 fn env_or(name: &str, default: &str) -> String {

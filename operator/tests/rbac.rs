@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf, sync::Arc, time::Duration};
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use ringway_operator::{
@@ -27,9 +27,11 @@ fn table(grants: &[Grant]) -> Triples {
 
 /// The chart's copy of a rule set: a YAML list of RBAC `PolicyRule`s.
 fn chart_rules(file: &str) -> Triples {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../charts/ringway/files/rbac")
-        .join(file);
+    let path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../charts/ringway/files/rbac")
+    .join(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let rules: Vec<PolicyRule> = serde_yaml::from_str(&text)

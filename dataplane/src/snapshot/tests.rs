@@ -174,7 +174,10 @@ fn a_bad_snapshot_is_refused_with_the_field_named() {
 
 #[test]
 fn the_standalone_config_is_one_version_without_shards() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/standalone.yaml");
+    let path = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../examples/standalone.yaml");
     let config = Config::load(&path).expect("valid");
     let running = Running::standalone(&config).expect("valid");
     assert_eq!(running.routing.epoch, 0);
