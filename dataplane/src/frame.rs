@@ -138,9 +138,21 @@ impl ProtocolError {
     }
 }
 
+/// In words, for close reasons: "reserved opcode 7", "frame too big".
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.label())
+        match self {
+            Self::ReservedOpcode(op) => write!(f, "reserved opcode {op}"),
+            _ => {
+                for (i, word) in self.label().split('_').enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    f.write_str(word)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 

@@ -40,6 +40,15 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// Labels of the protocol error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    /// Who broke RFC 6455 or a limit: `client` or `backend`.
+    pub from: &'static str,
+    /// What was broken ([`crate::frame::ProtocolError::label`]).
+    pub violation: &'static str,
+}
+
 /// Labels of the failure counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -74,6 +83,9 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     /// Connections that ended by an error, a panic or a timeout.
     pub connection_failures: Family<KindLabel, Counter>,
+    /// Connections failed because an endpoint broke the protocol or a
+    /// size limit, by endpoint and violation.
+    pub protocol_errors: Family<ViolationLabels, Counter>,
     /// Errors accepting connections (e.g. out of file descriptors).
     pub accept_errors: Counter,
     /// Hand-offs to owner shards, by outcome.
@@ -110,6 +122,7 @@ impl Metrics {
             1.0, 10.0,
         ]);
         let connection_failures = Family::<KindLabel, Counter>::default();
+        let protocol_errors = Family::<ViolationLabels, Counter>::default();
         let accept_errors = Counter::default();
         let handoffs = Family::<OutcomeLabel, Counter>::default();
         let snapshots = Family::<OutcomeLabel, Counter>::default();
@@ -167,6 +180,11 @@ impl Metrics {
             connection_failures.clone(),
         );
         registry.register(
+            "protocol_errors",
+            "Connections failed because an endpoint broke RFC 6455 or a size limit, by endpoint (client, backend) and violation",
+            protocol_errors.clone(),
+        );
+        registry.register(
             "accept_errors",
             "Errors accepting client connections",
             accept_errors.clone(),
@@ -193,6 +211,7 @@ impl Metrics {
             drains,
             relay_latency,
             connection_failures,
+            protocol_errors,
             accept_errors,
             handoffs,
             snapshots,

@@ -10,7 +10,8 @@
 //!
 //! Close codes the gateway sends (docs/closing.md has the full table):
 //! 1001 pod stopping or idle, 1012 key moved, 1011 no pong in time or a
-//! broken backend, 1002 protocol error, 1009 too big, 1008 slow consumer.
+//! broken or vanished backend, 1002 protocol error, 1009 too big, 1008 slow
+//! consumer.
 
 use std::{
     future::Future,
@@ -25,12 +26,21 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::{
     frame::{
-        ControlFrame, Direction, FrameScanner, Limits, Opcode, Scan, encode_close, encode_control,
+        ControlFrame, Direction, FrameScanner, Limits, Opcode, ProtocolError, Scan, encode_close,
+        encode_control,
     },
     io::{Io, with_scratch},
     metrics::Metrics,
     registry::{ConnControl, DrainCause},
 };
+
+/// The code the client gets when the backend breaks RFC 6455 or goes away
+/// without a close frame. 1014 (Bad Gateway: "acting as a gateway, received
+/// an invalid response") says it best, and browsers take it, but
+/// tungstenite 0.30 and gorilla/websocket refuse to receive it: tungstenite
+/// hands its user a 1002 "Protocol violation" instead and answers 1002.
+/// Every client takes 1011 (an unexpected condition), with the reason.
+pub const BACKEND_FAILED: u16 = 1011;
 
 /// Limits and timers of relayed connections.
 #[derive(Clone, Debug)]
@@ -71,8 +81,13 @@ struct Dir {
     pending: Vec<u8>,
     /// When `pending` became non-empty.
     pending_since: Option<Instant>,
-    /// The source ended (or broke the protocol): nothing more to read.
+    /// The source ended (or, for the client, broke the protocol): nothing
+    /// more to read.
     eof: bool,
+    /// The source broke the protocol: its bytes can no longer be followed
+    /// as frames, so it is not read again. Unlike `eof`, the source is
+    /// still there and is sent a close frame.
+    broken: bool,
     /// The destination was half-closed.
     shut: bool,
     /// Frames from the source are no longer forwarded (after the gateway
@@ -95,6 +110,7 @@ impl Dir {
             pending: Vec::new(),
             pending_since: None,
             eof: false,
+            broken: false,
             shut: false,
             discard: false,
             reads: 0,
@@ -140,6 +156,11 @@ impl Dir {
     fn idle_out(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// Its source may be read: it has not ended or broken the protocol.
+    fn readable(&self) -> bool {
+        !self.eof && !self.broken
+    }
 }
 
 /// One end of the connection.
@@ -150,6 +171,14 @@ enum Side {
 }
 
 impl Side {
+    /// `client` or `backend`, for labels and logs.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Backend => "backend",
+        }
+    }
+
     fn eof_label(self) -> &'static str {
         match self {
             Self::Client => "client_eof",
@@ -165,6 +194,9 @@ struct Seen {
     close: Option<Option<u16>>,
     /// Data frames passed.
     data: bool,
+    /// Frames were passed on to the other side (data, or control frames
+    /// that were forwarded).
+    passed: bool,
 }
 
 /// Scans `input` (carry first) and forwards it frame by frame; control
@@ -182,6 +214,7 @@ fn pump(
         match dir.scanner.scan(&input[pos..]) {
             Scan::Data(n) => {
                 seen.data = true;
+                seen.passed |= !dir.discard;
                 if dir.discard {
                     from = pos + n;
                 }
@@ -193,6 +226,7 @@ fn pump(
                     seen.close = Some(frame.close_code());
                 }
                 let keep = decide(&frame) && !dir.discard;
+                seen.passed |= keep;
                 if !keep {
                     dir.forward(&input[from..pos], sink, cx)?;
                     from = pos + len;
@@ -214,17 +248,32 @@ fn pump(
     Ok(Ok(seen))
 }
 
+/// What the gateway's close frame to the backend says.
+struct ToBackend {
+    code: u16,
+    reason: String,
+}
+
+impl ToBackend {
+    /// 1001: the client is going away (the backend need not know why).
+    fn going_away() -> Self {
+        Self {
+            code: 1001,
+            reason: "client going away".into(),
+        }
+    }
+}
+
 /// The gateway is closing the connection itself.
 struct GatewayClose {
     /// The code the client gets.
     code: u16,
-    /// The code the backend gets.
-    backend_code: u16,
     reason: String,
+    /// The close frame the backend gets.
+    to_backend: ToBackend,
     label: &'static str,
-    /// Forward what the backend sends until it answers our close, then
-    /// close the client (drains: nothing already sent is lost).
-    flush_backend: bool,
+    /// Which endpoint is closed first, and whether its answer is awaited.
+    order: Order,
     /// A message in progress may be cut (errors, timeouts).
     cut: bool,
     to_backend_sent: bool,
@@ -233,6 +282,24 @@ struct GatewayClose {
     client_done: bool,
     /// Stop waiting for the backend's answer and close the client.
     flush_deadline: Instant,
+}
+
+/// The order of the gateway's two close frames. The endpoint closed first
+/// may still send what it had under way; it is forwarded until the endpoint
+/// answers (or `close_timeout`), so the other endpoint sees what it would
+/// have seen without the gateway.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// The backend, then the client at once (timeouts).
+    Together,
+    /// The backend, then the client once the backend answered (drains:
+    /// nothing already sent is lost; a client's protocol error: the client
+    /// gets what the backend answers first).
+    BackendFirst,
+    /// The client, then the backend once the client answered (a backend's
+    /// protocol error: the backend gets the client's answers to what it
+    /// sent before the bad frame, as a direct client would send them).
+    ClientFirst,
 }
 
 enum Closing {
@@ -284,6 +351,7 @@ impl Relay {
             first_close: None,
             end: None,
             saw_data: false,
+            client_spoke_last: false,
             timer_armed: false,
             settings,
             metrics,
@@ -337,6 +405,12 @@ struct Session {
     end: Option<Outcome>,
     /// Data frames passed since `last_data` was last set.
     saw_data: bool,
+    /// The last frames passed on came from the client. A backend that
+    /// closes TCP now may be failing the connection because of them (RFC
+    /// 6455 lets it skip the close frame, e.g. on invalid UTF-8, which the
+    /// gateway does not check), and only it knows the code: the gateway
+    /// passes its TCP close on as it is.
+    client_spoke_last: bool,
     /// The timer has our waker for its current deadline.
     timer_armed: bool,
 }
@@ -398,12 +472,12 @@ impl Session {
                     blocked.to_backend = wrote.is_none();
                     progress |= wrote == Some(true);
                 }
-                if !blocked.from_client && !self.c2b.eof && self.c2b.idle_out() {
+                if !blocked.from_client && self.c2b.readable() && self.c2b.idle_out() {
                     let read = self.read(Side::Client, client, backend, cx)?;
                     blocked.from_client = !read;
                     progress |= read;
                 }
-                if !blocked.from_backend && !self.b2c.eof && self.b2c.idle_out() {
+                if !blocked.from_backend && self.b2c.readable() && self.b2c.idle_out() {
                     let read = self.read(Side::Backend, backend, client, cx)?;
                     blocked.from_backend = !read;
                     progress |= read;
@@ -490,6 +564,9 @@ impl Session {
                 Poll::Ready(Ok(0)) => {
                     self.dir_mut(side).eof = true;
                     self.first_close.get_or_insert((None, side.eof_label()));
+                    if let Side::Backend = side {
+                        self.on_backend_eof();
+                    }
                     return Ok(true);
                 }
                 Poll::Ready(Ok(n)) => n,
@@ -563,6 +640,9 @@ impl Session {
         match result {
             Ok(seen) => {
                 self.saw_data |= seen.data;
+                if seen.passed {
+                    self.client_spoke_last = matches!(side, Side::Client);
+                }
                 if our_pong {
                     self.ping_out = None;
                 }
@@ -571,37 +651,83 @@ impl Session {
                 }
             }
             Err(e) => {
-                self.dir_mut(side).eof = true;
-                match side {
-                    // Fail the client, but first let the backend answer what
-                    // the client sent before the bad frame: the client gets
-                    // exactly what it would have got from the backend alone.
-                    Side::Client => self.begin_close(
-                        e.close_code(),
-                        format!("protocol error: {e}"),
-                        "client_protocol_error",
-                        true,
-                        true,
-                    ),
-                    Side::Backend => self.begin_close(
-                        1011,
-                        format!("backend protocol error: {e}"),
-                        "backend_protocol_error",
-                        false,
-                        true,
-                    ),
-                }
+                self.metrics
+                    .protocol_errors
+                    .get_or_create(&crate::metrics::ViolationLabels {
+                        from: side.name(),
+                        violation: e.label(),
+                    })
+                    .inc();
+                self.on_protocol_error(side, e);
             }
         }
         Ok(())
     }
 
+    /// `side` broke the protocol (or a size limit) with `e`.
+    fn on_protocol_error(&mut self, side: Side, e: ProtocolError) {
+        match side {
+            // Fail the client, but first let the backend answer what
+            // the client sent before the bad frame: the client gets
+            // exactly what it would have got from the backend alone.
+            Side::Client => {
+                self.c2b.eof = true;
+                let reason = format!("protocol error: {e}");
+                let to_backend = ToBackend {
+                    code: e.close_code(),
+                    reason: reason.clone(),
+                };
+                self.begin_close(
+                    e.close_code(),
+                    reason,
+                    "client_protocol_error",
+                    to_backend,
+                    Order::BackendFirst,
+                    true,
+                );
+            }
+            // Fail the backend as a client would (1002, 1009), and tell
+            // the client what the backend did.
+            Side::Backend => {
+                self.b2c.broken = true;
+                let to_backend = ToBackend {
+                    code: e.close_code(),
+                    reason: format!("protocol error: {e}"),
+                };
+                self.begin_close(
+                    BACKEND_FAILED,
+                    format!("backend protocol error: {e}"),
+                    "backend_protocol_error",
+                    to_backend,
+                    Order::ClientFirst,
+                    true,
+                );
+            }
+        }
+    }
+
+    /// The backend ended its side of the TCP connection. Without a close
+    /// frame before it, the client is told, unless the backend may be
+    /// failing the connection over what the client just sent.
+    fn on_backend_eof(&mut self) {
+        // After a close frame either way the TCP close ends (or fails) the
+        // handshake, and a close of the gateway's own is already under way.
+        if !matches!(self.closing, Closing::Open) || self.client_spoke_last {
+            return;
+        }
+        self.begin_close(
+            BACKEND_FAILED,
+            "backend closed the connection without a close frame".into(),
+            "backend_gone",
+            ToBackend::going_away(),
+            Order::Together,
+            false,
+        );
+    }
+
     /// A close frame arrived from `side`.
     fn on_close_frame(&mut self, code: Option<u16>, side: Side) {
-        let who = match side {
-            Side::Client => "client",
-            Side::Backend => "backend",
-        };
+        let who = side.name();
         match &mut self.closing {
             Closing::Open => {
                 self.first_close = Some((code, who));
@@ -630,7 +756,14 @@ impl Session {
             DrainCause::Shutdown => "drain_shutdown",
             DrainCause::Api => "drain_api",
         };
-        self.begin_close(cause.close_code(), reason, label, true, false);
+        self.begin_close(
+            cause.close_code(),
+            reason,
+            label,
+            ToBackend::going_away(),
+            Order::BackendFirst,
+            false,
+        );
     }
 
     /// Starts the gateway's own close: a close frame to each side at the
@@ -640,7 +773,8 @@ impl Session {
         code: u16,
         reason: String,
         label: &'static str,
-        flush_backend: bool,
+        to_backend: ToBackend,
+        order: Order,
         cut: bool,
     ) {
         if matches!(self.closing, Closing::Gateway(_)) {
@@ -653,19 +787,14 @@ impl Session {
             return;
         }
         let backend_gone = self.c2b.shut || self.b2c.eof;
-        // The backend is told the client is going away, unless the client
-        // broke the protocol: then it learns why.
-        let backend_code = if label == "client_protocol_error" {
-            code
-        } else {
-            1001
-        };
+        // Nothing the client sends from now on has anywhere to go.
+        self.c2b.discard |= backend_gone;
         self.closing = Closing::Gateway(Box::new(GatewayClose {
             code,
-            backend_code,
+            to_backend,
             reason,
             label,
-            flush_backend,
+            order,
             cut,
             to_backend_sent: backend_gone,
             backend_done: backend_gone,
@@ -692,18 +821,18 @@ impl Session {
                 g.to_backend_sent = true;
                 g.backend_done = true;
             }
+            let client_answered = g.order != Order::ClientFirst
+                || g.client_done
+                || self.c2b.eof
+                || now >= g.flush_deadline;
             if !g.to_backend_sent
+                && client_answered
                 && (self.c2b.scanner.at_message_boundary()
                     || ((g.cut || self.c2b.eof) && self.c2b.scanner.at_frame_boundary()))
             {
-                let reason = if g.backend_code == 1001 {
-                    "client going away"
-                } else {
-                    g.reason.as_str()
-                };
                 encode_close(
-                    g.backend_code,
-                    reason,
+                    g.to_backend.code,
+                    &g.to_backend.reason,
                     Some(fastrand::u32(..).to_ne_bytes()),
                     &mut out,
                 );
@@ -714,31 +843,42 @@ impl Session {
             }
             if !g.to_client_sent && self.b2c.eof && !self.b2c.scanner.at_frame_boundary() {
                 // The backend ended inside a frame: the client cannot be sent
-                // a close frame after it. Cut.
-                self.end = Some(Outcome {
-                    code: None,
-                    reason: g.label,
-                });
+                // a close frame after it. Cut, once what came before is out.
+                if self.b2c.pending.is_empty() {
+                    self.end = Some(Outcome {
+                        code: None,
+                        reason: g.label,
+                    });
+                    if !client.unflushed() {
+                        let _ = client.poll_shutdown(cx);
+                    }
+                }
                 return Ok(());
             }
-            let backend_flushed =
-                !g.flush_backend || g.backend_done || self.b2c.eof || now >= g.flush_deadline;
+            let backend_answered = g.order != Order::BackendFirst
+                || g.backend_done
+                || self.b2c.eof
+                || now >= g.flush_deadline;
             let boundary = self.b2c.scanner.at_message_boundary()
                 || ((g.cut || self.b2c.eof || now >= g.flush_deadline)
                     && self.b2c.scanner.at_frame_boundary());
-            if !g.to_client_sent && g.to_backend_sent && backend_flushed && boundary {
+            let backend_closed = g.to_backend_sent || g.order == Order::ClientFirst;
+            if !g.to_client_sent && backend_closed && backend_answered && boundary {
                 encode_close(g.code, &g.reason, None, &mut out);
                 self.b2c.discard = true;
                 self.b2c.forward(&out, client, cx)?;
                 out.clear();
                 g.to_client_sent = true;
-                if g.cut {
-                    // After a protocol error the client's answer is not awaited.
+                if g.cut && g.order != Order::ClientFirst {
+                    // After an error the client's answer is not awaited,
+                    // unless the backend is to get it.
                     g.client_done = true;
                 }
             }
+            let client_gave_up = g.order == Order::ClientFirst && now >= g.flush_deadline;
             if g.to_client_sent
-                && (g.client_done || self.c2b.eof)
+                && g.to_backend_sent
+                && (g.client_done || self.c2b.eof || client_gave_up)
                 && self.b2c.pending.is_empty()
                 && self.c2b.pending.is_empty()
             {
@@ -814,7 +954,8 @@ impl Session {
                 1011,
                 "no pong to the gateway's ping".into(),
                 "heartbeat_timeout",
-                false,
+                ToBackend::going_away(),
+                Order::Together,
                 true,
             );
             return;
@@ -822,7 +963,14 @@ impl Session {
         if let Some(idle) = self.settings.idle_timeout
             && now >= self.last_data + idle
         {
-            self.begin_close(1001, "idle timeout".into(), "idle_timeout", false, false);
+            self.begin_close(
+                1001,
+                "idle timeout".into(),
+                "idle_timeout",
+                ToBackend::going_away(),
+                Order::Together,
+                false,
+            );
             return;
         }
         if let Some(since) = self.b2c.pending_since
@@ -846,7 +994,9 @@ impl Session {
         let future = |t: Instant| if t > now { t } else { far };
         let mut at = self.close_deadline.unwrap_or(far);
         match &self.closing {
-            Closing::Gateway(g) if !g.to_client_sent => return at.min(future(g.flush_deadline)),
+            Closing::Gateway(g) if !g.to_client_sent || !g.to_backend_sent => {
+                return at.min(future(g.flush_deadline));
+            }
             Closing::Gateway(_) | Closing::Relayed => return at,
             Closing::Open => {}
         }
@@ -884,3 +1034,6 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
