@@ -1,8 +1,12 @@
-//! The admin port: `/healthz`, `/readyz`, `/metrics` and `POST /drain`
-//! (also `GET /drain?wait=true`, for a preStop hook). A small HTTP/1.1
-//! server, one request per connection.
+//! The admin port: `/healthz`, `/readyz`, `/metrics` for anyone who can
+//! reach it, and `POST /drain` for the pod itself only (a loopback peer).
+//! A small HTTP/1.1 server, one request per connection.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -17,7 +21,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves the admin port until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -27,14 +31,14 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &shared).await {
+            if let Err(e) = handle(stream, peer, &shared).await {
                 tracing::debug!(error = %e, "admin request failed");
             }
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> std::io::Result<()> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     let (method, path) = loop {
@@ -73,12 +77,11 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             shared.metrics.render(),
         ),
+        (_, "/drain") if !may_drain(peer.ip()) => {
+            tracing::warn!(%peer, "refused a drain from off the pod");
+            error_response(403, DRAIN_REFUSED, &[])
+        }
         ("POST", "/drain") => drain(shared, wants_wait(query)).await,
-        // The kubelet's preStop `httpGet` hook can only send GET, so GET
-        // drains too, but only with `wait=true`: that is what the hook
-        // sends, and a stray GET (a browser, a crawler, a curious `curl`)
-        // must not stop the pod.
-        ("GET", "/drain") if wants_wait(query) => drain(shared, true).await,
         (_, "/healthz" | "/readyz" | "/metrics" | "/drain") => {
             error_response(405, "method not allowed", &[])
         }
@@ -86,6 +89,26 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     };
     stream.write_all(&response).await?;
     stream.shutdown().await
+}
+
+/// The body of the 403 that a drain from anywhere but the pod itself gets.
+const DRAIN_REFUSED: &str = "/drain is accepted only from the pod itself (a loopback address); \
+     to drain from elsewhere, stop the process (SIGTERM drains it) or use the control port's Drain RPC";
+
+/// Whether a request from `peer` may drain this process: only from the
+/// same network namespace, that is from a loopback address. Anyone who can
+/// reach the admin port may read health and metrics; stopping every
+/// connection of the pod must take more than that. A loopback source
+/// cannot arrive from the network: Linux drops packets with a 127.0.0.0/8
+/// or ::1 source on every interface but `lo` (martians; `route_localnet`,
+/// which would allow them, is off in a pod's own network namespace), so
+/// another pod cannot spoof it. What shares the namespace is trusted: the
+/// pod's other containers, and a mesh sidecar that forwards inbound
+/// traffic from loopback, whose port 9090 must therefore not be
+/// intercepted (docs/dataplane.md). An IPv4 peer on a dual-stack socket
+/// shows as `::ffff:127.x.y.z`, which is loopback too.
+fn may_drain(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
 }
 
 /// Stops accepting and drains every connection, then the process exits
@@ -118,4 +141,29 @@ fn ok(content_type: &str, body: String) -> Vec<u8> {
     .into_bytes();
     out.extend_from_slice(body.as_bytes());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_drain;
+
+    #[test]
+    fn only_a_loopback_peer_may_drain() {
+        for peer in ["127.0.0.1", "127.45.6.7", "::1", "::ffff:127.0.0.1"] {
+            assert!(may_drain(peer.parse().expect("an address")), "{peer}");
+        }
+        for peer in [
+            "10.244.1.7",
+            "192.0.2.2",
+            "0.0.0.0",
+            "::",
+            "fd00::2",
+            "fe80::1",
+            "::ffff:10.244.1.7",
+            // IPv4-compatible (deprecated), not mapped: not loopback.
+            "::127.0.0.1",
+        ] {
+            assert!(!may_drain(peer.parse().expect("an address")), "{peer}");
+        }
+    }
 }

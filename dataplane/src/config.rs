@@ -113,7 +113,8 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `host:port` of `/healthz`, `/readyz`, `/metrics` and `POST /drain`.
+    /// `host:port` of `/healthz`, `/readyz` and `/metrics`, and of
+    /// `POST /drain`, which only a loopback client may send.
     pub address: SocketAddr,
 }
 
@@ -426,8 +427,10 @@ mod tests {
 
     #[test]
     fn the_example_config_loads() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/standalone.yaml");
+        let path = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+        )
+        .join("../examples/standalone.yaml");
         let config = Config::load(&path).expect("examples/standalone.yaml is valid");
         assert_eq!(config.routes[0].backends.len(), 2);
         assert_eq!(config.connections.max_connections, 9_900);
@@ -435,7 +438,10 @@ mod tests {
 
     #[test]
     fn the_example_shard_config_loads() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shard.yaml");
+        let path = std::path::PathBuf::from(
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+        )
+        .join("../examples/shard.yaml");
         let config = Config::load(&path).expect("examples/shard.yaml is valid");
         let shard = config.shard.expect("a shard section");
         assert!(config.routes.is_empty());

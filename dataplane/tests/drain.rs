@@ -8,14 +8,18 @@ mod support;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use futures_util::{SinkExt, StreamExt};
 use support::{Gateway, connect, next_data};
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket},
+    time::Instant,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A backend that streams numbered messages ("0", "1", ...) every 2 ms to
@@ -169,24 +173,30 @@ async fn a_graceful_drain_loses_nothing_and_respects_the_rate_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_api_closes_everything_and_waits() {
-    let (gw, clients) = drainable_gateway(10).await;
+    let (gw, clients) = drainable_gateway(10, "127.0.0.1:0").await;
     let admin = gw.admin.expect("admin port");
     let ready = support::raw(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
     drains_and_waits(
         &gw,
+        admin,
         clients,
         b"POST /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
 }
 
-/// A gateway with a quick drain (0.5 s window) and `n` clients on it.
-async fn drainable_gateway(n: usize) -> (Gateway, Vec<support::Client>) {
+/// A gateway with a quick drain (0.5 s window), its admin port bound on
+/// `admin`, and `n` clients on it.
+async fn drainable_gateway(n: usize, admin: &str) -> (Gateway, Vec<support::Client>) {
     let backend = support::echo_backend("b1").await;
-    let gw = Gateway::echo(
+    let gw = Gateway::start(
+        &format!(
+            "listener: {{address: 127.0.0.1:0}}\nadmin: {{address: \"{admin}\"}}\n\
+             routes:\n  - name: echo\n    pathPrefix: /echo\n    key: {{source: Query, name: room}}\n    backends: {{BACKENDS}}\n\
+             drain: {{windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}}\n"
+        ),
         &[backend],
-        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
     )
     .await;
     let mut clients = Vec::new();
@@ -196,11 +206,15 @@ async fn drainable_gateway(n: usize) -> (Gateway, Vec<support::Client>) {
     (gw, clients)
 }
 
-/// Sends `request` to the admin port and checks that it closes every one of
-/// `clients` with 1001, answers `drained` once they are gone, and counts
-/// them as a shutdown drain.
-async fn drains_and_waits(gw: &Gateway, clients: Vec<support::Client>, request: &'static [u8]) {
-    let admin = gw.admin.expect("admin port");
+/// Sends `request` to the admin port at `admin` and checks that it closes
+/// every one of `clients` with 1001, answers `drained` once they are gone,
+/// and counts them as a shutdown drain.
+async fn drains_and_waits(
+    gw: &Gateway,
+    admin: SocketAddr,
+    clients: Vec<support::Client>,
+    request: &'static [u8],
+) {
     let count = clients.len();
     let drained = tokio::spawn(async move { support::raw(admin, request).await });
     for mut ws in clients {
@@ -221,32 +235,108 @@ async fn drains_and_waits(gw: &Gateway, clients: Vec<support::Client>, request: 
     );
 }
 
-/// The kubelet's preStop `httpGet` hook can only GET: `GET /drain?wait=true`
-/// drains and answers when done, while a bare `GET /drain` (a browser, a
-/// crawler) is refused and drains nothing.
+/// This machine's address towards the rest of the network (the one a
+/// datagram to a documentation address would leave from; nothing is
+/// sent), if it has one that is not loopback.
+fn non_loopback_address() -> Option<IpAddr> {
+    [
+        ("0.0.0.0:0", "198.51.100.1:9"),
+        ("[::]:0", "[2001:db8::1]:9"),
+    ]
+    .into_iter()
+    .find_map(|(bind, towards)| {
+        let socket = std::net::UdpSocket::bind(bind).ok()?;
+        socket.connect(towards).ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    })
+}
+
+/// Sends `request` from `source` to `target` and reads the answer.
+async fn raw_from(source: IpAddr, target: SocketAddr, request: &[u8]) -> String {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket.bind(SocketAddr::new(source, 0)).expect("bind");
+    let mut stream = socket.connect(target).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/drain` disconnects every client, so only the pod itself may ask. With
+/// the admin port on every address, as in a pod, a drain from this
+/// machine's non-loopback address (as another pod's would arrive) is
+/// refused with 403 and a reason, and drains nothing, while health and
+/// metrics still answer it. From loopback, a GET (the old preStop hook's
+/// `GET /drain?wait=true`) is refused with 405, and a POST drains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prestop_get_drains_and_waits_but_a_bare_get_does_not() {
-    let (gw, mut clients) = drainable_gateway(5).await;
-    let admin = gw.admin.expect("admin port");
-    let stray = support::raw(admin, b"GET /drain HTTP/1.1\r\nHost: x\r\n\r\n").await;
+async fn only_the_pod_itself_may_drain() {
+    let local = non_loopback_address();
+    let any = match local {
+        Some(IpAddr::V6(_)) => "[::]:0",
+        _ => "0.0.0.0:0",
+    };
+    let (gw, mut clients) = drainable_gateway(5, any).await;
+    let port = gw.admin.expect("admin port").port();
+    let loopback = match local {
+        Some(IpAddr::V6(_)) => SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+        _ => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+    };
+    match local {
+        Some(local) => {
+            let remote = SocketAddr::new(local, port);
+            for request in [
+                &b"POST /drain HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+                b"POST /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
+            ] {
+                let refused = raw_from(local, remote, request).await;
+                assert!(
+                    refused.starts_with("HTTP/1.1 403")
+                        && refused.contains("only from the pod itself"),
+                    "a drain from {local}: {refused}"
+                );
+            }
+            let metrics =
+                raw_from(local, remote, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert!(
+                metrics.starts_with("HTTP/1.1 200") && metrics.contains("ringway_"),
+                "metrics stay on the network: {metrics}"
+            );
+        }
+        None => eprintln!(
+            "this machine has no non-loopback address: the refusal of a remote drain is covered \
+             only by admin.rs's unit test of the peer decision"
+        ),
+    }
+    let stray = support::raw(
+        loopback,
+        b"GET /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     assert!(stray.starts_with("HTTP/1.1 405"), "{stray}");
-    let ready = support::raw(admin, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let ready = support::raw(loopback, b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(
         ready.starts_with("HTTP/1.1 200"),
-        "a bare GET must not drain: {ready}"
+        "a refused drain must not drain: {ready}"
     );
     for ws in &mut clients {
         ws.send(Message::text("still here")).await.expect("send");
         assert_eq!(
             next_data(ws).await,
             Some(Message::text("still here")),
-            "a bare GET must not close connections"
+            "a refused drain must not close connections"
         );
     }
     drains_and_waits(
         &gw,
+        loopback,
         clients,
-        b"GET /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /drain?wait=true HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
 }

@@ -1,6 +1,7 @@
 //! A slot's StatefulSet and the pod template its data-plane pods run:
-//! ports, probes, the drain on stop and a locked-down security context
-//! (the files it mounts are in [`super::volumes`]).
+//! ports, probes, the grace period its drain on SIGTERM needs and a
+//! locked-down security context (the files it mounts are in
+//! [`super::volumes`]).
 
 use std::collections::BTreeMap;
 
@@ -11,9 +12,9 @@ use k8s_openapi::{
             StatefulSetUpdateStrategy,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-            LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-            Probe, SeccompProfile, SecurityContext, Sysctl, TopologySpreadConstraint,
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            SeccompProfile, SecurityContext, Sysctl, TopologySpreadConstraint,
         },
     },
     apimachinery::pkg::{
@@ -34,9 +35,11 @@ use crate::{
 
 /// Seconds the termination grace period adds to the drain itself: the data
 /// plane's own slack after cutting the last connection (1 s), stopping its
-/// control server (up to 1 s), the preStop call and signal delivery, and a
-/// busy node. Past the grace period the kubelet kills the process, and any
-/// connection still open is cut without a close frame.
+/// control server (up to 1 s), signal delivery and a busy node. The
+/// kubelet's SIGTERM starts the drain at once (there is no preStop hook to
+/// wait for first), and the grace period counts from then. Past it the
+/// kubelet kills the process, and any connection still open is cut without
+/// a close frame.
 pub const TERMINATION_MARGIN_SECONDS: i64 = 5;
 
 /// The data-plane container's name.
@@ -168,16 +171,9 @@ fn pod_spec(gw: &GatewayRef, slot: Slot, inputs: &PodInputs) -> PodSpec {
                 failure_threshold: Some(6),
                 ..Probe::default()
             }),
-            // Drain before the kubelet's SIGTERM: the hook returns once
-            // every connection has closed. Hooks can only GET; the admin
-            // port accepts GET /drain only with wait=true.
-            lifecycle: Some(Lifecycle {
-                pre_stop: Some(LifecycleHandler {
-                    http_get: Some(admin_get("/drain?wait=true")),
-                    ..LifecycleHandler::default()
-                }),
-                ..Lifecycle::default()
-            }),
+            // No preStop hook: the kubelet's SIGTERM drains the pod, and
+            // the admin port's /drain takes no request from off the pod
+            // (an httpGet hook comes from the node).
             resources: inputs.resources.clone(),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
@@ -369,7 +365,7 @@ mod tests {
     }
 
     #[test]
-    fn the_container_runs_the_image_with_its_ports_probes_and_drain() {
+    fn the_container_runs_the_image_with_its_ports_probes_and_grace_period() {
         let inputs = inputs(
             "image: registry.example/ringway:2.0\nlistener: {port: 8081}\nresources: {limits: {memory: 1Gi}, requests: {cpu: 500m}}\n",
         );
@@ -432,19 +428,14 @@ mod tests {
         let liveness = c.liveness_probe.as_ref().expect("liveness probe");
         assert_eq!(
             admin_path(liveness.http_get.as_ref()),
-            ("/healthz".to_owned(), admin.clone())
+            ("/healthz".to_owned(), admin)
         );
         let patience =
             liveness.period_seconds.unwrap_or(10) * liveness.failure_threshold.unwrap_or(3);
         assert!(patience >= 30, "liveness gives up after only {patience} s");
-        let pre_stop = c
-            .lifecycle
-            .as_ref()
-            .and_then(|l| l.pre_stop.as_ref())
-            .expect("a preStop hook");
         assert_eq!(
-            admin_path(pre_stop.http_get.as_ref()),
-            ("/drain?wait=true".to_owned(), admin)
+            c.lifecycle, None,
+            "no preStop hook: SIGTERM drains, and /drain refuses the node"
         );
         assert_eq!(
             spec.termination_grace_period_seconds,
