@@ -265,6 +265,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one connection failed because `from` (`client` or
+    /// `backend`) committed `violation`.
+    pub fn protocol_error(&self, from: &'static str, violation: &'static str) {
+        self.protocol_errors
+            .get_or_create(&ViolationLabels { from, violation })
+            .inc();
+    }
+
     /// Counts one failed connection.
     pub fn failure(&self, kind: &'static str) {
         self.connection_failures

@@ -255,6 +255,14 @@ struct ToBackend {
 }
 
 impl ToBackend {
+    /// What a client sends a peer that broke the protocol with `e`.
+    fn protocol_error(e: ProtocolError) -> Self {
+        Self {
+            code: e.close_code(),
+            reason: format!("protocol error: {e}"),
+        }
+    }
+
     /// 1001: the client is going away (the backend need not know why).
     fn going_away() -> Self {
         Self {
@@ -651,13 +659,7 @@ impl Session {
                 }
             }
             Err(e) => {
-                self.metrics
-                    .protocol_errors
-                    .get_or_create(&crate::metrics::ViolationLabels {
-                        from: side.name(),
-                        violation: e.label(),
-                    })
-                    .inc();
+                self.metrics.protocol_error(side.name(), e.label());
                 self.on_protocol_error(side, e);
             }
         }
@@ -672,14 +674,10 @@ impl Session {
             // exactly what it would have got from the backend alone.
             Side::Client => {
                 self.c2b.eof = true;
-                let reason = format!("protocol error: {e}");
-                let to_backend = ToBackend {
-                    code: e.close_code(),
-                    reason: reason.clone(),
-                };
+                let to_backend = ToBackend::protocol_error(e);
                 self.begin_close(
-                    e.close_code(),
-                    reason,
+                    to_backend.code,
+                    to_backend.reason.clone(),
                     "client_protocol_error",
                     to_backend,
                     Order::BackendFirst,
@@ -690,15 +688,11 @@ impl Session {
             // the client what the backend did.
             Side::Backend => {
                 self.b2c.broken = true;
-                let to_backend = ToBackend {
-                    code: e.close_code(),
-                    reason: format!("protocol error: {e}"),
-                };
                 self.begin_close(
                     BACKEND_FAILED,
                     format!("backend protocol error: {e}"),
                     "backend_protocol_error",
-                    to_backend,
+                    ToBackend::protocol_error(e),
                     Order::ClientFirst,
                     true,
                 );

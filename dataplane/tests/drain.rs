@@ -190,13 +190,10 @@ async fn the_drain_api_closes_everything_and_waits() {
 /// `admin`, and `n` clients on it.
 async fn drainable_gateway(n: usize, admin: &str) -> (Gateway, Vec<support::Client>) {
     let backend = support::echo_backend("b1").await;
-    let gw = Gateway::start(
-        &format!(
-            "listener: {{address: 127.0.0.1:0}}\nadmin: {{address: \"{admin}\"}}\n\
-             routes:\n  - name: echo\n    pathPrefix: /echo\n    key: {{source: Query, name: room}}\n    backends: {{BACKENDS}}\n\
-             drain: {{windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}}\n"
-        ),
+    let gw = Gateway::echo_with_admin(
         &[backend],
+        admin,
+        "drain: {windowSeconds: 0.5, closeTimeoutSeconds: 1, maxClosesPerSecond: 1000}\n",
     )
     .await;
     let mut clients = Vec::new();

@@ -404,19 +404,24 @@ async fn a_backend_that_dies_inside_a_frame_is_cut() {
     );
 }
 
+/// The client sends `frame`, the backend reads it and closes TCP at once:
+/// the client must get the end of the stream and nothing else. Returns the
+/// frame as the backend got it.
+async fn backend_drops_after(link: &mut Link, frame: &[u8]) -> Received {
+    link.client.write_all(frame).await.expect("write");
+    let got = read_frame(&mut link.backend).await.expect("the frame");
+    link.backend.shutdown().await.expect("shutdown");
+    assert_eq!(read_to_end(&mut link.client).await, b"");
+    got
+}
+
 #[tokio::test]
 async fn a_backend_that_fails_the_connection_over_a_client_frame_is_passed_on() {
     // A text frame whose UTF-8 the backend refuses: RFC 6455 lets it close
     // TCP without a close frame, and only it knows why. The client sees
     // exactly that.
     let mut link = Link::new().await;
-    link.client
-        .write_all(&frame(0x81, &[0xFF, 0xFE], CLIENT_MASK))
-        .await
-        .expect("write");
-    read_frame(&mut link.backend).await.expect("the message");
-    link.backend.shutdown().await.expect("shutdown");
-    assert_eq!(read_to_end(&mut link.client).await, b"");
+    backend_drops_after(&mut link, &frame(0x81, &[0xFF, 0xFE], CLIENT_MASK)).await;
     assert_eq!(
         link.outcome().await,
         Outcome {
@@ -429,14 +434,8 @@ async fn a_backend_that_fails_the_connection_over_a_client_frame_is_passed_on() 
 #[tokio::test]
 async fn a_backend_that_drops_after_the_clients_close_is_passed_on() {
     let mut link = Link::new().await;
-    link.client
-        .write_all(&frame(0x88, &[0x03], CLIENT_MASK))
-        .await
-        .expect("write");
-    let close = read_frame(&mut link.backend).await.expect("the close");
+    let close = backend_drops_after(&mut link, &frame(0x88, &[0x03], CLIENT_MASK)).await;
     assert_eq!(close.payload, [0x03]);
-    link.backend.shutdown().await.expect("shutdown");
-    assert_eq!(read_to_end(&mut link.client).await, b"");
     // Counted as a close the client began, with the code it sent (none).
     assert_eq!(
         link.outcome().await,

@@ -113,8 +113,13 @@ impl Gateway {
 
     /// A gateway with one echo route keyed by the `room` query parameter.
     pub async fn echo(backends: &[SocketAddr], extra: &str) -> Self {
+        Self::echo_with_admin(backends, "127.0.0.1:0", extra).await
+    }
+
+    /// [`Gateway::echo`] with its admin port bound on `admin`.
+    pub async fn echo_with_admin(backends: &[SocketAddr], admin: &str, extra: &str) -> Self {
         let yaml = format!(
-            "listener: {{address: 127.0.0.1:0}}\n{{ADMIN}}\nroutes:\n  - name: echo\n    pathPrefix: /echo\n    key: {{source: Query, name: room}}\n    backends: {{BACKENDS}}\n{extra}"
+            "listener: {{address: 127.0.0.1:0}}\nadmin: {{address: \"{admin}\"}}\nroutes:\n  - name: echo\n    pathPrefix: /echo\n    key: {{source: Query, name: room}}\n    backends: {{BACKENDS}}\n{extra}"
         );
         Self::start(&yaml, backends).await
     }
