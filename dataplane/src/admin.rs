@@ -11,6 +11,7 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
     time::timeout,
 };
 
@@ -18,9 +19,18 @@ use crate::{handshake::error_response, server::Shared};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Admin requests served at once; more wait in the listen backlog. Each
+/// holds a 4 KiB buffer for at most [`READ_TIMEOUT`] reading, then writes
+/// one answer.
+pub(crate) const CONCURRENT_REQUESTS: usize = 32;
+
 /// Serves the admin port until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -34,6 +44,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             if let Err(e) = handle(stream, peer, &shared).await {
                 tracing::debug!(error = %e, "admin request failed");
             }
+            drop(slot);
         });
     }
 }

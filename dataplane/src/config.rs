@@ -200,6 +200,13 @@ pub struct ConnectionConfig {
     /// A client that has not taken any data for this long while the backend
     /// sends is a slow consumer: it is closed with 1008.
     pub slow_consumer_seconds: f64,
+    /// Each client socket's send buffer (`SO_SNDBUF`; the kernel doubles
+    /// it for its own bookkeeping): with one read waiting in the gateway,
+    /// the most a client that does not keep up holds.
+    pub send_buffer_bytes: usize,
+    /// The most memory all clients that do not keep up hold together:
+    /// past it, the longest stalled are closed with 1013.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for ConnectionConfig {
@@ -215,6 +222,8 @@ impl Default for ConnectionConfig {
             backend_connect_timeout_seconds: 3.0,
             backend_handshake_timeout_seconds: 5.0,
             slow_consumer_seconds: 30.0,
+            send_buffer_bytes: 128 * 1024,
+            max_queued_bytes: 256 << 20,
         }
     }
 }
@@ -356,6 +365,19 @@ impl Config {
         if c.max_connections == 0 {
             return bad("connections.maxConnections: must be at least 1".into());
         }
+        if !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&c.send_buffer_bytes) {
+            return bad(format!(
+                "connections.sendBufferBytes: {} is not from {MIN_SEND_BUFFER} to {MAX_SEND_BUFFER}",
+                c.send_buffer_bytes
+            ));
+        }
+        let one_stall = crate::send_queues::charge(2 * c.send_buffer_bytes);
+        if c.max_queued_bytes < one_stall {
+            return bad(format!(
+                "connections.maxQueuedBytes: {} is less than one stalled client holds ({one_stall}: twice sendBufferBytes and one read)",
+                c.max_queued_bytes
+            ));
+        }
         if c.max_request_header_bytes < 256 {
             return bad("connections.maxRequestHeaderBytes: must be at least 256".into());
         }
@@ -415,6 +437,11 @@ impl Config {
         Ok(())
     }
 }
+
+/// Bounds of `connections.sendBufferBytes`: Linux's own floor (4,608
+/// after doubling) and 16 MiB.
+const MIN_SEND_BUFFER: usize = 4 * 1024;
+const MAX_SEND_BUFFER: usize = 16 << 20;
 
 /// Seconds (with decimals) as a `Duration`; the config was validated.
 pub(crate) fn secs(v: f64) -> Duration {

@@ -172,12 +172,14 @@ impl Shared {
             retiring = new.retiring,
             "snapshot applied"
         );
-        self.drainer.submit(
-            moved,
-            DrainCause::Rebalance,
-            new.drain.window,
-            new.drain.max_closes_per_second,
-        );
+        self.drainer
+            .submit(
+                moved,
+                DrainCause::Rebalance,
+                new.drain.window,
+                new.drain.max_closes_per_second,
+            )
+            .await;
         Ok(Applied::Changed { draining })
     }
 
@@ -231,19 +233,21 @@ impl Shared {
 
     /// Drains the whole pod (1001), paced, and stops taking hand-offs; the
     /// pod stays up, not ready, until it is stopped.
-    pub fn drain_pod(&self, window: Option<Duration>, rate: Option<u32>) -> usize {
+    pub async fn drain_pod(&self, window: Option<Duration>, rate: Option<u32>) -> usize {
         self.start_draining(DrainCause::Api);
         self.peer_closed.notify_one();
         let policy = self.running.load().drain;
         let victims = self.registry.snapshot();
         let count = victims.len();
         tracing::info!(connections = count, "draining the pod on request");
-        self.drainer.submit(
-            victims,
-            DrainCause::Api,
-            window.unwrap_or(policy.window),
-            rate.unwrap_or(policy.max_closes_per_second),
-        );
+        self.drainer
+            .submit(
+                victims,
+                DrainCause::Api,
+                window.unwrap_or(policy.window),
+                rate.unwrap_or(policy.max_closes_per_second),
+            )
+            .await;
         count
     }
 }
@@ -292,7 +296,7 @@ impl Control for Service {
         let r = request.into_inner();
         let window = (r.window_ms > 0).then(|| Duration::from_millis(u64::from(r.window_ms)));
         let rate = (r.max_closes_per_second > 0).then_some(r.max_closes_per_second);
-        let draining = self.shared.drain_pod(window, rate) as u64;
+        let draining = self.shared.drain_pod(window, rate).await as u64;
         Ok(Response::new(v1::DrainResponse { draining }))
     }
 }

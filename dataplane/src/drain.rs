@@ -103,7 +103,7 @@ impl Pacer {
 /// over both with the new batch's window and rate.
 #[derive(Clone)]
 pub struct Drainer {
-    batches: mpsc::UnboundedSender<Batch>,
+    batches: mpsc::Sender<Batch>,
     /// Connections submitted and not yet asked to close.
     pending: Arc<watch::Sender<usize>>,
 }
@@ -119,7 +119,7 @@ impl Drainer {
     /// Starts the pod's drain task (on the current tokio runtime). It ends
     /// when every handle is dropped.
     pub fn start() -> Self {
-        let (batches, rx) = mpsc::unbounded_channel();
+        let (batches, rx) = mpsc::channel(BATCHES);
         let pending = Arc::new(watch::Sender::new(0));
         tokio::spawn(run(rx, Arc::clone(&pending)));
         Self { batches, pending }
@@ -127,7 +127,9 @@ impl Drainer {
 
     /// Asks `victims` to close with `cause`, spread over `window` at no
     /// more than `rate` per second (with what is left of earlier batches).
-    pub fn submit(
+    /// Waits while [`BATCHES`] batches are on their way to the drain task
+    /// (it takes each within a tick).
+    pub async fn submit(
         &self,
         victims: Vec<Arc<ConnControl>>,
         cause: DrainCause,
@@ -138,12 +140,17 @@ impl Drainer {
             return;
         }
         self.pending.send_modify(|n| *n += victims.len());
-        let _ = self.batches.send(Batch {
+        let batch = Batch {
             victims,
             cause,
             window,
             rate,
-        });
+        };
+        if let Err(unsent) = self.batches.send(batch).await {
+            // The drain task is gone (the runtime is shutting down): the
+            // connections will not be asked.
+            self.pending.send_modify(|n| *n -= unsent.0.victims.len());
+        }
     }
 
     /// Connections submitted and not yet asked to close.
@@ -157,7 +164,10 @@ impl Drainer {
     }
 }
 
-async fn run(mut batches: mpsc::UnboundedReceiver<Batch>, pending: Arc<watch::Sender<usize>>) {
+/// Batches on their way to the drain task at most.
+pub const BATCHES: usize = 16;
+
+async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usize>>) {
     let idle = || Pacer::new(0, Duration::ZERO, 1, WindowEnd::Flush);
     let mut queue: Vec<(Arc<ConnControl>, DrainCause)> = Vec::new();
     // The next victim to look at; the ones before it were asked or skipped.
@@ -231,7 +241,7 @@ mod tests {
     /// One batch through a fresh drainer; returns when all were asked.
     async fn drain(victims: Vec<Arc<ConnControl>>, cause: DrainCause, window: Duration, rate: u32) {
         let drainer = Drainer::start();
-        drainer.submit(victims, cause, window, rate);
+        drainer.submit(victims, cause, window, rate).await;
         drainer.idle().await;
     }
 
@@ -365,14 +375,18 @@ mod tests {
     async fn batches_one_after_another_share_one_pacer() {
         let drainer = Drainer::start();
         let (first, second) = (victims(100), victims(100));
-        drainer.submit(
-            first.clone(),
-            DrainCause::Rebalance,
-            Duration::from_secs(10),
-            50,
-        );
+        drainer
+            .submit(
+                first.clone(),
+                DrainCause::Rebalance,
+                Duration::from_secs(10),
+                50,
+            )
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        drainer.submit(second.clone(), DrainCause::Api, Duration::from_secs(10), 50);
+        drainer
+            .submit(second.clone(), DrainCause::Api, Duration::from_secs(10), 50)
+            .await;
         let start = Instant::now();
         drainer.idle().await;
         assert!(
@@ -393,12 +407,14 @@ mod tests {
         );
         // Idle again, it takes the next batch.
         let third = victims(10);
-        drainer.submit(
-            third.clone(),
-            DrainCause::Rebalance,
-            Duration::from_secs(1),
-            1000,
-        );
+        drainer
+            .submit(
+                third.clone(),
+                DrainCause::Rebalance,
+                Duration::from_secs(1),
+                1000,
+            )
+            .await;
         drainer.idle().await;
         assert!(third.iter().all(|v| v.drain_requested().is_some()));
         assert_eq!(drainer.pending(), 0);

@@ -124,6 +124,16 @@ impl Io {
         }
     }
 
+    /// The socket's send buffer as the kernel reports it (twice what
+    /// `SO_SNDBUF` asked for); 0 if it cannot be read.
+    pub(crate) fn send_buffer_size(&self) -> usize {
+        let tcp = match self {
+            Self::Tcp(s) => s,
+            Self::Tls(s, _) => s.get_ref().0,
+        };
+        socket2::SockRef::from(tcp).send_buffer_size().unwrap_or(0)
+    }
+
     /// Whether the stream is TLS.
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(..))

@@ -18,6 +18,7 @@ pub mod open_files;
 pub mod registry;
 pub mod relay;
 pub mod routing;
+pub mod send_queues;
 mod server;
 pub mod snapshot;
 mod tls;

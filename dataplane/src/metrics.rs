@@ -94,6 +94,11 @@ pub struct Metrics {
     pub snapshots: Family<OutcomeLabel, Counter>,
     /// The running snapshot epoch.
     pub epoch: Gauge,
+    /// What the clients that do not keep up hold, as charged against
+    /// `connections.maxQueuedBytes`.
+    pub send_queue_bytes: Gauge,
+    /// Clients that do not keep up with their backend.
+    pub stalled_clients: Gauge,
     /// Refused upgrades by reason, for the status RPC (the counter family
     /// cannot be read back).
     refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -127,6 +132,18 @@ impl Metrics {
         let handoffs = Family::<OutcomeLabel, Counter>::default();
         let snapshots = Family::<OutcomeLabel, Counter>::default();
         let epoch = Gauge::default();
+        let send_queue_bytes = Gauge::default();
+        let stalled_clients = Gauge::default();
+        registry.register(
+            "send_queue_bytes",
+            "Bytes held for clients that do not keep up (a full send buffer and one read each), against connections.maxQueuedBytes",
+            send_queue_bytes.clone(),
+        );
+        registry.register(
+            "stalled_clients",
+            "Clients whose send buffer is full while their backend has more for them",
+            stalled_clients.clone(),
+        );
         registry.register(
             "handoffs",
             "Connections handed to their owner shard, by outcome: ok, fallback (to the next shard on the ring), unreachable (one attempt), refused",
@@ -216,6 +233,8 @@ impl Metrics {
             handoffs,
             snapshots,
             epoch,
+            send_queue_bytes,
+            stalled_clients,
             refusals: std::sync::Mutex::default(),
         }
     }

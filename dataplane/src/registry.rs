@@ -90,6 +90,8 @@ pub struct ConnControl {
     /// Where it sits.
     pub role: Role,
     drain: AtomicU8,
+    /// Asked to close at once: the gateway's send queues are full.
+    shed: AtomicBool,
     ended: AtomicBool,
     waker: AtomicWaker,
 }
@@ -102,6 +104,7 @@ impl ConnControl {
             key_hash,
             role,
             drain: AtomicU8::new(0),
+            shed: AtomicBool::new(false),
             ended: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
@@ -116,6 +119,20 @@ impl ConnControl {
         {
             self.waker.wake();
         }
+    }
+
+    /// Asks the connection to close at once, whatever it is doing: the
+    /// memory held for clients that do not keep up is at its ceiling
+    /// ([`crate::send_queues`]).
+    pub fn shed(&self) {
+        if !self.shed.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Whether the connection was shed.
+    pub fn shed_requested(&self) -> bool {
+        self.shed.load(Ordering::Acquire)
     }
 
     /// Whether a drain would still do something: the connection is open
@@ -140,6 +157,8 @@ impl ConnControl {
 #[derive(Default)]
 pub struct Registry {
     conns: Mutex<Slab<Arc<ConnControl>>>,
+    /// Told when the last connection leaves.
+    emptied: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -160,6 +179,21 @@ impl Registry {
     /// No live connections.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Resolves once no connection is left (at once if none is).
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Listening before looking, so that a last connection leaving
+            // in between is not missed.
+            emptied.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     /// A copy of the current connections (for a drain to work through).
@@ -184,9 +218,15 @@ pub struct RegistryGuard {
 
 impl Drop for RegistryGuard {
     fn drop(&mut self) {
-        let removed = self.registry.lock().try_remove(self.key);
+        let (removed, empty) = {
+            let mut conns = self.registry.lock();
+            (conns.try_remove(self.key), conns.is_empty())
+        };
         if let Some(control) = removed {
             control.ended.store(true, Ordering::Release);
+        }
+        if empty {
+            self.registry.emptied.notify_waiters();
         }
     }
 }

@@ -11,7 +11,12 @@
 //! Close codes the gateway sends (docs/closing.md has the full table):
 //! 1001 pod stopping or idle, 1012 key moved, 1011 no pong in time or a
 //! broken or vanished backend, 1002 protocol error, 1009 too big, 1008 slow
-//! consumer.
+//! consumer, 1013 shed at the gateway's send-queue ceiling.
+//!
+//! A client whose direction has bytes pending is *stalled*: its socket's
+//! send buffer is full. While it is, it holds a charge against the
+//! process's [`SendQueues`] ceiling, and the heartbeat does not judge it
+//! (its ping may be waiting behind the data): `slowConsumerSeconds` does.
 
 use std::{
     future::Future,
@@ -32,6 +37,7 @@ use crate::{
     io::{Io, with_scratch},
     metrics::Metrics,
     registry::{ConnControl, DrainCause},
+    send_queues::{SendQueues, Stall, charge},
 };
 
 /// The code the client gets when the backend breaks RFC 6455 or goes away
@@ -41,6 +47,10 @@ use crate::{
 /// hands its user a 1002 "Protocol violation" instead and answers 1002.
 /// Every client takes 1011 (an unexpected condition), with the reason.
 pub const BACKEND_FAILED: u16 = 1011;
+
+/// The code of a connection shed at the send-queue ceiling: 1013, try
+/// again later (the gateway is overloaded, not the client at fault).
+pub const SHED: u16 = 1013;
 
 /// Limits and timers of relayed connections.
 #[derive(Clone, Debug)]
@@ -61,6 +71,15 @@ pub struct RelaySettings {
     pub close_timeout: Duration,
     /// Upper bound of the reconnect hint in drain close reasons.
     pub reconnect_jitter_ms: u32,
+}
+
+/// What every relay of the process shares.
+#[derive(Clone)]
+pub struct Relays {
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The ceiling on what stalled clients hold.
+    pub queues: Arc<SendQueues>,
 }
 
 /// How a connection ended, for metrics and logs.
@@ -342,9 +361,10 @@ impl Relay {
         deflate: bool,
         control: Arc<ConnControl>,
         settings: Arc<RelaySettings>,
-        metrics: Arc<Metrics>,
+        relays: &Relays,
     ) -> Self {
         let now = Instant::now();
+        let queue_charge = charge(client.send_buffer_size());
         let session = Session {
             c2b: Dir::new(Direction::ClientToServer, &settings, deflate),
             b2c: Dir::new(Direction::ServerToClient, &settings, deflate),
@@ -362,7 +382,10 @@ impl Relay {
             client_spoke_last: false,
             timer_armed: false,
             settings,
-            metrics,
+            metrics: Arc::clone(&relays.metrics),
+            queues: Arc::clone(&relays.queues),
+            queue_charge,
+            stall: None,
         };
         let first = (!first.0.is_empty() || !first.1.is_empty()).then(|| Box::new(first));
         Self {
@@ -398,6 +421,11 @@ impl Future for Relay {
 struct Session {
     settings: Arc<RelaySettings>,
     metrics: Arc<Metrics>,
+    queues: Arc<SendQueues>,
+    /// What this connection is charged while it is stalled.
+    queue_charge: u64,
+    /// Its charge, while the client is stalled.
+    stall: Option<Stall>,
     c2b: Dir,
     b2c: Dir,
     closing: Closing,
@@ -441,7 +469,7 @@ impl Session {
         cx: &mut Context<'_>,
         client: &mut Io,
         backend: &mut Io,
-        control: &ConnControl,
+        control: &Arc<ConnControl>,
         mut timer: Pin<&mut Sleep>,
     ) -> Poll<Outcome> {
         if matches!(self.closing, Closing::Open) {
@@ -456,6 +484,14 @@ impl Session {
         // the others on its thread.
         for _ in 0..32 {
             let now = Instant::now();
+            if control.shed_requested() {
+                // Stalled, so no close frame would reach the client: cut.
+                self.metrics.failure("send_queue_full");
+                return Poll::Ready(Outcome {
+                    code: Some(SHED),
+                    reason: "send_queue_full",
+                });
+            }
             if matches!(self.closing, Closing::Open)
                 && let Some(cause) = control.drain_requested()
             {
@@ -499,6 +535,7 @@ impl Session {
             if std::mem::take(&mut self.saw_data) {
                 self.last_data = now;
             }
+            self.track_stall(control, now);
             let deadline = self.next_deadline(now);
             if deadline != timer.deadline() {
                 timer.as_mut().reset(deadline);
@@ -926,6 +963,23 @@ impl Session {
         Ok(())
     }
 
+    /// Takes a charge against the send-queue ceiling when the client
+    /// stalls, and gives it back when the client has caught up. A ping
+    /// that waited behind the data was sent only now: its pong is due from
+    /// now.
+    fn track_stall(&mut self, control: &Arc<ConnControl>, now: Instant) {
+        match (self.b2c.pending.is_empty(), self.stall.is_some()) {
+            (false, false) => self.stall = Some(self.queues.stall(control, self.queue_charge)),
+            (true, true) => {
+                self.stall = None;
+                if let Some(sent) = &mut self.ping_out {
+                    *sent = now;
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn on_timer(&mut self, now: Instant) {
         if let Some(deadline) = self.close_deadline
             && now >= deadline
@@ -941,7 +995,20 @@ impl Session {
         if !matches!(self.closing, Closing::Open) {
             return;
         }
+        if let Some(since) = self.b2c.pending_since
+            && now >= since + self.settings.slow_consumer
+        {
+            // The client takes no data: a close frame would not reach it
+            // either. Cut both sides.
+            self.metrics.failure("slow_consumer");
+            self.end = Some(Outcome {
+                code: Some(1008),
+                reason: "slow_consumer",
+            });
+            return;
+        }
         if let Some(at) = self.ping_out
+            && self.stall.is_none()
             && now >= at + self.settings.heartbeat_timeout
         {
             self.begin_close(
@@ -965,18 +1032,6 @@ impl Session {
                 Order::Together,
                 false,
             );
-            return;
-        }
-        if let Some(since) = self.b2c.pending_since
-            && now >= since + self.settings.slow_consumer
-        {
-            // The client takes no data: a close frame would not reach it
-            // either. Cut both sides.
-            self.metrics.failure("slow_consumer");
-            self.end = Some(Outcome {
-                code: Some(1008),
-                reason: "slow_consumer",
-            });
         }
     }
 
@@ -995,6 +1050,7 @@ impl Session {
             Closing::Open => {}
         }
         at = at.min(match self.ping_out {
+            Some(_) if self.stall.is_some() => far,
             Some(sent) => sent + self.settings.heartbeat_timeout,
             None => future(self.ping_due),
         });

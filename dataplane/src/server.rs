@@ -36,8 +36,9 @@ use crate::{
     io::Io,
     metrics::{Metrics, RouteLabel},
     registry::{ConnControl, DrainCause, Registry, RegistryGuard, Role},
-    relay::Relay,
+    relay::{Relay, Relays},
     routing::{Backend, KeyHash, KeySource, Seat, Shard, Version, hash_key},
+    send_queues::SendQueues,
     snapshot::Running,
 };
 use prometheus_client::metrics::gauge::Gauge;
@@ -71,12 +72,16 @@ pub struct Shared {
     pub(crate) running: ArcSwap<Running>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
+    /// What every relay shares (the metrics again, the send-queue ceiling).
+    relays: Relays,
     pub(crate) registry: Arc<Registry>,
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
     ready: AtomicBool,
     /// The cause of the drain in progress (0: none).
     draining: AtomicU8,
+    /// Told when `draining` is first set.
+    drain_started: Notify,
     drain_requested: Notify,
     /// A drain RPC ran: stop taking hand-offs, stay up until stopped.
     pub(crate) peer_closed: Notify,
@@ -108,6 +113,7 @@ impl Shared {
         let _ =
             self.draining
                 .compare_exchange(0, cause.to_u8(), Ordering::SeqCst, Ordering::SeqCst);
+        self.drain_started.notify_waiters();
     }
 
     /// Starts a graceful drain, as SIGTERM does.
@@ -117,9 +123,16 @@ impl Shared {
 
     /// Resolves once a drain has started and every connection has ended.
     pub(crate) async fn wait_drained(&self) {
-        while !(self.drain_cause().is_some() && self.registry.is_empty()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        loop {
+            let started = self.drain_started.notified();
+            tokio::pin!(started);
+            started.as_mut().enable();
+            if self.drain_cause().is_some() {
+                break;
+            }
+            started.await;
         }
+        self.registry.wait_empty().await;
     }
 
     /// This pod's shard id (shards only).
@@ -184,14 +197,24 @@ impl Server {
             ),
             None => (None, None),
         };
+        let metrics = Arc::new(Metrics::new());
+        let relays = Relays {
+            queues: Arc::new(SendQueues::new(
+                config.connections.max_queued_bytes,
+                &metrics,
+            )),
+            metrics: Arc::clone(&metrics),
+        };
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.connections.max_connections)),
             running: ArcSwap::from_pointee(running),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            relays,
             registry: Arc::default(),
             tls,
             ready: AtomicBool::new(false),
             draining: AtomicU8::new(0),
+            drain_started: Notify::new(),
             drain_requested: Notify::new(),
             peer_closed: Notify::new(),
             drainer: Drainer::start(),
@@ -290,16 +313,15 @@ impl Server {
                 let policy = running.drain;
                 shared
                     .drainer
-                    .submit(victims, cause, policy.window, policy.max_closes_per_second);
+                    .submit(victims, cause, policy.window, policy.max_closes_per_second)
+                    .await;
                 shared.drainer.idle().await;
             }
             Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
         }
         let close_timeout = running.relay.close_timeout;
-        let deadline = Instant::now() + close_timeout * 2 + Duration::from_secs(1);
-        while !shared.registry.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let last_close = close_timeout * 2 + Duration::from_secs(1);
+        let _ = timeout(last_close, shared.registry.wait_empty()).await;
         let left = shared.registry.len();
         if left > 0 {
             tracing::warn!(
@@ -562,6 +584,9 @@ async fn establish(
     permit: OwnedSemaphorePermit,
 ) -> Option<(Relay, Open)> {
     let _ = tcp.set_nodelay(true);
+    // What a client that does not read can make the kernel hold for it.
+    let _ = socket2::SockRef::from(&tcp)
+        .set_send_buffer_size(shared.config.connections.send_buffer_bytes);
     let metrics = &shared.metrics;
     let deadline = Instant::now() + shared.running.load().handshake_timeout;
     let mut client = match (&shared.tls, origin) {
@@ -672,7 +697,7 @@ async fn establish(
         upgrade.deflate,
         control,
         relay_settings,
-        Arc::clone(&shared.metrics),
+        &shared.relays,
     );
     let open = Open {
         metrics: Arc::clone(&shared.metrics),

@@ -34,7 +34,7 @@ BACKEND_PORT=28402
 # The gateway's timeouts, shorter than the defaults so that the run takes
 # about three minutes; the probe is told them, to check every end.
 HANDSHAKE_TIMEOUT=5
-SLOW_CONSUMER=10
+SLOW_CONSUMER=${SLOW_CONSUMER:-10}
 HEARTBEAT_INTERVAL=10
 HEARTBEAT_TIMEOUT=10
 # Seconds after an attack before memory is read again: the allocator
@@ -71,7 +71,7 @@ status=0
 taskset -c 1 "$BIN/ringway-load" hostile --url "ws://127.0.0.1:$GW_PORT/echo" --pid "$GW_PID" \
   --scale "$SCALE" ${ONLY:+--only "$ONLY"} \
   --handshake-timeout "$HANDSHAKE_TIMEOUT" --slow-consumer "$SLOW_CONSUMER" \
-  --heartbeat "$((HEARTBEAT_INTERVAL + HEARTBEAT_TIMEOUT))" --settle "$SETTLE" \
+  --settle "$SETTLE" \
   >"$WORK/hostile.txt" 2>"$WORK/hostile.err" || status=$?
 cat "$WORK/hostile.txt"
 if grep -qi panic "$WORK/gateway.log"; then

@@ -25,25 +25,54 @@ struct Link {
     metrics: Arc<Metrics>,
 }
 
+/// Settings with timers that never fire in a test.
+fn quiet_settings() -> RelaySettings {
+    RelaySettings {
+        max_frame: MAX_FRAME,
+        max_message: MAX_MESSAGE,
+        heartbeat_interval: Duration::from_secs(3600),
+        heartbeat_timeout: Duration::from_secs(60),
+        idle_timeout: None,
+        slow_consumer: Duration::from_secs(60),
+        close_timeout: Duration::from_secs(1),
+        reconnect_jitter_ms: 0,
+    }
+}
+
+/// The gateway's side of a client connection whose send buffer is
+/// `send_buffer` bytes (`SO_SNDBUF`), and the test's side, which holds
+/// only a small receive buffer, so that a test that does not read stalls
+/// the relay soon.
+async fn client_pair(send_buffer: usize) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let client = socket
+        .connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (relayed, _) = listener.accept().await.expect("accept");
+    socket2::SockRef::from(&relayed)
+        .set_send_buffer_size(send_buffer)
+        .expect("SO_SNDBUF");
+    (client, relayed)
+}
+
 impl Link {
     async fn new() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (relay_client, _) = listener.accept().await.expect("accept");
-        let relay_backend = TcpStream::connect(addr).await.expect("connect");
-        let (backend, _) = listener.accept().await.expect("accept");
-        let settings = RelaySettings {
-            max_frame: MAX_FRAME,
-            max_message: MAX_MESSAGE,
-            heartbeat_interval: Duration::from_secs(3600),
-            heartbeat_timeout: Duration::from_secs(60),
-            idle_timeout: None,
-            slow_consumer: Duration::from_secs(60),
-            close_timeout: Duration::from_secs(1),
-            reconnect_jitter_ms: 0,
-        };
         let metrics = Arc::new(Metrics::new());
+        let queues = Arc::new(SendQueues::new(u64::MAX, &metrics));
+        Self::with(quiet_settings(), metrics, queues).await
+    }
+
+    /// A link whose relay runs with `settings` and charges `queues`.
+    async fn with(settings: RelaySettings, metrics: Arc<Metrics>, queues: Arc<SendQueues>) -> Self {
+        let (client, relay_client) = client_pair(64 * 1024).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let relay_backend = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (backend, _) = listener.accept().await.expect("accept");
         let control = ConnControl::new("test".into(), KeyHash(7), Role::Edge("owner".into()));
         let relay = Relay::new(
             Io::Tcp(relay_client),
@@ -52,7 +81,10 @@ impl Link {
             false,
             Arc::new(control),
             Arc::new(settings),
-            metrics.clone(),
+            &Relays {
+                metrics: Arc::clone(&metrics),
+                queues,
+            },
         );
         Self {
             client,
@@ -444,4 +476,97 @@ async fn a_backend_that_drops_after_the_clients_close_is_passed_on() {
             reason: "client"
         }
     );
+}
+
+/// The backend writes binary frames within the limits as fast as the
+/// relay takes them, until the relay is gone.
+fn flood(mut backend: TcpStream) -> JoinHandle<()> {
+    let message = frame(0x82, &[0x5a; 1000], None);
+    tokio::spawn(async move { while backend.write_all(&message).await.is_ok() {} })
+}
+
+/// Waits until `metrics` show `n` stalled clients.
+async fn until_stalled(metrics: &Metrics, n: usize) {
+    let shown = format!("ringway_stalled_clients {n}\n");
+    tokio::time::timeout(WAIT, async {
+        while !metrics.render().contains(&shown) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the clients stall");
+}
+
+async fn ended(relay: JoinHandle<Outcome>) -> Outcome {
+    tokio::time::timeout(WAIT, relay)
+        .await
+        .expect("the relay ends")
+        .expect("no panic")
+}
+
+#[tokio::test]
+async fn a_client_that_takes_nothing_is_cut_as_a_slow_consumer_not_by_its_heartbeat() {
+    let settings = RelaySettings {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(100),
+        slow_consumer: Duration::from_millis(1500),
+        ..quiet_settings()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let queues = Arc::new(SendQueues::new(u64::MAX, &metrics));
+    let Link {
+        client,
+        backend,
+        relay,
+        ..
+    } = Link::with(settings, Arc::clone(&metrics), queues).await;
+    let started = std::time::Instant::now();
+    let flooding = flood(backend);
+    until_stalled(&metrics, 1).await;
+    assert_eq!(
+        ended(relay).await,
+        Outcome {
+            code: Some(1008),
+            reason: "slow_consumer"
+        }
+    );
+    // Its ping waited behind the data: the heartbeat (0.2 s) did not end it.
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(metrics.render().contains("ringway_stalled_clients 0\n"));
+    flooding.abort();
+    drop(client);
+}
+
+#[tokio::test]
+async fn past_the_send_queue_ceiling_the_longest_stalled_client_is_shed_with_1013() {
+    let metrics = Arc::new(Metrics::new());
+    // Room for one stalled client: the second to stall sheds the first.
+    let (_probe, probe) = client_pair(64 * 1024).await;
+    let one = crate::send_queues::charge(Io::Tcp(probe).send_buffer_size());
+    let queues = Arc::new(SendQueues::new(one + one / 2, &metrics));
+    let first = Link::with(quiet_settings(), Arc::clone(&metrics), Arc::clone(&queues)).await;
+    let second = Link::with(quiet_settings(), Arc::clone(&metrics), Arc::clone(&queues)).await;
+    let mut floods = vec![flood(first.backend)];
+    until_stalled(&metrics, 1).await;
+    assert_eq!(queues.used(), one);
+    floods.push(flood(second.backend));
+    assert_eq!(
+        ended(first.relay).await,
+        Outcome {
+            code: Some(1013),
+            reason: "send_queue_full"
+        }
+    );
+    until_stalled(&metrics, 1).await;
+    assert!(!second.relay.is_finished(), "the newer stall is kept");
+    assert_eq!(queues.used(), one);
+    assert!(
+        metrics
+            .render()
+            .contains("ringway_connection_failures_total{kind=\"send_queue_full\"} 1\n")
+    );
+    second.relay.abort();
+    floods.iter().for_each(JoinHandle::abort);
+    drop((first.client, second.client));
 }

@@ -79,10 +79,6 @@ pub struct HostileArgs {
     #[arg(long, default_value_t = 30.0)]
     pub slow_consumer: f64,
 
-    /// The gateway's heartbeat interval plus timeout, in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    pub heartbeat: f64,
-
     /// Time after each attack's last connection ended before memory and
     /// descriptors are read again.
     #[arg(long, default_value_t = 5.0)]
@@ -143,10 +139,9 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<Report> {
     let settle = super::seconds("settle", args.settle)?;
     let count = |n: usize| ((n as f64 * args.scale).round() as usize).max(1);
     let handshake = Duration::from_secs_f64(args.handshake_timeout);
-    // A consumer that never reads may leave the gateway no unsent data
-    // (the kernel's send buffer takes it all): then only the heartbeat
-    // ends it, after up to the interval plus the timeout.
-    let slow = Duration::from_secs_f64(args.slow_consumer.max(args.heartbeat));
+    // A consumer that never reads fills its capped send buffer and is cut
+    // after slowConsumerSeconds (the heartbeat does not judge it).
+    let slow = Duration::from_secs_f64(args.slow_consumer);
     for name in ATTACKS {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
             continue;
