@@ -18,9 +18,10 @@ engine; `.ci/run` runs it and fails when it does.
    (discovery answers and a record of every object created), for every
    value set: the RBAC rendered is files/rbac/*.yaml (which a Rust test
    holds equal to the operator's table), the CRD is the generated one and
-   kept, the pod is non-root and read-only with its probes and flags, the
-   Services and ServiceMonitor select what they should, and every object
-   carries the standard labels. The invalid value sets must be refused.
+   kept, the pod is non-root and read-only with its probes and flags (its
+   --operator-pod-labels select its own pods), the Services and
+   ServiceMonitor select what they should, and every object carries the
+   standard labels. The invalid value sets must be refused.
 7. Support floor: the chart's kubeVersion names the oldest Kubernetes minor
    the product supports, which is the API version the workspace builds its
    Kubernetes types for (k8s-openapi's `v1_NN` feature) and what the READMEs
@@ -360,6 +361,15 @@ def rendered_problems(objects, values):
         problems.append(f"args {args} do not pass --namespace={','.join(namespaces)}")
     if not namespaces and any(a.startswith("--namespace") for a in args):
         problems.append(f"args {args} restrict namespaces though watchNamespaces is empty")
+    # Gateways' NetworkPolicies admit the pods these labels select to the
+    # control port: they must select the operator's own pods.
+    pod_labels = [a.split("=", 1)[1] for a in args if a.startswith("--operator-pod-labels=")]
+    pairs = [p.split("=", 1) for p in pod_labels[0].split(",")] if pod_labels else []
+    if not pairs or any(len(p) != 2 or pod["metadata"]["labels"].get(p[0]) != p[1] for p in pairs):
+        problems.append(f"args {args} do not pass --operator-pod-labels selecting the operator's pods")
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container.get("env", [])}
+    if env.get("POD_NAMESPACE") != "metadata.namespace":
+        problems.append("POD_NAMESPACE (the operator's namespace) is not the pod's namespace")
 
     # Metrics: the Service selects the pods; the ServiceMonitor the Service.
     service = one("Service")

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ConnectionSettings, DisruptionBudget, DrainSettings, Listener, Route, WebSocketGatewayStatus,
-    defaults,
+    ConnectionSettings, DisruptionBudget, DrainSettings, Listener, NetworkPolicySettings, Route,
+    WebSocketGatewayStatus, defaults,
 };
 
 /// A WebSocket gateway: sharded data-plane pods that hold client WebSockets
@@ -118,4 +118,9 @@ pub struct WebSocketGatewaySpec {
     /// force to reconnect, across the whole gateway.
     #[serde(default)]
     pub disruption_budget: DisruptionBudget,
+
+    /// An optional NetworkPolicy that limits who reaches the data-plane
+    /// pods' ports.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySettings,
 }

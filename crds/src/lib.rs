@@ -11,12 +11,14 @@ mod connection;
 mod defaults;
 mod disruption;
 mod gateway;
+mod network;
 mod route;
 mod status;
 
 pub use connection::{ConnectionSettings, Heartbeat, Listener};
 pub use disruption::{DisruptionBudget, DrainSettings};
 pub use gateway::{WebSocketGateway, WebSocketGatewaySpec};
+pub use network::{MetricsPeer, NetworkPolicySettings};
 pub use route::{BackendRef, KeySource, MissingKeyPolicy, Route, RouteKey};
 pub use status::{
     CanaryPhase, CanaryStatus, DisruptionStatus, Slot, SlotStatus, WebSocketGatewayStatus,

@@ -9,6 +9,7 @@ use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{ConfigMap, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
@@ -81,6 +82,7 @@ async fn run_scope<S: Steer>(
         .owns(api::<PodDisruptionBudget>(&client, ns), ours())
         .owns(api::<Secret>(&client, ns), ours())
         .owns(api::<ConfigMap>(&client, ns), ours())
+        .owns(api::<NetworkPolicy>(&client, ns), ours())
         // Pods belong to the StatefulSets; their label names the gateway.
         .watches(api::<Pod>(&client, ns), ours(), |pod| {
             let ns = pod.namespace();

@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use kube::runtime::events::Reporter;
 use ringway_control::Options;
 use ringway_operator::{
+    children::OperatorPods,
     controller,
     events::Events,
     http,
@@ -37,9 +38,19 @@ struct Args {
     /// Take a Lease before acting, so that only one replica acts.
     #[arg(long, env = "RINGWAY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
-    /// Namespace of the leader Lease (default: the pod's own, from POD_NAMESPACE).
+    /// Namespace of the leader Lease (default: the operator's own).
     #[arg(long, env = "RINGWAY_LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
+    /// The operator's own namespace (default: POD_NAMESPACE, else `default`).
+    /// A gateway's NetworkPolicy admits pods of this namespace to the
+    /// control port.
+    #[arg(long, env = "POD_NAMESPACE")]
+    operator_namespace: Option<String>,
+    /// Labels of the operator's own pods, as `key=value` pairs separated by
+    /// commas. A gateway's NetworkPolicy admits only these pods of the
+    /// operator's namespace to the control port; none: every pod of it.
+    #[arg(long, env = "RINGWAY_OPERATOR_POD_LABELS", value_delimiter = ',', value_parser = label)]
+    operator_pod_labels: Vec<(String, String)>,
     /// Name of the leader Lease.
     #[arg(long, env = "RINGWAY_LEASE_NAME", default_value = "ringway-operator")]
     lease_name: String,
@@ -52,6 +63,14 @@ struct Args {
     /// Log filter, in `tracing` env-filter syntax.
     #[arg(long, env = "RINGWAY_LOG", default_value = "info")]
     log: String,
+}
+
+/// One `key=value` label.
+fn label(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{pair:?} is not key=value")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -119,12 +138,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Ready once up: a standby replica waiting for the lease is healthy,
     // and a rolling update of the operator must not wait for it to lead.
     let _ = ready_tx.send(true);
+    let own_namespace = args
+        .operator_namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
     let leadership = if args.leader_election {
         let namespace = args
             .lease_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".to_owned());
+            .unwrap_or_else(|| own_namespace.clone());
         let config = LeaseConfig::new(namespace, args.lease_name.clone(), identity.clone());
         info!(lease = %args.lease_name, identity = %identity, "waiting for the leader lease");
         match leader::acquire(client.clone(), config, stopped())
@@ -179,6 +201,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::clone(&metrics),
         events,
         args.image.clone(),
+        OperatorPods {
+            namespace: own_namespace,
+            labels: args.operator_pod_labels.iter().cloned().collect(),
+        },
     ));
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
     controller::run(client, &args.namespaces, context, halt_rx).await;

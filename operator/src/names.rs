@@ -85,6 +85,11 @@ impl GatewayRef {
         self.name.clone()
     }
 
+    /// The NetworkPolicy over the gateway's pods, when enabled: `<gateway>`.
+    pub fn network_policy(&self) -> String {
+        self.name.clone()
+    }
+
     /// The Secret the pods mount: CA certificate, the pods' server
     /// certificate and key, and the peer token: `<gateway>-control`.
     pub fn control_secret(&self) -> String {

@@ -27,6 +27,10 @@ const APPLY: &[&str] = &["list", "watch", "create", "patch"];
 /// the control channel's Secrets, the backend Services of the routes).
 const APPLY_AND_GET: &[&str] = &["get", "list", "watch", "create", "patch"];
 
+/// The optional NetworkPolicy: applied when a gateway enables it, read and
+/// deleted (if the gateway owns it) when the gateway does not.
+const APPLY_GET_AND_DELETE: &[&str] = &["get", "list", "watch", "create", "patch", "delete"];
+
 /// In every namespace whose gateways the operator manages (a ClusterRole
 /// when it watches all namespaces, a Role in each otherwise).
 pub const GATEWAYS: &[Grant] = &[
@@ -59,6 +63,11 @@ pub const GATEWAYS: &[Grant] = &[
         api_group: "policy",
         resources: &["poddisruptionbudgets"],
         verbs: APPLY,
+    },
+    Grant {
+        api_group: "networking.k8s.io",
+        resources: &["networkpolicies"],
+        verbs: APPLY_GET_AND_DELETE,
     },
     Grant {
         api_group: "",

@@ -13,6 +13,7 @@ use k8s_openapi::{
     api::{
         apps::v1::StatefulSet,
         core::v1::{ConfigMap, Pod, Secret, Service},
+        networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -20,7 +21,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions},
     runtime::{controller::Action, events::EventType},
 };
 use ringway_control::{all_acked, pki::Ca};
@@ -32,7 +33,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
 use crate::{
-    Error, PodInputs, annotations, budget, children,
+    Error, PodInputs, annotations, budget,
+    children::{self, OperatorPods},
     conditions::{self, Decided},
     events::Events,
     metrics::Metrics,
@@ -68,6 +70,9 @@ pub struct Context<S> {
     pub events: Events,
     /// The data-plane image when a spec names none.
     pub default_image: String,
+    /// The operator's own pods, which gateways' NetworkPolicies admit to
+    /// the control port.
+    pub operator_pods: OperatorPods,
     memory: Mutex<HashMap<String, Memory>>,
 }
 
@@ -99,6 +104,7 @@ impl<S: Steer> Context<S> {
         metrics: Arc<Metrics>,
         events: Events,
         default_image: String,
+        operator_pods: OperatorPods,
     ) -> Self {
         Self {
             client,
@@ -106,6 +112,7 @@ impl<S: Steer> Context<S> {
             metrics,
             events,
             default_image,
+            operator_pods,
             memory: Mutex::default(),
         }
     }
@@ -288,6 +295,13 @@ async fn reconcile_gateway<S: Steer>(
     apply(&services, &children::peer_service(&gwref)).await?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     apply(&pdbs, &children::disruption_budget(&gwref)).await?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    if spec.network_policy.enabled {
+        let policy = children::network_policy(&gwref, &spec.network_policy, &ctx.operator_pods);
+        apply(&policies, &policy).await?;
+    } else {
+        delete_owned(&policies, &gwref.network_policy(), &gwref).await?;
+    }
 
     // The snapshot: sent when its content changed, or to pods that have
     // not acknowledged it yet. An unchanged gateway touches no socket.
@@ -677,6 +691,47 @@ where
         what: format!("{} {name}", K::kind(&())),
         source,
     })
+}
+
+/// Deletes the child `name` if it exists and this gateway owns it: an
+/// object of the same name that someone else made is left alone. The
+/// delete is conditional on the uid read, so it cannot hit a replacement.
+async fn delete_owned<K>(api: &Api<K>, name: &str, gw: &GatewayRef) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let Some(object) = get(api, name).await? else {
+        return Ok(());
+    };
+    let owned = object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == gw.owner.uid && o.controller == Some(true));
+    if !owned {
+        debug!(name, kind = K::kind(&()).as_ref(), "not ours: left alone");
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: object.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {
+            info!(name, kind = K::kind(&()).as_ref(), "deleted");
+            Ok(())
+        }
+        // Gone already (or replaced by a new object, which is not ours).
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            what: format!("{} {name}", K::kind(&())),
+            source,
+        }),
+    }
 }
 
 fn status_api(gw: &WebSocketGateway, client: &Client) -> Api<WebSocketGateway> {

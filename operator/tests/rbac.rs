@@ -2,7 +2,8 @@
 //! refuses every request that `ringway_operator::rbac` does not grant (in
 //! every API test); here one run of everything the operator does — the
 //! controllers' lists and watches, reconciles through a canary with a bad
-//! annotation, leader election — must use every grant; and the Helm chart's
+//! annotation and a NetworkPolicy turned on and off, leader election — must
+//! use every grant; and the Helm chart's
 //! rules must be the table's.
 
 mod support;
@@ -98,6 +99,12 @@ async fn every_grant_is_used_by_the_operator() {
         "{:#}",
         w.status()
     );
+    // The NetworkPolicy: applied when enabled, deleted when disabled.
+    w.edit(|gw| gw["spec"]["networkPolicy"] = json!({"enabled": true}));
+    w.run(1).await;
+    w.edit(|gw| gw["spec"]["networkPolicy"] = json!({"enabled": false}));
+    w.run(1).await;
+    assert!(w.api.get("networkpolicies", "chat").is_none());
 
     // The controllers: every list and watch they start.
     let (halt_tx, halt) = watch::channel(false);
@@ -112,7 +119,7 @@ async fn every_grant_is_used_by_the_operator() {
             .filter(|(_, _, verb)| verb == "watch")
             .count()
     };
-    let kinds_watched = 8; // gateways, five owned kinds, pods, EndpointSlices
+    let kinds_watched = 9; // gateways, six owned kinds, pods, EndpointSlices
     for _ in 0..200 {
         if watches(&w.api) >= kinds_watched {
             break;

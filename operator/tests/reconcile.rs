@@ -638,3 +638,92 @@ async fn a_gateway_without_a_uid_is_refused_as_malformed() {
         .unwrap_err();
     assert_eq!(err.label(), "malformed");
 }
+
+#[tokio::test]
+async fn a_network_policy_is_applied_when_enabled_and_deleted_when_disabled() {
+    let w = steady(Value::Null).await;
+    assert!(
+        w.api.get("networkpolicies", "chat").is_none(),
+        "off by default"
+    );
+
+    w.edit(|gw| {
+        gw["spec"]["networkPolicy"] = json!({"enabled": true, "metricsFrom": [
+            {"namespaceSelector": {"kubernetes.io/metadata.name": "monitoring"}}]})
+    });
+    let pushes = w.steer.pushed().len();
+    w.reconcile().await.unwrap();
+    let policy = w.api.get("networkpolicies", "chat").expect("applied");
+    assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "gw-uid-1");
+    assert_eq!(policy["metadata"]["labels"]["ringway.dev/gateway"], "chat");
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"],
+        json!({"matchLabels": {"ringway.dev/gateway": "chat"}})
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    let from = |port: &str| {
+        spec["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ports"][0]["port"] == port)
+            .map(|r| r["from"].clone())
+            .unwrap_or_else(|| panic!("no rule for {port}: {spec:#}"))
+    };
+    assert_eq!(from("client"), Value::Null, "clients from anywhere");
+    assert_eq!(
+        from("peer"),
+        json!([{"podSelector": {"matchLabels": {"ringway.dev/gateway": "chat"}}}])
+    );
+    assert_eq!(
+        from("control"),
+        json!([{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": support::OPERATOR_NS}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+        }])
+    );
+    assert_eq!(
+        from("admin"),
+        json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}])
+    );
+    assert_eq!(
+        w.steer.pushed().len(),
+        pushes,
+        "the policy is no snapshot content"
+    );
+    assert_eq!(
+        replicas(&w, "chat-a"),
+        3,
+        "and no revision: nothing restarts"
+    );
+
+    w.edit(|gw| gw["spec"]["networkPolicy"]["enabled"] = json!(false));
+    w.reconcile().await.unwrap();
+    assert!(
+        w.api.get("networkpolicies", "chat").is_none(),
+        "deleted when turned off"
+    );
+    // Nothing left to delete: one read, no delete.
+    w.api.clear_log();
+    w.reconcile().await.unwrap();
+    let to_policies: Vec<_> = w
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(_, p, _)| p.contains("/networkpolicies"))
+        .map(|(m, _, _)| m.to_string())
+        .collect();
+    assert_eq!(to_policies, vec!["GET"]);
+}
+
+#[tokio::test]
+async fn a_network_policy_the_gateway_does_not_own_is_left_alone() {
+    let w = steady(Value::Null).await;
+    let theirs = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "chat", "namespace": "prod", "uid": "np-uid-9"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+    w.api.put("networkpolicies", theirs.clone());
+    w.reconcile().await.unwrap();
+    assert_eq!(w.api.get("networkpolicies", "chat"), Some(theirs));
+}

@@ -1,10 +1,12 @@
 //! The Kubernetes objects a gateway owns, rendered from its identity and
 //! pod inputs: per slot a StatefulSet and its config file, and for the
-//! whole gateway the client Service, the headless peer Service and a
-//! PodDisruptionBudget. Pure functions: the reconciler applies what they
+//! whole gateway the client Service, the headless peer Service, a
+//! PodDisruptionBudget and, when the spec asks for it, a NetworkPolicy.
+//! Pure functions: the reconciler applies what they
 //! return with server-side apply.
 
 mod config;
+mod network_policy;
 mod pod;
 mod volumes;
 
@@ -17,6 +19,7 @@ use k8s_openapi::{
 };
 
 pub use config::{CONFIG_KEY, config_map};
+pub use network_policy::{OperatorPods, network_policy};
 pub use pod::{TERMINATION_MARGIN_SECONDS, stateful_set, termination_grace_seconds};
 
 use crate::names::{CONTROL_PORT, GatewayRef, PEER_PORT};
@@ -226,6 +229,12 @@ mod tests {
             client_service(&gw, 8080).metadata,
             peer_service(&gw).metadata,
             disruption_budget(&gw).metadata,
+            network_policy(
+                &gw,
+                &ringway_crds::NetworkPolicySettings::default(),
+                &OperatorPods::default(),
+            )
+            .metadata,
         ];
         for meta in metas {
             let name = meta.name.clone().unwrap_or_default();
@@ -273,6 +282,15 @@ mod tests {
                 serde_json::to_value(disruption_budget(&gw)),
                 "policy/v1",
                 "PodDisruptionBudget",
+            ),
+            (
+                serde_json::to_value(network_policy(
+                    &gw,
+                    &ringway_crds::NetworkPolicySettings::default(),
+                    &OperatorPods::default(),
+                )),
+                "networking.k8s.io/v1",
+                "NetworkPolicy",
             ),
         ];
         for (json, api_version, kind) in objects {

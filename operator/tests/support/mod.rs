@@ -20,7 +20,8 @@ use ringway_control::{
 };
 use ringway_crds::WebSocketGateway;
 use ringway_operator::{
-    Error, events::Events, metrics::Metrics, rbac, reconcile::Context, steer::Steer,
+    Error, children::OperatorPods, events::Events, metrics::Metrics, rbac, reconcile::Context,
+    steer::Steer,
 };
 use serde_json::{Value, json};
 
@@ -44,6 +45,9 @@ pub fn path(kind: &str) -> String {
         "secrets" | "pods" | "services" | "configmaps" => format!("/api/v1/namespaces/{NS}/{kind}"),
         "statefulsets" => format!("/apis/apps/v1/namespaces/{NS}/statefulsets"),
         "poddisruptionbudgets" => format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets"),
+        "networkpolicies" => {
+            format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")
+        }
         "endpointslices" => format!("/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"),
         "websocketgateways" => {
             format!("/apis/ringway.dev/v1alpha1/namespaces/{NS}/websocketgateways")
@@ -263,6 +267,7 @@ impl FakeApi {
             "configmaps",
             "statefulsets",
             "poddisruptionbudgets",
+            "networkpolicies",
             "endpointslices",
             "websocketgateways",
             "events",
@@ -351,6 +356,11 @@ impl FakeApi {
                         if let Some(s) = old.as_ref().and_then(|o| o.get("status")) {
                             obj["status"] = s.clone();
                         }
+                        // The server gives a new object its uid and keeps it.
+                        obj["metadata"]["uid"] = match old.as_ref() {
+                            Some(o) => o["metadata"]["uid"].clone(),
+                            None => json!(format!("uid-{}-{name}", store.log.len())),
+                        };
                         obj
                     }
                 };
@@ -370,6 +380,22 @@ impl FakeApi {
                 obj["metadata"]["resourceVersion"] = json!((version + 1).to_string());
                 store.objects.insert(key, obj.clone());
                 respond(StatusCode::OK, &obj)
+            }
+            (Method::DELETE, Some(name)) => {
+                let key = (collection, name.clone());
+                let Some(old) = store.objects.get(&key).cloned() else {
+                    return not_found(&name);
+                };
+                let wanted = &body["preconditions"]["uid"];
+                if !wanted.is_null() && *wanted != old["metadata"]["uid"] {
+                    return respond(
+                        StatusCode::CONFLICT,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": "Precondition failed: UID in precondition", "reason": "Conflict", "code": 409}),
+                    );
+                }
+                store.objects.remove(&key);
+                respond(StatusCode::OK, &old)
             }
             (m, n) => panic!("unexpected request {m} {full} ({n:?})"),
         }
@@ -516,6 +542,8 @@ pub struct World {
 }
 
 pub const IMAGE: &str = "ringway/dataplane:1";
+/// The namespace the operator runs in.
+pub const OPERATOR_NS: &str = "ringway-system";
 
 impl World {
     /// A gateway `chat` (routes keyed by the `room` query parameter to the
@@ -562,6 +590,10 @@ impl World {
             Arc::new(Metrics::new()),
             events,
             IMAGE.into(),
+            OperatorPods {
+                namespace: OPERATOR_NS.into(),
+                labels: BTreeMap::from([("app.kubernetes.io/component".into(), "operator".into())]),
+            },
         ));
         Self { api, steer, ctx }
     }
