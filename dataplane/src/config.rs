@@ -452,24 +452,26 @@ pub(crate) fn secs(v: f64) -> Duration {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_example_config_loads() {
-        let path = std::path::PathBuf::from(
+    /// `examples/<name>`, found from the crate at run time.
+    fn example(name: &str) -> std::path::PathBuf {
+        std::path::PathBuf::from(
             std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
         )
-        .join("../examples/standalone.yaml");
-        let config = Config::load(&path).expect("examples/standalone.yaml is valid");
+        .join("../examples")
+        .join(name)
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let config =
+            Config::load(&example("standalone.yaml")).expect("examples/standalone.yaml is valid");
         assert_eq!(config.routes[0].backends.len(), 2);
         assert_eq!(config.connections.max_connections, 9_900);
     }
 
     #[test]
     fn the_example_shard_config_loads() {
-        let path = std::path::PathBuf::from(
-            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
-        )
-        .join("../examples/shard.yaml");
-        let config = Config::load(&path).expect("examples/shard.yaml is valid");
+        let config = Config::load(&example("shard.yaml")).expect("examples/shard.yaml is valid");
         let shard = config.shard.expect("a shard section");
         assert!(config.routes.is_empty());
         assert_eq!(shard.control.address.port(), 7443);

@@ -26,6 +26,22 @@ mod tls;
 pub use config::Config;
 pub use server::{Server, Shared, Shutdown};
 
+/// Resolves once `done()` holds, looking again each time `notify` tells
+/// its waiters (`notify_waiters`) that it may have changed.
+pub(crate) async fn notified_until(notify: &tokio::sync::Notify, done: impl Fn() -> bool) {
+    loop {
+        let told = notify.notified();
+        tokio::pin!(told);
+        // Listening before looking, so that a change in between is not
+        // missed.
+        told.as_mut().enable();
+        if done() {
+            return;
+        }
+        told.await;
+    }
+}
+
 /// Everything that stops the data plane from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

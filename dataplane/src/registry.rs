@@ -183,17 +183,7 @@ impl Registry {
 
     /// Resolves once no connection is left (at once if none is).
     pub async fn wait_empty(&self) {
-        loop {
-            let emptied = self.emptied.notified();
-            tokio::pin!(emptied);
-            // Listening before looking, so that a last connection leaving
-            // in between is not missed.
-            emptied.as_mut().enable();
-            if self.is_empty() {
-                return;
-            }
-            emptied.await;
-        }
+        crate::notified_until(&self.emptied, || self.is_empty()).await;
     }
 
     /// A copy of the current connections (for a drain to work through).

@@ -361,7 +361,7 @@ impl Relay {
         deflate: bool,
         control: Arc<ConnControl>,
         settings: Arc<RelaySettings>,
-        relays: &Relays,
+        relays: Relays,
     ) -> Self {
         let now = Instant::now();
         let queue_charge = charge(client.send_buffer_size());
@@ -382,8 +382,8 @@ impl Relay {
             client_spoke_last: false,
             timer_armed: false,
             settings,
-            metrics: Arc::clone(&relays.metrics),
-            queues: Arc::clone(&relays.queues),
+            metrics: relays.metrics,
+            queues: relays.queues,
             queue_charge,
             stall: None,
         };

@@ -72,8 +72,8 @@ pub struct Shared {
     pub(crate) running: ArcSwap<Running>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
-    /// What every relay shares (the metrics again, the send-queue ceiling).
-    relays: Relays,
+    /// The ceiling on what clients that do not keep up hold.
+    queues: Arc<SendQueues>,
     pub(crate) registry: Arc<Registry>,
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
@@ -123,15 +123,7 @@ impl Shared {
 
     /// Resolves once a drain has started and every connection has ended.
     pub(crate) async fn wait_drained(&self) {
-        loop {
-            let started = self.drain_started.notified();
-            tokio::pin!(started);
-            started.as_mut().enable();
-            if self.drain_cause().is_some() {
-                break;
-            }
-            started.await;
-        }
+        crate::notified_until(&self.drain_started, || self.drain_cause().is_some()).await;
         self.registry.wait_empty().await;
     }
 
@@ -198,18 +190,15 @@ impl Server {
             None => (None, None),
         };
         let metrics = Arc::new(Metrics::new());
-        let relays = Relays {
-            queues: Arc::new(SendQueues::new(
-                config.connections.max_queued_bytes,
-                &metrics,
-            )),
-            metrics: Arc::clone(&metrics),
-        };
+        let queues = Arc::new(SendQueues::new(
+            config.connections.max_queued_bytes,
+            &metrics,
+        ));
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.connections.max_connections)),
             running: ArcSwap::from_pointee(running),
             metrics,
-            relays,
+            queues,
             registry: Arc::default(),
             tls,
             ready: AtomicBool::new(false),
@@ -697,7 +686,10 @@ async fn establish(
         upgrade.deflate,
         control,
         relay_settings,
-        &shared.relays,
+        Relays {
+            metrics: Arc::clone(&shared.metrics),
+            queues: Arc::clone(&shared.queues),
+        },
     );
     let open = Open {
         metrics: Arc::clone(&shared.metrics),

@@ -81,7 +81,7 @@ impl Link {
             false,
             Arc::new(control),
             Arc::new(settings),
-            &Relays {
+            Relays {
                 metrics: Arc::clone(&metrics),
                 queues,
             },
@@ -106,10 +106,7 @@ impl Link {
 
     async fn outcome(self) -> Outcome {
         drop((self.client, self.backend));
-        tokio::time::timeout(WAIT, self.relay)
-            .await
-            .expect("the relay ends")
-            .expect("no panic")
+        ended(self.relay).await
     }
 }
 
@@ -497,6 +494,7 @@ async fn until_stalled(metrics: &Metrics, n: usize) {
     .expect("the clients stall");
 }
 
+/// How `relay` ended, within [`WAIT`].
 async fn ended(relay: JoinHandle<Outcome>) -> Outcome {
     tokio::time::timeout(WAIT, relay)
         .await
