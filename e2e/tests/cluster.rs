@@ -3,8 +3,9 @@
 //! - `a_gateway_becomes_its_children_and_a_canary`: the CRD, the
 //!   `ringway-operator` binary (the test's own kubeconfig) watching a fresh
 //!   namespace, and `examples/gateway-minimal.yaml`: the children it
-//!   becomes, its status, and a canary slot once the image changes under
-//!   `ringway.dev/rollout: canary`.
+//!   becomes, its status, its NetworkPolicy while `spec.networkPolicy` is
+//!   on (deleted when turned off), and a canary slot once the image
+//!   changes under `ringway.dev/rollout: canary`.
 //! - `the_api_server_accepts_every_example_and_refuses_every_invalid_manifest`:
 //!   a server-side dry run with strict field validation of every example
 //!   gateway (accepted) and every `crds/tests/invalid/` manifest (refused
@@ -46,7 +47,7 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 use chart::{Install, Release, Scratch};
-use gateway::{canary_steps, gateway_children};
+use gateway::{canary_steps, gateway_children, network_policy};
 use kubectl::{Kubectl, fresh_name};
 use operator::{Operator, operator_binary, refused_lines, wait_until};
 
@@ -100,8 +101,10 @@ fn a_gateway_becomes_its_children_and_a_canary() -> anyhow::Result<()> {
     let _namespace = kubectl.create_namespace()?;
     let mut operator = Operator::start(&operator_bin, &kubeconfig, &kubectl.namespace, &image)?;
 
-    let result = gateway_children(&kubectl, &mut operator)
-        .and_then(|gateway| canary_steps(&kubectl, &mut operator, &gateway, &canary_image));
+    let result = gateway_children(&kubectl, &mut operator).and_then(|gateway| {
+        network_policy(&kubectl, &mut operator, &gateway)?;
+        canary_steps(&kubectl, &mut operator, &gateway, &canary_image)
+    });
     if result.is_err() {
         kubectl.dump();
     }

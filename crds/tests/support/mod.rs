@@ -2,7 +2,8 @@
 //! does, so that example manifests are checked without a cluster: defaults
 //! first, then the structural schema (types, required fields, bounds, enums,
 //! patterns, unknown fields, list-map keys), then the CEL rules (through
-//! kube-cel). Errors are worded as the API server words them (v1.36:
+//! kube-cel). Errors are worded as the API server words them (v1.35 and
+//! later, checked against a v1.36 server by the cluster tests:
 //! `field.Invalid` around kube-openapi's messages, see apiextensions-apiserver
 //! `pkg/apiserver/validation/validation.go`), so that each `# expect:` line
 //! in `tests/invalid/` is also what the cluster tests look for in the API
@@ -60,9 +61,18 @@ pub fn validate(crd: &CustomResourceDefinition, object: &Value) -> Vec<String> {
                         } else {
                             format!("spec.{}", e.field_path.trim_start_matches('.'))
                         };
-                        // The value shown is the type of the node the rule is on.
+                        // Kubernetes 1.35 and later show no value for a
+                        // rule on an object or an array (before, its type:
+                        // `Invalid value: "object": ...`); on a scalar they
+                        // show the value, which this does not emulate.
                         let node = rule_node_type(spec_schema, &e.rule).unwrap_or("object");
-                        errors.push(format!("{path}: Invalid value: {node:?}: {}", e.message));
+                        assert!(
+                            matches!(node, "object" | "array"),
+                            "the rule {:?} is on a {node} node: the API server shows its \
+                             value; teach this emulation to show it too",
+                            e.rule
+                        );
+                        errors.push(format!("{path}: Invalid value: {}", e.message));
                     }
                 }
             }
@@ -194,9 +204,10 @@ fn structural(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String
                         .map(|k| ((*k).to_owned(), item[*k].clone()))
                         .collect();
                     if seen.contains(&key) {
-                        // Go's %#v of the key, as the API server prints it.
+                        // The key as JSON, as Kubernetes 1.35 and later
+                        // print it (before: Go's `map[string]interface {}{...}`).
                         errors.push(format!(
-                            "{path}[{i}]: Duplicate value: map[string]interface {{}}{}",
+                            "{path}[{i}]: Duplicate value: {}",
                             Value::Object(key.clone())
                         ));
                     }

@@ -1,5 +1,6 @@
 //! What a user sees of a gateway once the operator acts: the children
-//! `examples/gateway-minimal.yaml` becomes, its status, and a canary.
+//! `examples/gateway-minimal.yaml` becomes, its status, its NetworkPolicy
+//! when asked for, and a canary.
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
@@ -98,6 +99,79 @@ pub fn gateway_children(kubectl: &Kubectl, operator: &mut Operator) -> anyhow::R
     Ok(gateway)
 }
 
+/// Turns `spec.networkPolicy` on (with a scraper, as
+/// `examples/gateway-full.yaml` does): the API server must accept the
+/// NetworkPolicy the operator makes, one ingress rule per port by name;
+/// then off: the operator deletes it.
+pub fn network_policy(
+    kubectl: &Kubectl,
+    operator: &mut Operator,
+    gateway: &str,
+) -> anyhow::Result<()> {
+    let scraper = json!({
+        "namespaceSelector": {"kubernetes.io/metadata.name": "monitoring"},
+        "podSelector": {"app.kubernetes.io/name": "prometheus"},
+    });
+    let enable =
+        json!({ "spec": { "networkPolicy": { "enabled": true, "metricsFrom": [scraper] } } });
+    patch_gateway(kubectl, gateway, &enable)?;
+    eventually(operator, "NetworkPolicy <gateway>", || {
+        let policy = kubectl.must_get("networkpolicy", gateway)?;
+        let types = policy.pointer("/spec/policyTypes").cloned();
+        ensure!(
+            types == Some(json!(["Ingress"])),
+            "policyTypes {types:?}, not [Ingress]"
+        );
+        let ports: Vec<&str> = policy
+            .pointer("/spec/ingress")
+            .and_then(Value::as_array)
+            .context("no ingress rules")?
+            .iter()
+            .filter_map(|rule| rule.pointer("/ports/0/port").and_then(Value::as_str))
+            .collect();
+        ensure!(
+            ports == ["client", "peer", "control", "admin"],
+            "ingress rules for ports {ports:?}, not client, peer, control and admin"
+        );
+        let admin_from = policy.pointer("/spec/ingress/3/from/0").cloned();
+        let expected = json!({
+            "namespaceSelector": {"matchLabels": scraper["namespaceSelector"]},
+            "podSelector": {"matchLabels": scraper["podSelector"]},
+        });
+        ensure!(
+            admin_from.as_ref() == Some(&expected),
+            "the admin port admits {admin_from:?}, not the scraper {expected}"
+        );
+        Ok(())
+    })?;
+    let disable = json!({ "spec": { "networkPolicy": { "enabled": false } } });
+    patch_gateway(kubectl, gateway, &disable)?;
+    eventually(operator, "NetworkPolicy <gateway> deleted", || {
+        let left = kubectl.get("networkpolicy", gateway)?;
+        ensure!(left.is_none(), "NetworkPolicy {gateway} is still there");
+        Ok(())
+    })
+}
+
+/// A JSON merge patch of the gateway's spec.
+fn patch_gateway(kubectl: &Kubectl, gateway: &str, patch: &Value) -> anyhow::Result<()> {
+    kubectl
+        .run(
+            &[
+                "patch",
+                "--namespace",
+                &kubectl.namespace,
+                &format!("websocketgateways.ringway.dev/{gateway}"),
+                "--type=merge",
+                "--patch",
+                &patch.to_string(),
+            ],
+            None,
+        )
+        .map(drop)
+        .with_context(|| format!("patching the gateway with {patch}"))
+}
+
 /// Starts a canary of `gateway`: the annotation first, then the new image.
 pub fn canary_steps(
     kubectl: &Kubectl,
@@ -116,18 +190,10 @@ pub fn canary_steps(
         ],
         None,
     )?;
-    let patch = json!({ "spec": { "image": canary_image } }).to_string();
-    kubectl.run(
-        &[
-            "patch",
-            "--namespace",
-            &kubectl.namespace,
-            &format!("websocketgateways.ringway.dev/{gateway}"),
-            "--type=merge",
-            "--patch",
-            &patch,
-        ],
-        None,
+    patch_gateway(
+        kubectl,
+        gateway,
+        &json!({ "spec": { "image": canary_image } }),
     )?;
     eventually(operator, "the canary's StatefulSet <gateway>-b", || {
         let sts = kubectl.must_get("statefulset", &format!("{gateway}-b"))?;
