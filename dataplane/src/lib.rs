@@ -13,6 +13,7 @@ pub mod frame;
 pub mod handoff;
 pub mod handshake;
 mod io;
+pub mod memory;
 pub mod metrics;
 pub mod open_files;
 pub mod registry;

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub protocol_errors: Family<ViolationLabels, Counter>,
     /// Errors accepting connections (e.g. out of file descriptors).
     pub accept_errors: Counter,
+    /// Times the allocator's free pages were given back to the system
+    /// after many connections ended ([`crate::memory`]).
+    pub memory_releases: Counter,
     /// Hand-offs to owner shards, by outcome.
     pub handoffs: Family<OutcomeLabel, Counter>,
     /// Snapshots received, by outcome.
@@ -129,6 +132,7 @@ impl Metrics {
         let connection_failures = Family::<KindLabel, Counter>::default();
         let protocol_errors = Family::<ViolationLabels, Counter>::default();
         let accept_errors = Counter::default();
+        let memory_releases = Counter::default();
         let handoffs = Family::<OutcomeLabel, Counter>::default();
         let snapshots = Family::<OutcomeLabel, Counter>::default();
         let epoch = Gauge::default();
@@ -206,6 +210,11 @@ impl Metrics {
             "Errors accepting client connections",
             accept_errors.clone(),
         );
+        registry.register(
+            "memory_releases",
+            "Times the allocator's free pages were given back to the system after many connections ended",
+            memory_releases.clone(),
+        );
         // One statement each: `get_or_create` returns a read guard, and
         // guards kept alive together would deadlock the next insert.
         let by_direction = |family: &Family<DirectionLabel, Counter>, direction: &'static str| {
@@ -230,6 +239,7 @@ impl Metrics {
             connection_failures,
             protocol_errors,
             accept_errors,
+            memory_releases,
             handoffs,
             snapshots,
             epoch,

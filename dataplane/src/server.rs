@@ -34,6 +34,7 @@ use crate::{
         self, BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
     },
     io::Io,
+    memory::{self, HighWater},
     metrics::{Metrics, RouteLabel},
     registry::{ConnControl, DrainCause, Registry, RegistryGuard, Role},
     relay::{Relay, Relays},
@@ -77,6 +78,8 @@ pub struct Shared {
     pub(crate) registry: Arc<Registry>,
     tls: Option<TlsAcceptor>,
     limit: Arc<Semaphore>,
+    /// The most connections held at once lately, for memory releases.
+    high_water: HighWater,
     ready: AtomicBool,
     /// The cause of the drain in progress (0: none).
     draining: AtomicU8,
@@ -104,6 +107,12 @@ impl Shared {
     }
 
     /// The drain in progress, if any.
+    /// Connections held now (each takes a permit of the connection limit
+    /// from accept to close).
+    fn in_use(&self) -> usize {
+        self.config.connections.max_connections - self.limit.available_permits()
+    }
+
     pub(crate) fn drain_cause(&self) -> Option<DrainCause> {
         DrainCause::from_u8(self.draining.load(Ordering::SeqCst))
     }
@@ -196,6 +205,7 @@ impl Server {
         ));
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(config.connections.max_connections)),
+            high_water: HighWater::default(),
             running: ArcSwap::from_pointee(running),
             metrics,
             queues,
@@ -257,6 +267,7 @@ impl Server {
             control,
         } = self;
         let admin_task = admin.map(|a| tokio::spawn(crate::admin::serve(a, Arc::clone(&shared))));
+        let memory_task = tokio::spawn(release_memory(Arc::clone(&shared)));
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
         let control_task = control.map(|(listener, tls)| {
             tokio::spawn(crate::control::serve(
@@ -327,7 +338,36 @@ impl Server {
         if let Some(task) = admin_task {
             task.abort();
         }
+        memory_task.abort();
         Ok(())
+    }
+}
+
+/// Gives the allocator's free pages back to the system whenever many
+/// connections ended since the last look ([`crate::memory`]).
+async fn release_memory(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(memory::CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let in_use = shared.in_use();
+        if !shared.high_water.fell_enough(in_use) {
+            continue;
+        }
+        match tokio::task::spawn_blocking(memory::release_free_pages).await {
+            Ok(Ok(arenas)) => {
+                shared.metrics.memory_releases.inc();
+                tracing::debug!(
+                    arenas,
+                    connections = in_use,
+                    "gave free memory back to the system"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not give free memory back to the system")
+            }
+            Err(e) => tracing::warn!(error = %e, "the memory release task failed"),
+        }
     }
 }
 
@@ -395,6 +435,7 @@ fn accept(stream: TcpStream, peer: SocketAddr, origin: Origin, shared: &Arc<Shar
         let _ = stream.try_write(&refusal.response());
         return;
     };
+    shared.high_water.note(shared.in_use());
     let shared = Arc::clone(shared);
     let span = tracing::debug_span!("conn", %peer, ?origin, route = tracing::field::Empty, key_hash = tracing::field::Empty, backend = tracing::field::Empty);
     let handshake = Box::pin(establish(stream, peer, origin, Arc::clone(&shared), permit));
