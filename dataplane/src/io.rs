@@ -127,11 +127,23 @@ impl Io {
     /// The socket's send buffer as the kernel reports it (twice what
     /// `SO_SNDBUF` asked for); 0 if it cannot be read.
     pub(crate) fn send_buffer_size(&self) -> usize {
-        let tcp = match self {
+        socket2::SockRef::from(self.tcp())
+            .send_buffer_size()
+            .unwrap_or(0)
+    }
+
+    /// Makes closing this socket a reset (`SO_LINGER` 0): whatever is
+    /// still queued for the peer is dropped with it. Best effort.
+    pub(crate) fn reset_on_close(&self) {
+        let _ = socket2::SockRef::from(self.tcp()).set_linger(Some(std::time::Duration::ZERO));
+    }
+
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream {
+        match self {
             Self::Tcp(s) => s,
             Self::Tls(s, _) => s.get_ref().0,
-        };
-        socket2::SockRef::from(tcp).send_buffer_size().unwrap_or(0)
+        }
     }
 
     /// Whether the stream is TLS.

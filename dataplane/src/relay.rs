@@ -23,7 +23,7 @@ use std::{
     io,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -89,6 +89,17 @@ pub struct Outcome {
     pub code: Option<u16>,
     /// `client` or `backend` (who closed first), or the gateway's reason.
     pub reason: &'static str,
+}
+
+impl Outcome {
+    /// Whether the gateway gave up on a client that takes no data (a slow
+    /// consumer, or one shed at the memory ceiling): its socket is reset,
+    /// not closed, so that the kernel drops what was queued for it at once
+    /// instead of holding it for a peer that does not read, and the client
+    /// learns at once that it was cut.
+    pub fn abandons_client(&self) -> bool {
+        matches!(self.reason, "slow_consumer" | "send_queue_full")
+    }
 }
 
 /// One direction of the relay.
@@ -414,7 +425,11 @@ impl Future for Relay {
                 return Poll::Ready(s.io_failed(e));
             }
         }
-        s.poll(cx, this.client, this.backend, this.control, this.timer)
+        let outcome = ready!(s.poll(cx, this.client, this.backend, this.control, this.timer));
+        if outcome.abandons_client() {
+            this.client.reset_on_close();
+        }
+        Poll::Ready(outcome)
     }
 }
 

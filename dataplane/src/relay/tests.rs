@@ -532,8 +532,26 @@ async fn a_client_that_takes_nothing_is_cut_as_a_slow_consumer_not_by_its_heartb
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1500), "{took:?}");
     assert!(metrics.render().contains("ringway_stalled_clients 0\n"));
+    assert_reset(&client).await;
     flooding.abort();
-    drop(client);
+}
+
+/// The client's socket was reset (what was queued for it dropped), which
+/// it sees as its pending error without reading the data before it.
+async fn assert_reset(client: &TcpStream) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.take_error() {
+            Ok(Some(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+                return;
+            }
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => panic!("the client was not reset: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -556,6 +574,7 @@ async fn past_the_send_queue_ceiling_the_longest_stalled_client_is_shed_with_101
             reason: "send_queue_full"
         }
     );
+    assert_reset(&first.client).await;
     until_stalled(&metrics, 1).await;
     assert!(!second.relay.is_finished(), "the newer stall is kept");
     assert_eq!(queues.used(), one);
