@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringway_e2e::load::{
     self, Report, hostile::HostileArgs, idle::IdleArgs, latency::LatencyArgs, probe::ProbeArgs,
-    throughput::ThroughputArgs,
+    steady::SteadyArgs, throughput::ThroughputArgs,
 };
 
 /// Load generator for WebSocket echo servers and the proxies in front of them.
@@ -41,6 +41,9 @@ enum Command {
     /// Attack a gateway with hostile clients while a legitimate one is
     /// timed; its memory and descriptors before, at the peak and after.
     Hostile(HostileArgs),
+    /// One client at a steady pace that prints each round trip as it comes,
+    /// until its standard input closes.
+    Steady(SteadyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,5 +67,6 @@ async fn run(command: Command) -> anyhow::Result<Report> {
         Command::Idle(args) => load::idle::run(args).await,
         Command::Probe(args) => load::probe::run(args).await,
         Command::Hostile(args) => load::hostile::run(args).await,
+        Command::Steady(args) => load::steady::run(args).await,
     }
 }

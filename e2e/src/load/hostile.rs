@@ -25,28 +25,31 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsStr,
     net::{IpAddr, SocketAddr},
+    process::Stdio,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, ensure};
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpSocket, TcpStream},
     sync::Semaphore,
     task::JoinSet,
 };
-use tokio_tungstenite::tungstenite::Message;
 
-use super::report::{Percentiles, Report, Tally, describe_counts, nanos_histogram, round1};
-use crate::{sources::SourceAddrs, stamp, target::Target};
+use super::{
+    report::{Percentiles, Report, Tally, describe_counts, nanos_histogram, round1},
+    steady::{RTT_LINE, SteadyEnd},
+};
+use crate::{sources::SourceAddrs, target::Target};
 
 /// Attack a gateway with hostile clients and measure what it costs.
 #[derive(Clone, Debug, clap::Args)]
@@ -54,6 +57,13 @@ pub struct HostileArgs {
     /// An echo route through the gateway, e.g. `ws://127.0.0.1:8080/echo`.
     #[arg(long)]
     pub url: String,
+
+    /// The legitimate client's echo route (a key in the `room` query
+    /// parameter is added); `--url` by default. A route to a backend of
+    /// its own keeps the attackers' load on their backend out of its round
+    /// trips, as for an unrelated application behind the same gateway.
+    #[arg(long)]
+    pub legit_url: Option<String>,
 
     /// The gateway's process id, for its RSS and open descriptors.
     #[arg(long)]
@@ -83,6 +93,12 @@ pub struct HostileArgs {
     /// descriptors are read again.
     #[arg(long, default_value_t = 5.0)]
     pub settle: f64,
+
+    /// Run the legitimate client under `chrt -f` with this real-time
+    /// priority (1-99), so that it and the gateway, not the attackers in
+    /// this process, decide its round trips; 0 runs it as any process.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub legit_priority: u8,
 
     /// How long the legitimate client is measured before the first attack.
     #[arg(long, default_value_t = 5.0)]
@@ -130,7 +146,15 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<Report> {
         next: AtomicU64::new(0),
     });
 
-    let legit = Legit::start(target.keyed_url(Some("room"), "legit")).await?;
+    let legit_target = match &args.legit_url {
+        Some(url) => Target::parse(url)?,
+        None => target.clone(),
+    };
+    let legit = Legit::start(
+        legit_target.keyed_url(Some("room"), "legit"),
+        args.legit_priority,
+    )
+    .await?;
     let sampler = Sampler::start(gateway.clone());
     tokio::time::sleep(super::seconds("baseline", args.baseline)?).await;
     let baseline = legit.take();
@@ -553,13 +577,24 @@ async fn slow_consumers(env: &Arc<Env>, n: usize, timeout: Duration) -> Ended {
                     break;
                 }
             }
-            // Never read until the gateway must have given up on it.
-            tokio::time::sleep(timeout + SLACK).await;
+            // Never read; the gateway cuts such a client with unread data
+            // of its own still queued, which is a TCP reset: it shows as
+            // the socket's pending error (SO_ERROR) without a read, at
+            // the moment it came.
+            let mut look = tokio::time::interval(Duration::from_millis(100));
+            let must_end = timeout + SLACK;
+            while started.elapsed() < must_end {
+                look.tick().await;
+                if let Ok(Some(_)) = stream.take_error() {
+                    return ("cut".to_owned(), true, started.elapsed());
+                }
+            }
+            // Not reset by now: what it reads says how it ended (late).
             let how = read_close(&mut stream, Duration::from_secs(2)).await;
             let took = started.elapsed();
             // A consumer that does not read cannot get a close frame
             // either: the gateway cuts it (or closes it, if it had room).
-            let right = how == "cut" || how.starts_with("close 10");
+            let right = (how == "cut" || how.starts_with("close 10")) && took <= must_end;
             (how, right, took)
         }
     })
@@ -890,72 +925,78 @@ impl Sampler {
     }
 }
 
-/// The legitimate client: one connection, a stamped message every 10 ms,
-/// each echo timed.
+/// The legitimate client: `ringway-load steady` as a child process (a
+/// stamped message every 10 ms, each echo timed), optionally under
+/// `chrt -f` so that the attackers in this process cannot delay it; its
+/// round trips are read from its output as they come.
 struct Legit {
     rtt: Arc<Mutex<Histogram<u64>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<LegitEnd>,
-}
-
-/// What the legitimate client lost over the whole run.
-#[derive(Debug, Default)]
-struct LegitEnd {
-    sent: u64,
-    received: u64,
-    lost: u64,
-    errors: u64,
+    child: tokio::process::Child,
+    task: tokio::task::JoinHandle<Option<SteadyEnd>>,
 }
 
 impl Legit {
-    async fn start(url: String) -> anyhow::Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(&url)
-            .await
-            .with_context(|| format!("the legitimate client could not connect to {url}"))?;
+    async fn start(url: String, priority: u8) -> anyhow::Result<Self> {
+        let exe =
+            std::env::current_exe().context("finding this binary to run the legitimate client")?;
+        let every = LEGIT_EVERY.as_millis().to_string();
+        let size = LEGIT_SIZE.to_string();
+        let steady = [
+            OsStr::new("--json"),
+            OsStr::new("steady"),
+            OsStr::new("--url"),
+            OsStr::new(&url),
+            OsStr::new("--every-ms"),
+            OsStr::new(&every),
+            OsStr::new("--size"),
+            OsStr::new(&size),
+        ];
+        let mut command = if priority > 0 {
+            let mut c = tokio::process::Command::new("chrt");
+            c.args(["-f", &priority.to_string()]).arg(&exe);
+            c
+        } else {
+            tokio::process::Command::new(&exe)
+        };
+        let mut child = command
+            .args(steady)
+            .env("RINGWAY_LOAD_THREADS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the legitimate client ({})", exe.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the legitimate client's output")?;
         let rtt = Arc::new(Mutex::new(nanos_histogram()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (hist, stopping) = (Arc::clone(&rtt), Arc::clone(&stop));
+        let hist = Arc::clone(&rtt);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let clock = stamp::Clock::new();
-            let (mut tx, mut rx) = ws.split();
-            let mut end = LegitEnd::default();
-            let mut tick = tokio::time::interval(LEGIT_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick(), if !stopping.load(Ordering::Relaxed) => {
-                        let m = stamp::message(LEGIT_SIZE, clock.now());
-                        if tx.send(Message::Binary(m.into())).await.is_err() {
-                            end.errors += 1;
-                            break;
-                        }
-                        end.sent += 1;
+            let mut lines = BufReader::new(stdout).lines();
+            let mut first = Some(first_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(took) = line.strip_prefix(RTT_LINE) {
+                    if let Some(first) = first.take() {
+                        let _ = first.send(());
                     }
-                    msg = rx.next() => match msg {
-                        Some(Ok(Message::Binary(b))) => {
-                            if let Some(sent) = stamp::read(&b) {
-                                let took = clock.now().saturating_sub(sent).max(1);
-                                let _ = hist.lock().expect("not poisoned").record(took);
-                                end.received += 1;
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => {
-                            end.errors += 1;
-                            break;
-                        }
-                    },
-                    () = tokio::time::sleep(Duration::from_secs(2)), if stopping.load(Ordering::Relaxed) => break,
-                }
-                if stopping.load(Ordering::Relaxed) && end.received == end.sent {
-                    break;
+                    if let Ok(took) = took.parse::<u64>() {
+                        let _ = hist.lock().expect("not poisoned").record(took);
+                    }
+                } else if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    return SteadyEnd::from_json(&value);
                 }
             }
-            end.lost = end.sent - end.received.min(end.sent);
-            let _ = tx.send(Message::Close(None)).await;
-            end
+            None
         });
-        Ok(Self { rtt, stop, task })
+        // The baseline starts with the first echo, not with the connect.
+        tokio::time::timeout(Duration::from_secs(10), first_rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .with_context(|| format!("the legitimate client got no echo from {url} within 10 s"))?;
+        Ok(Self { rtt, child, task })
     }
 
     /// The round trips since the last take.
@@ -966,11 +1007,19 @@ impl Legit {
         )
     }
 
-    async fn stop(self) -> LegitEnd {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap_or(LegitEnd {
+    /// Closes the client's input (it stops sending, waits for its echoes)
+    /// and reads what it lost.
+    async fn stop(mut self) -> SteadyEnd {
+        drop(self.child.stdin.take());
+        let end = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let _ = self.child.wait().await;
+        end.unwrap_or(SteadyEnd {
             errors: 1,
-            ..LegitEnd::default()
+            ..SteadyEnd::default()
         })
     }
 }
@@ -986,8 +1035,10 @@ struct Row {
     rtt: Histogram<u64>,
 }
 
-/// Memory may stay this much above where it was before an attack.
-const RSS_SLACK: u64 = 4 << 20;
+/// Memory may stay this much above where it was before an attack: what
+/// the allocator keeps in its thread caches and metadata, and the
+/// gateway's tables that keep their capacity.
+const RSS_SLACK: u64 = 1 << 20;
 /// And descriptors.
 const FD_SLACK: u64 = 8;
 
@@ -1056,7 +1107,7 @@ fn mb(bytes: u64) -> f64 {
 fn report(
     baseline: &Histogram<u64>,
     rows: &[Row],
-    legit: &LegitEnd,
+    legit: &SteadyEnd,
     problems: Vec<String>,
 ) -> Report {
     let base = Percentiles::of(baseline);

@@ -13,7 +13,9 @@
 //!   whether routing was sticky;
 //! - [`hostile`]: attacks (slowloris, huge frames, slow consumers, bad
 //!   requests and frames, churn) while a legitimate client is timed; the
-//!   gateway's memory and descriptors before, at the peak and after.
+//!   gateway's memory and descriptors before, at the peak and after;
+//! - [`steady`]: one client at a steady pace that prints each round trip
+//!   as it comes (the hostile probe's legitimate client).
 
 pub mod connect;
 pub mod hostile;
@@ -22,6 +24,7 @@ pub mod latency;
 pub mod pacer;
 pub mod probe;
 pub mod report;
+pub mod steady;
 pub mod throughput;
 
 use std::time::Duration;
