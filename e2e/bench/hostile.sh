@@ -20,6 +20,7 @@
 #   SCALE [1]        multiplies every attack's connection count (0.01-1)
 #   SETTLE [15]      seconds after an attack before memory is read again
 #   SLOW_CONSUMER [10] the gateway's slowConsumerSeconds
+#   BASELINE [15]    seconds the legitimate client is timed before the attacks
 #   ONLY []          comma-separated attacks to run (all by default)
 #   OUT [docs/benchmarks.md] ("-" to only print)   KEEP_WORK [0]
 set -euo pipefail
@@ -44,6 +45,10 @@ HEARTBEAT_TIMEOUT=10
 # its free pages back within 5 s of 1,000 connections ending
 # (dataplane/src/memory.rs), jemalloc the rest over its decay time (10 s).
 SETTLE=${SETTLE:-15}
+# Seconds the legitimate client is timed before the first attack: its p99
+# is the bar (twice it) for every attack, so it needs enough samples
+# (1,500 at one every 10 ms) not to be a handful of lucky ones.
+BASELINE=${BASELINE:-15}
 # The real-time priority of the echo backend and the legitimate client.
 RT_PRIORITY=10
 
@@ -96,7 +101,7 @@ taskset -c 1 "$BIN/ringway-load" hostile --url "ws://127.0.0.1:$GW_PORT/echo" --
   --legit-url "ws://127.0.0.1:$GW_PORT/legit" \
   --scale "$SCALE" ${ONLY:+--only "$ONLY"} \
   --handshake-timeout "$HANDSHAKE_TIMEOUT" --slow-consumer "$SLOW_CONSUMER" \
-  --settle "$SETTLE" --legit-priority "$((RT_PRIORITY > 0 ? RT_PRIORITY + 1 : 0))" \
+  --settle "$SETTLE" --baseline "$BASELINE" --legit-priority "$((RT_PRIORITY > 0 ? RT_PRIORITY + 1 : 0))" \
   >"$WORK/hostile.txt" 2>"$WORK/hostile.err" || status=$?
 cat "$WORK/hostile.txt"
 if grep -qi panic "$WORK/gateway.log"; then
