@@ -15,7 +15,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::{handshake::error_response, server::Shared};
+use crate::{handshake::error_response, shared::Shared};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 

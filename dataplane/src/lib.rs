@@ -7,12 +7,14 @@
 
 mod admin;
 pub mod config;
+mod connection;
 pub mod control;
 pub mod drain;
 pub mod frame;
 pub mod handoff;
 pub mod handshake;
 mod io;
+mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod open_files;
@@ -20,12 +22,13 @@ pub mod registry;
 pub mod relay;
 pub mod routing;
 pub mod send_queues;
-mod server;
+mod shared;
 pub mod snapshot;
 mod tls;
 
 pub use config::Config;
-pub use server::{Server, Shared, Shutdown};
+pub use listener::{Server, Shutdown};
+pub use shared::{Applied, Refused, Shared};
 
 /// Resolves once `done()` holds, looking again each time `notify` tells
 /// its waiters (`notify_waiters`) that it may have changed.

@@ -1,379 +1,44 @@
-//! The listener and each connection's life before the relay: accept, cap,
-//! TLS, upgrade request, routing, backend upgrade; and the process's
-//! shutdown: stop accepting, drain, wait.
+//! One client connection's life before the relay, in its own task: TLS,
+//! the upgrade request, routing, the hand-off to an owner shard or the
+//! backend's upgrade, then the relay; a panic ends that connection only.
 
 use std::{
     future::Future,
     net::SocketAddr,
     panic::AssertUnwindSafe,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Notify, OwnedSemaphorePermit, Semaphore},
+    net::TcpStream,
+    sync::OwnedSemaphorePermit,
     time::{Instant, timeout, timeout_at},
 };
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::{
-    Error,
-    config::{Config, MissingKey, secs},
-    drain::Drainer,
-    handoff::{self, PeerToken},
+    config::{MissingKey, secs},
+    handoff,
     handshake::{
         self, BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
     },
     io::Io,
-    memory::{self, HighWater},
     metrics::{Metrics, RouteLabel},
-    registry::{ConnControl, DrainCause, Registry, RegistryGuard, Role},
+    registry::{ConnControl, DrainCause, RegistryGuard, Role},
     relay::{Relay, Relays},
     routing::{Backend, KeyHash, KeySource, Seat, Shard, Version, hash_key},
-    send_queues::SendQueues,
+    shared::Shared,
     snapshot::Running,
 };
 use prometheus_client::metrics::gauge::Gauge;
 
-/// How the process stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shutdown {
-    /// SIGTERM: stop accepting, drain at the configured pace, then exit.
-    Graceful,
-    /// SIGINT: close everything at once (1001), then exit.
-    Fast,
-}
-
-/// This pod's identity as a shard of a gateway.
-pub(crate) struct ShardIdentity {
-    /// The shard id the snapshots name it by.
-    pub(crate) id: Arc<str>,
-    /// The peer ports' shared secret.
-    pub(crate) token: PeerToken,
-    /// Time to reach an owner shard before falling back.
-    pub(crate) connect_timeout: Duration,
-}
-
-/// State shared by the listener, every connection, the admin port and the
-/// control service.
-pub struct Shared {
-    pub(crate) config: Config,
-    /// Set when this pod is a shard of a gateway (else standalone).
-    pub(crate) shard: Option<ShardIdentity>,
-    /// What the pod runs on; swapped whole by a snapshot.
-    pub(crate) running: ArcSwap<Running>,
-    /// The process's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The ceiling on what clients that do not keep up hold.
-    queues: Arc<SendQueues>,
-    pub(crate) registry: Arc<Registry>,
-    tls: Option<TlsAcceptor>,
-    limit: Arc<Semaphore>,
-    /// The most connections held at once lately, for memory releases.
-    high_water: HighWater,
-    ready: AtomicBool,
-    /// The cause of the drain in progress (0: none).
-    draining: AtomicU8,
-    /// Told when `draining` is first set.
-    drain_started: Notify,
-    drain_requested: Notify,
-    /// A drain RPC ran: stop taking hand-offs, stay up until stopped.
-    pub(crate) peer_closed: Notify,
-    /// Paces every drain of this pod.
-    pub(crate) drainer: Drainer,
-    /// One snapshot at a time.
-    pub(crate) apply_lock: tokio::sync::Mutex<()>,
-}
-
-impl Shared {
-    /// Accepting connections and not stopping; a shard also needs its
-    /// first snapshot, and must not be retiring.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-            && self.drain_cause().is_none()
-            && (self.shard.is_none() || {
-                let running = self.running.load();
-                running.routing.epoch > 0 && !running.retiring
-            })
-    }
-
-    /// The drain in progress, if any.
-    /// Connections held now (each takes a permit of the connection limit
-    /// from accept to close).
-    fn in_use(&self) -> usize {
-        self.config.connections.max_connections - self.limit.available_permits()
-    }
-
-    pub(crate) fn drain_cause(&self) -> Option<DrainCause> {
-        DrainCause::from_u8(self.draining.load(Ordering::SeqCst))
-    }
-
-    /// Marks the pod as draining for `cause` (the first cause stays).
-    pub(crate) fn start_draining(&self, cause: DrainCause) {
-        let _ =
-            self.draining
-                .compare_exchange(0, cause.to_u8(), Ordering::SeqCst, Ordering::SeqCst);
-        self.drain_started.notify_waiters();
-    }
-
-    /// Starts a graceful drain, as SIGTERM does.
-    pub(crate) fn request_drain(&self) {
-        self.drain_requested.notify_one();
-    }
-
-    /// Resolves once a drain has started and every connection has ended.
-    pub(crate) async fn wait_drained(&self) {
-        crate::notified_until(&self.drain_started, || self.drain_cause().is_some()).await;
-        self.registry.wait_empty().await;
-    }
-
-    /// This pod's shard id (shards only).
-    pub(crate) fn shard_id(&self) -> Option<&Arc<str>> {
-        self.shard.as_ref().map(|s| &s.id)
-    }
-}
-
-/// A bound data plane, ready to run.
-pub struct Server {
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
-    peer: Option<TcpListener>,
-    control: Option<(TcpListener, tonic::transport::ServerTlsConfig)>,
-}
-
-impl Server {
-    /// Binds the client, admin, peer and control ports and builds the
-    /// routing state (standalone) or waits for the first snapshot (shard).
-    pub async fn bind(config: Config) -> Result<Self, Error> {
-        let shard = match &config.shard {
-            None => None,
-            Some(s) if s.id.is_empty() => {
-                return Err(Error::Config(
-                    "shard.id: empty; set it in the config or pass --shard-id".into(),
-                ));
-            }
-            Some(s) => Some(ShardIdentity {
-                id: s.id.as_str().into(),
-                token: PeerToken::load(&s.peer.token_file)?,
-                connect_timeout: secs(s.peer.connect_timeout_seconds),
-            }),
-        };
-        let running = match &shard {
-            None => Running::standalone(&config)?,
-            Some(_) => Running::waiting(&config),
-        };
-        let tls = config
-            .listener
-            .tls
-            .as_ref()
-            .map(crate::tls::acceptor)
-            .transpose()?;
-        let listener = bind_listener(config.listener.address, config.listener.reuse_port)?;
-        let bind = |address: SocketAddr| async move {
-            TcpListener::bind(address)
-                .await
-                .map_err(|e| Error::Bind(address, e))
-        };
-        let admin = match &config.admin {
-            Some(a) => Some(bind(a.address).await?),
-            None => None,
-        };
-        let (peer, control) = match &config.shard {
-            Some(s) => (
-                Some(bind(s.peer.address).await?),
-                Some((
-                    bind(s.control.address).await?,
-                    crate::control::tls_config(&s.control)?,
-                )),
-            ),
-            None => (None, None),
-        };
-        let metrics = Arc::new(Metrics::new());
-        let queues = Arc::new(SendQueues::new(
-            config.connections.max_queued_bytes,
-            &metrics,
-        ));
-        let shared = Arc::new(Shared {
-            limit: Arc::new(Semaphore::new(config.connections.max_connections)),
-            high_water: HighWater::default(),
-            running: ArcSwap::from_pointee(running),
-            metrics,
-            queues,
-            registry: Arc::default(),
-            tls,
-            ready: AtomicBool::new(false),
-            draining: AtomicU8::new(0),
-            drain_started: Notify::new(),
-            drain_requested: Notify::new(),
-            peer_closed: Notify::new(),
-            drainer: Drainer::start(),
-            apply_lock: tokio::sync::Mutex::new(()),
-            shard,
-            config,
-        });
-        Ok(Self {
-            shared,
-            listener,
-            admin,
-            peer,
-            control,
-        })
-    }
-
-    /// The client port's address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| self.shared.config.listener.address)
-    }
-
-    /// The admin port's address, if there is one.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|a| a.local_addr().ok())
-    }
-
-    /// The peer port's address (shards only).
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.peer.as_ref().and_then(|a| a.local_addr().ok())
-    }
-
-    /// The control port's address (shards only).
-    pub fn control_addr(&self) -> Option<SocketAddr> {
-        self.control.as_ref().and_then(|(a, _)| a.local_addr().ok())
-    }
-
-    /// The state shared with connections (metrics, counts).
-    pub fn shared(&self) -> Arc<Shared> {
-        Arc::clone(&self.shared)
-    }
-
-    /// Serves until `shutdown` resolves (or `POST /drain`), then drains.
-    pub async fn run(self, shutdown: impl Future<Output = Shutdown>) -> Result<(), Error> {
-        let Self {
-            shared,
-            listener,
-            admin,
-            mut peer,
-            control,
-        } = self;
-        let admin_task = admin.map(|a| tokio::spawn(crate::admin::serve(a, Arc::clone(&shared))));
-        let memory_task = tokio::spawn(release_memory(Arc::clone(&shared)));
-        let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-        let control_task = control.map(|(listener, tls)| {
-            tokio::spawn(crate::control::serve(
-                listener,
-                tls,
-                Arc::clone(&shared),
-                async move {
-                    let _ = control_stopped.await;
-                },
-            ))
-        });
-        shared.ready.store(true, Ordering::SeqCst);
-        tracing::info!(address = %listener.local_addr().map_err(|e| Error::Bind(shared.config.listener.address, e))?, shard = ?shared.shard_id(), "accepting connections");
-        tokio::pin!(shutdown);
-        let (kind, cause) = loop {
-            tokio::select! {
-                kind = &mut shutdown => break (kind, DrainCause::Shutdown),
-                // The admin `/drain` stops the process just as SIGTERM does
-                // (the kubelet's preStop hook calls it): whatever is left
-                // at the window's end is closed, so the pod finishes
-                // within its termination grace period.
-                () = shared.drain_requested.notified() => break (Shutdown::Graceful, DrainCause::Shutdown),
-                () = shared.peer_closed.notified() => {
-                    tracing::info!("drained on request: no more hand-offs");
-                    peer = None;
-                }
-                accepted = listener.accept() => accepted_or_back_off(accepted, Origin::Client, &shared).await,
-                accepted = accept_from(peer.as_ref()) => accepted_or_back_off(accepted, Origin::Peer, &shared).await,
-            }
-        };
-        drop(listener);
-        drop(peer);
-        shared.start_draining(cause);
-        let running = shared.running.load_full();
-        let victims = shared.registry.snapshot();
-        tracing::info!(
-            connections = victims.len(),
-            ?kind,
-            "stopped accepting; draining"
-        );
-        match kind {
-            Shutdown::Graceful => {
-                let policy = running.drain;
-                shared
-                    .drainer
-                    .submit(victims, cause, policy.window, policy.max_closes_per_second)
-                    .await;
-                shared.drainer.idle().await;
-            }
-            Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
-        }
-        let close_timeout = running.relay.close_timeout;
-        let last_close = close_timeout * 2 + Duration::from_secs(1);
-        let _ = timeout(last_close, shared.registry.wait_empty()).await;
-        let left = shared.registry.len();
-        if left > 0 {
-            tracing::warn!(
-                connections = left,
-                "connections still open after the drain; dropping them"
-            );
-        } else {
-            tracing::info!("drained");
-        }
-        let _ = stop_control.send(());
-        if let Some(task) = control_task {
-            let _ = timeout(Duration::from_secs(1), task).await;
-        }
-        if let Some(task) = admin_task {
-            task.abort();
-        }
-        memory_task.abort();
-        Ok(())
-    }
-}
-
-/// Gives the allocator's free pages back to the system whenever many
-/// connections ended since the last look ([`crate::memory`]).
-async fn release_memory(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(memory::CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let in_use = shared.in_use();
-        if !shared.high_water.fell_enough(in_use) {
-            continue;
-        }
-        match tokio::task::spawn_blocking(memory::release_free_pages).await {
-            Ok(Ok(arenas)) => {
-                shared.metrics.memory_releases.inc();
-                tracing::debug!(
-                    arenas,
-                    connections = in_use,
-                    "gave free memory back to the system"
-                );
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not give free memory back to the system")
-            }
-            Err(e) => tracing::warn!(error = %e, "the memory release task failed"),
-        }
-    }
-}
-
 /// Where a connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
+pub(crate) enum Origin {
     /// A client, on the client port.
     Client,
     /// Another shard handing off a connection this pod owns.
@@ -381,66 +46,21 @@ enum Origin {
 }
 
 /// Accepts on `listener`, or waits forever without one.
-async fn accept_from(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn accepted_or_back_off(
-    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+/// Runs an accepted connection in a task of its own, under a span that
+/// names its peer, holding `permit` (its place in the connection limit)
+/// until it ends.
+pub(crate) fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
     origin: Origin,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
 ) {
-    match accepted {
-        Ok((stream, peer)) => accept(stream, peer, origin, shared),
-        Err(e) => {
-            // Typically out of file descriptors: back off, let
-            // connections end, try again.
-            shared.metrics.accept_errors.inc();
-            tracing::warn!(error = %e, ?origin, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn bind_listener(address: SocketAddr, reuse_port: bool) -> Result<TcpListener, Error> {
-    let domain = socket2::Domain::for_address(address);
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(|e| Error::Bind(address, e))?;
-    let setup = || -> std::io::Result<()> {
-        socket.set_reuse_address(true)?;
-        if reuse_port {
-            socket.set_reuse_port(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(4096)
-    };
-    setup().map_err(|e| Error::Bind(address, e))?;
-    TcpListener::from_std(socket.into()).map_err(|e| Error::Bind(address, e))
-}
-
-/// Takes one accepted connection: refuses it at the cap, else spawns its
-/// task, with panics contained, logged and counted.
-fn accept(stream: TcpStream, peer: SocketAddr, origin: Origin, shared: &Arc<Shared>) {
-    let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
-        shared.metrics.handshake("over_limit");
-        let refusal = Refusal::new(
-            503,
-            "over_limit",
-            "this gateway pod is at its connection limit; retry",
-        );
-        let _ = stream.try_write(&refusal.response());
-        return;
-    };
-    shared.high_water.note(shared.in_use());
-    let shared = Arc::clone(shared);
     let span = tracing::debug_span!("conn", %peer, ?origin, route = tracing::field::Empty, key_hash = tracing::field::Empty, backend = tracing::field::Empty);
-    let handshake = Box::pin(establish(stream, peer, origin, Arc::clone(&shared), permit));
+    let metrics = Arc::clone(&shared.metrics);
+    let handshake = Box::pin(establish(stream, peer, origin, shared, permit));
     let task = ConnectionTask::Establishing { handshake };
-    tokio::spawn(contained(task, Arc::clone(&shared.metrics)).instrument(span));
+    tokio::spawn(contained(task, metrics).instrument(span));
 }
 
 /// Runs one connection's task so that a panic in it ends that connection
@@ -679,7 +299,7 @@ async fn establish(
     // check it against the new state here.
     let now = shared.running.load();
     if now.routing.epoch != placement.running.routing.epoch
-        && crate::control::must_move(&control, &placement.running, &now)
+        && crate::shared::key_moved(&control, &placement.running, &now)
     {
         control.request_drain(DrainCause::Rebalance);
     }
@@ -979,7 +599,10 @@ fn describe(key: &KeySource) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::Semaphore;
+
     use super::*;
+    use crate::registry::Registry;
 
     #[tokio::test]
     async fn a_panicking_connection_is_contained_counted_and_releases_its_slot() {
