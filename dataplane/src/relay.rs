@@ -2,11 +2,14 @@
 //! frame-aware in one task, the gateway's own pings, timeouts and closes
 //! slotted in at frame and message boundaries.
 //!
-//! Both directions live in one `select!` loop with all state local to the
-//! task. A direction whose destination cannot take more holds its unwritten
-//! bytes in `pending` and stops reading its source until they are written:
-//! that is the backpressure, and the only per-connection buffer, which is
-//! empty (unallocated) whenever the connection is idle.
+//! Both directions live in one hand-written future, [`Relay`], polled as
+//! one task with all state local to it: each wake-up does what the
+//! sockets, the drain control and one timer allow now (bounded, then it
+//! yields), and leaves its waker with each. A direction whose destination
+//! cannot take more holds its unwritten bytes in `pending` and stops
+//! reading its source until they are written: that is the backpressure,
+//! and the only per-connection buffer, which is empty (unallocated)
+//! whenever the connection is idle.
 //!
 //! Close codes the gateway sends (docs/closing.md has the full table):
 //! 1001 pod stopping or idle, 1012 key moved, 1011 no pong in time or a
