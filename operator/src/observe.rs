@@ -1,20 +1,23 @@
 //! Reads what the cluster shows of a gateway: its slots' StatefulSets and
 //! pods, and its routes' backend endpoints.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Debug,
+};
 
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
 use ringway_crds::{Slot, WebSocketGateway};
+use serde::de::DeserializeOwned;
 
 use crate::{
     Error, PodInputs,
     names::{self, slot_label},
-    reconcile::get,
     rollout::{PodCounts, PodView, SlotView},
     snapshot,
 };
@@ -135,4 +138,15 @@ pub(crate) async fn backends(
         }
     }
     Ok((endpoints, problems))
+}
+
+/// Reads one object by name: `None` when there is none.
+pub(crate) async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name).await.map_err(|source| Error::Read {
+        what: format!("{} {name}", K::kind(&())),
+        source,
+    })
 }

@@ -39,7 +39,8 @@ use crate::{
     events::Events,
     metrics::Metrics,
     names::{CONTROL_PORT, FIELD_MANAGER, GatewayRef},
-    observe, pki,
+    observe::{self, get},
+    pki,
     rollout::{self, Observed, PodCounts, SlotView},
     snapshot,
     steer::Steer,
@@ -664,16 +665,6 @@ async fn poll<S: Steer>(
         m.polled = memory.polled;
     });
     Ok(())
-}
-
-pub(crate) async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    api.get_opt(name).await.map_err(|source| Error::Read {
-        what: format!("{} {name}", K::kind(&())),
-        source,
-    })
 }
 
 async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
