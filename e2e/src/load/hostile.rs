@@ -25,7 +25,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsStr,
     net::{IpAddr, SocketAddr},
     process::Stdio,
     sync::{
@@ -941,16 +940,6 @@ impl Legit {
             std::env::current_exe().context("finding this binary to run the legitimate client")?;
         let every = LEGIT_EVERY.as_millis().to_string();
         let size = LEGIT_SIZE.to_string();
-        let steady = [
-            OsStr::new("--json"),
-            OsStr::new("steady"),
-            OsStr::new("--url"),
-            OsStr::new(&url),
-            OsStr::new("--every-ms"),
-            OsStr::new(&every),
-            OsStr::new("--size"),
-            OsStr::new(&size),
-        ];
         let mut command = if priority > 0 {
             let mut c = tokio::process::Command::new("chrt");
             c.args(["-f", &priority.to_string()]).arg(&exe);
@@ -959,7 +948,16 @@ impl Legit {
             tokio::process::Command::new(&exe)
         };
         let mut child = command
-            .args(steady)
+            .args([
+                "--json",
+                "steady",
+                "--url",
+                &url,
+                "--every-ms",
+                &every,
+                "--size",
+                &size,
+            ])
             .env("RINGWAY_LOAD_THREADS", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1138,10 +1136,7 @@ fn report(
             p.max_us,
         ));
     }
-    lines.push(format!(
-        "legitimate client: {} sent, {} echoed, {} lost, {} errors",
-        legit.sent, legit.received, legit.lost, legit.errors
-    ));
+    lines.push(format!("legitimate client: {legit}"));
     if problems.is_empty() {
         lines.push("every check passed".to_owned());
     } else {
@@ -1151,7 +1146,7 @@ fn report(
         json: json!({
             "baseline_rtt": base.json(),
             "attacks": rows.iter().map(Row::json).collect::<Vec<_>>(),
-            "legit": {"sent": legit.sent, "received": legit.received, "lost": legit.lost, "errors": legit.errors},
+            "legit": legit.json(),
             "problems": problems,
         }),
         lines,

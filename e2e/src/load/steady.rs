@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::report::Report;
+use super::{DRAIN_TIMEOUT, report::Report};
 use crate::stamp;
 
 /// Run one steady client.
@@ -52,6 +52,11 @@ pub struct SteadyEnd {
 
 impl SteadyEnd {
     /// The end as the report's JSON object carries it.
+    pub fn json(&self) -> serde_json::Value {
+        json!({"sent": self.sent, "received": self.received, "lost": self.lost, "errors": self.errors})
+    }
+
+    /// The end as [`SteadyEnd::json`] writes it.
     pub fn from_json(value: &serde_json::Value) -> Option<Self> {
         let field = |name: &str| value.get(name)?.as_u64();
         Some(Self {
@@ -63,11 +68,18 @@ impl SteadyEnd {
     }
 }
 
+impl std::fmt::Display for SteadyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent, {} echoed, {} lost, {} errors",
+            self.sent, self.received, self.lost, self.errors
+        )
+    }
+}
+
 /// The prefix of a round-trip line on standard output.
 pub const RTT_LINE: &str = "rtt ";
-
-/// How long the echoes in flight may take once sending stops.
-const FLIGHT: Duration = Duration::from_secs(2);
 
 /// Runs until standard input closes.
 pub async fn run(args: SteadyArgs) -> anyhow::Result<Report> {
@@ -99,7 +111,7 @@ pub async fn run(args: SteadyArgs) -> anyhow::Result<Report> {
             read = stdin.read(&mut sink), if !stopping => {
                 if matches!(read, Ok(0) | Err(_)) {
                     stopping = true;
-                    flight.as_mut().reset(tokio::time::Instant::now() + FLIGHT);
+                    flight.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
                 }
             }
             _ = tick.tick(), if !stopping => {
@@ -134,11 +146,8 @@ pub async fn run(args: SteadyArgs) -> anyhow::Result<Report> {
     end.lost = end.sent - end.received.min(end.sent);
     let _ = tx.send(Message::Close(None)).await;
     Ok(Report {
-        lines: vec![format!(
-            "steady client: {} sent, {} echoed, {} lost, {} errors",
-            end.sent, end.received, end.lost, end.errors
-        )],
-        json: json!({"sent": end.sent, "received": end.received, "lost": end.lost, "errors": end.errors}),
+        lines: vec![format!("steady client: {end}")],
+        json: end.json(),
         problem: None,
     })
 }
@@ -156,6 +165,7 @@ mod tests {
             errors: 0,
         };
         let value = json!({"sent": 5, "received": 4, "lost": 1, "errors": 0});
+        assert_eq!(end.json(), value);
         assert_eq!(SteadyEnd::from_json(&value), Some(end));
         assert_eq!(SteadyEnd::from_json(&json!({"sent": 5})), None);
     }
