@@ -46,7 +46,7 @@ import yaml  # noqa: E402
 from checks.chart import CHART  # noqa: E402
 from checks.flags import check_flags  # noqa: E402
 from checks.images import check_images  # noqa: E402
-from checks.install import check_render, check_support_floor  # noqa: E402
+from checks.install import check_render, check_support_floor, support_floor  # noqa: E402
 from checks.lint import check_lint, check_values_comments  # noqa: E402
 from checks.report import failures  # noqa: E402
 
@@ -56,8 +56,10 @@ def main():
     print(f"helm library {helm_sdkpy.get_version()}")
     check_values_comments()
     check_lint(defaults)
-    check_render(defaults)
-    check_support_floor()
+    # Read once: its failures are reported once, before the checks that use it.
+    floor = support_floor()
+    check_render(defaults, floor)
+    check_support_floor(floor)
     check_images(defaults)
     check_flags()
     if failures:

@@ -49,8 +49,8 @@ def support_floor():
     return floor
 
 
-def check_support_floor():
-    floor = support_floor()
+def check_support_floor(floor):
+    """`floor` is support_floor()'s answer (None: it already failed)."""
     if floor is None:
         return
     older = (floor[0], floor[1] - 1)
@@ -65,8 +65,10 @@ def check_support_floor():
         server.stop()
 
 
-def check_render(defaults):
-    floor = support_floor() or (1, 33)
+def check_render(defaults, floor):
+    """Installs every value set on an API server of `floor`, the support
+    floor (support_floor()'s answer, or 1.33 when it failed)."""
+    floor = floor or (1, 33)
     print(f"render: helm install (Helm's library) against a fake API server of Kubernetes "
           f"{floor[0]}.{floor[1]} (the support floor), for every value set")
     server = FakeApiServer(floor)
