@@ -5,6 +5,10 @@
 //! what each slot should run, the canary's phase and weight, and whether a
 //! step waits for the disruption budget. The reconciler applies the plan;
 //! nothing here talks to the API server or to a pod.
+//!
+//! [`plan`] and the steps every phase shares live here; `view` holds what
+//! the plan sees of each slot ([`SlotView`], [`PodView`]), `stable` the
+//! stable slot's scaling and rolling update, `canary` a canary's phases.
 
 use std::time::Duration;
 
@@ -18,97 +22,11 @@ use crate::{
     names::other_slot,
 };
 
-/// One data-plane pod as the API server shows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodView {
-    /// The pod's name: also its shard id.
-    pub name: String,
-    /// The StatefulSet ordinal.
-    pub ordinal: i32,
-    /// `status.podIP`, once it has one.
-    pub ip: Option<String>,
-    /// Running and not being deleted: it can take a snapshot.
-    pub running: bool,
-    /// The `Ready` condition: it has a snapshot and is not draining.
-    pub ready: bool,
-    /// It runs the StatefulSet's latest template.
-    pub updated: bool,
-    /// The live connections it owns (relays to a backend), from its last
-    /// status report.
-    pub connections: Option<i64>,
-    /// The clients that entered through it and that it relays to their
-    /// owner on another pod, from the same report.
-    pub relayed: Option<i64>,
-}
+mod canary;
+mod stable;
+mod view;
 
-/// What one pod reported holding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PodCounts {
-    /// Connections it owns.
-    pub owned: i64,
-    /// Connections it relays to their owner.
-    pub relayed: i64,
-}
-
-impl PodView {
-    /// Every client connection its stop would close: those it owns and
-    /// those it relays.
-    pub fn held(&self) -> i64 {
-        self.connections.unwrap_or(0) + self.relayed.unwrap_or(0)
-    }
-
-    /// Takes a snapshot push: running, with an address.
-    pub fn steerable(&self) -> bool {
-        self.running && self.ip.is_some()
-    }
-
-    /// Holds a place in the ring: ready, with an address.
-    pub fn in_ring(&self) -> bool {
-        self.steerable() && self.ready
-    }
-}
-
-/// One slot's StatefulSet and pods; a slot without a StatefulSet has
-/// `replicas == 0`, no inputs and no pods.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SlotView {
-    /// Which slot.
-    pub slot: Slot,
-    /// What its StatefulSet was rendered from (its annotation).
-    pub inputs: Option<PodInputs>,
-    /// `spec.replicas`.
-    pub replicas: i32,
-    /// `spec.updateStrategy.rollingUpdate.partition`.
-    pub partition: i32,
-    /// The pod template's revision and control-certificate annotations.
-    pub template: Option<(String, String)>,
-    /// Its pods.
-    pub pods: Vec<PodView>,
-}
-
-impl SlotView {
-    /// A slot with no StatefulSet.
-    pub fn empty(slot: Slot) -> Self {
-        Self {
-            slot,
-            inputs: None,
-            replicas: 0,
-            partition: 0,
-            template: None,
-            pods: Vec::new(),
-        }
-    }
-
-    /// Pods that hold a place in the ring.
-    pub fn ready(&self) -> i32 {
-        self.pods.iter().filter(|p| p.in_ring()).count() as i32
-    }
-
-    /// Live connections on this slot's pods, as last reported.
-    pub fn connections(&self) -> i64 {
-        self.pods.iter().filter_map(|p| p.connections).sum()
-    }
-}
+pub use view::{PodCounts, PodView, SlotView};
 
 /// Everything the plan is made from.
 #[derive(Clone, Debug)]
@@ -232,7 +150,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             }
             let start_canary = spec_changed && o.intent.mode == Mode::Canary && !o.intent.abort;
             if start_canary {
-                start(o, &mut plan, stable_slot, &stable_inputs);
+                canary::start(o, &mut plan, stable_slot, &stable_inputs);
             } else {
                 // Steady, scaling, or rolling in place.
                 let inputs = if spec_changed && o.intent.mode == Mode::Rolling {
@@ -247,18 +165,18 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                     });
                 }
                 plan.stable.1 = inputs.clone();
-                stable_slot_plan(o, &mut plan, stable_view, inputs, &allowance, live);
+                stable::stable_slot_plan(o, &mut plan, stable_view, inputs, &allowance, live);
             }
             retire(o, &mut plan, other_slot(stable_slot), false);
         }
         Some(canary) => {
             let aborting = o.intent.abort || !spec_changed || canary.phase == CanaryPhase::Aborting;
             if canary.phase == CanaryPhase::Promoting {
-                promote(o, &mut plan, canary, &allowance);
+                canary::promote(o, &mut plan, canary, &allowance);
             } else if aborting {
-                abort(o, &mut plan, canary, &stable_inputs, &allowance, live);
+                canary::abort(o, &mut plan, canary, &stable_inputs, &allowance, live);
             } else {
-                shift(o, &mut plan, canary, &stable_inputs, &allowance, live);
+                canary::shift(o, &mut plan, canary, &stable_inputs, &allowance, live);
             }
         }
     }
@@ -283,113 +201,6 @@ fn held_message(intent: &Intent) -> String {
             "the spec change waits until {} is fixed",
             ringway_crds::annotations::ROLLOUT
         )
-    }
-}
-
-/// The stable slot outside a canary: scale one shard per budget step and
-/// roll a changed template one pod per budget step.
-fn stable_slot_plan(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    current: &SlotView,
-    inputs: PodInputs,
-    allowance: &budget::Allowance,
-    live: i64,
-) {
-    let mut replicas = current.replicas;
-    let settled = current.ready() == current.replicas;
-    if current.replicas == 0 || live == 0 {
-        replicas = o.shards;
-    } else if replicas != o.shards {
-        // Adding one of n+1 shards moves 1/(n+1) of the keys; removing one
-        // of n closes that pod's connections.
-        let cost = budget::ceil_div(live, i64::from(replicas.max(o.shards)));
-        if !settled {
-            wait(
-                plan,
-                reasons::ROLLING_UPDATE,
-                format!(
-                    "scaling from {replicas} to {} shards: waiting for the pods to be ready",
-                    o.shards
-                ),
-            );
-        } else if allowance.allows(cost) {
-            replicas += (o.shards - replicas).signum();
-            plan.disrupting += cost;
-            plan.progress = Some(Progress {
-                reason: reasons::ROLLING_UPDATE,
-                message: format!("scaling to {} shards: now {replicas}", o.shards),
-            });
-            plan.requeue = Some(PROGRESS_REQUEUE);
-        } else {
-            budget_wait(
-                plan,
-                allowance,
-                o.now,
-                format!("scaling to {} shards (at {replicas})", o.shards),
-            );
-        }
-    }
-    let partition = partition(o, plan, current, &inputs, replicas, allowance);
-    plan.slots.push(SlotPlan {
-        slot: current.slot,
-        inputs,
-        replicas,
-        partition,
-    });
-}
-
-/// The rolling-update partition: pods at or above it run the new
-/// template. Lowered by one when the pods above are updated and ready and
-/// the budget allows the next pod's connections to be closed.
-fn partition(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    current: &SlotView,
-    inputs: &PodInputs,
-    replicas: i32,
-    allowance: &budget::Allowance,
-) -> i32 {
-    if current.replicas == 0 || current.pods.is_empty() {
-        return 0;
-    }
-    let desired = (inputs.revision(), o.control_cert.to_owned());
-    if current.template.as_ref() != Some(&desired) {
-        plan.progress = Some(Progress {
-            reason: reasons::ROLLING_UPDATE,
-            message: format!("rolling update to revision {} started", desired.0),
-        });
-        plan.requeue = Some(PROGRESS_REQUEUE);
-        return replicas;
-    }
-    let p = current.partition.min(replicas);
-    let pending = current
-        .pods
-        .iter()
-        .filter(|pod| !pod.updated && pod.ordinal < replicas)
-        .count();
-    if pending == 0 {
-        return 0;
-    }
-    let above_done = current
-        .pods
-        .iter()
-        .filter(|pod| pod.ordinal >= p && pod.ordinal < replicas)
-        .all(|pod| pod.updated && pod.in_ring());
-    let done = replicas as usize - pending;
-    let what = format!(
-        "rolling update to revision {}: {done} of {replicas} pods updated",
-        desired.0
-    );
-    if p == 0 || !above_done {
-        wait(plan, reasons::ROLLING_UPDATE, what);
-        return p;
-    }
-    let next = current.pods.iter().find(|pod| pod.ordinal == p - 1);
-    if charge_stop(o, plan, allowance, next, reasons::ROLLING_UPDATE, what) {
-        p - 1
-    } else {
-        p
     }
 }
 
@@ -487,357 +298,6 @@ fn retire_paced(
         partition: 0,
     });
     replicas == 0
-}
-
-fn canary_status(
-    slot: Slot,
-    inputs: &PodInputs,
-    view: &SlotView,
-    phase: CanaryPhase,
-    weight: u8,
-    target: Option<u8>,
-    drained: i64,
-) -> CanaryStatus {
-    CanaryStatus {
-        phase,
-        pods: ringway_crds::SlotStatus {
-            slot,
-            image: inputs.image.clone(),
-            revision: inputs.revision(),
-            shards_ready: view.ready(),
-            connections: view.connections(),
-        },
-        weight,
-        target_weight: target,
-        drained,
-    }
-}
-
-/// During a canary the stable slot keeps its version and at least the
-/// spec's number of shards.
-fn keep_stable(o: &Observed<'_>, plan: &mut Plan, stable: Slot, inputs: &PodInputs) {
-    plan.slots.push(SlotPlan {
-        slot: stable,
-        inputs: inputs.clone(),
-        replicas: view(o.slots, stable).replicas.max(o.shards),
-        partition: 0,
-    });
-}
-
-/// The stable slot as it is and the canary slot on the current spec.
-fn canary_alongside_stable(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    stable: Slot,
-    stable_inputs: &PodInputs,
-    canary: Slot,
-) {
-    keep_stable(o, plan, stable, stable_inputs);
-    plan.slots.push(SlotPlan {
-        slot: canary,
-        inputs: o.spec.clone(),
-        replicas: o.shards,
-        partition: 0,
-    });
-    plan.roles.canary = Some(canary);
-}
-
-fn start(o: &Observed<'_>, plan: &mut Plan, stable: Slot, stable_inputs: &PodInputs) {
-    let slot = other_slot(stable);
-    canary_alongside_stable(o, plan, stable, stable_inputs, slot);
-    plan.canary = Some(canary_status(
-        slot,
-        o.spec,
-        view(o.slots, slot),
-        CanaryPhase::Starting,
-        0,
-        o.intent.weight,
-        0,
-    ));
-    plan.transition = Some((
-        "CanaryStarted",
-        format!(
-            "canary of image {} (revision {}) starting in slot {slot:?}",
-            o.spec.image,
-            o.spec.revision()
-        ),
-    ));
-    wait(
-        plan,
-        reasons::CANARY_IN_PROGRESS,
-        format!(
-            "canary starting in slot {slot:?}: waiting for {} pods",
-            o.shards
-        ),
-    );
-}
-
-/// Canary running: start, step the weight toward the annotation, hold, or
-/// promote at 100.
-fn shift(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    canary: &CanaryStatus,
-    stable_inputs: &PodInputs,
-    allowance: &budget::Allowance,
-    live: i64,
-) {
-    let slot = canary.pods.slot;
-    let cview = view(o.slots, slot);
-    let stable = other_slot(slot);
-    canary_alongside_stable(o, plan, stable, stable_inputs, slot);
-    let target = o.intent.weight.unwrap_or(canary.weight);
-    let mut weight = canary.weight;
-    let mut drained = canary.drained;
-    let phase = if canary.phase == CanaryPhase::Starting && cview.ready() < o.shards {
-        wait(
-            plan,
-            reasons::CANARY_IN_PROGRESS,
-            format!(
-                "canary starting in slot {slot:?}: {} of {} pods ready",
-                cview.ready(),
-                o.shards
-            ),
-        );
-        CanaryPhase::Starting
-    } else if weight == 100 && target == 100 {
-        return promote_start(o, plan, canary, allowance);
-    } else if target != weight {
-        match budget::next_weight(weight, target, live, allowance) {
-            Some(next) => {
-                let cost = budget::weight_change_cost(live, weight, next);
-                plan.disrupting += cost;
-                drained = cost;
-                plan.transition = Some((
-                    "CanaryWeightChanged",
-                    format!(
-                        "canary weight {weight}% → {next}% (target {target}%), about {cost} connections move"
-                    ),
-                ));
-                weight = next;
-                wait(
-                    plan,
-                    reasons::CANARY_IN_PROGRESS,
-                    format!("canary shifting to {next}% of the keys (target {target}%)"),
-                );
-                CanaryPhase::Shifting
-            }
-            None => {
-                budget_wait(
-                    plan,
-                    allowance,
-                    o.now,
-                    format!("canary at {weight}%, target {target}%"),
-                );
-                CanaryPhase::WaitingForBudget
-            }
-        }
-    } else {
-        plan.progress = Some(Progress {
-            reason: reasons::CANARY_IN_PROGRESS,
-            message: format!(
-                "canary holds {weight}% of the keys; set {} to move it, \"100\" promotes, {}: \"true\" aborts",
-                ringway_crds::annotations::CANARY_WEIGHT,
-                ringway_crds::annotations::CANARY_ABORT
-            ),
-        });
-        CanaryPhase::Holding
-    };
-    if phase != canary.phase && plan.transition.is_none() {
-        plan.transition = Some((
-            "CanaryPhaseChanged",
-            format!("canary {:?} at {weight}%", phase),
-        ));
-    }
-    plan.roles.weight = weight;
-    plan.canary = Some(canary_status(
-        slot,
-        o.spec,
-        cview,
-        phase,
-        weight,
-        (target != weight).then_some(target),
-        drained,
-    ));
-}
-
-/// Weight 100 acknowledged: the canary's slot becomes stable; the old
-/// slot keeps running until its connections have drained.
-fn promote_start(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    canary: &CanaryStatus,
-    allowance: &budget::Allowance,
-) {
-    let promoted = CanaryStatus {
-        phase: CanaryPhase::Promoting,
-        ..canary.clone()
-    };
-    plan.transition = Some((
-        "CanaryPromoting",
-        format!(
-            "canary in slot {:?} becomes stable; the old version's pods drain and stop",
-            canary.pods.slot
-        ),
-    ));
-    promote(o, plan, &promoted, allowance);
-}
-
-fn promote(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    canary: &CanaryStatus,
-    allowance: &budget::Allowance,
-) {
-    let new = canary.pods.slot;
-    let old = other_slot(new);
-    let old_view = view(o.slots, old);
-    plan.roles = Roles {
-        stable: new,
-        canary: None,
-        weight: 0,
-        retiring: Some(old),
-    };
-    plan.stable = (new, o.spec.clone());
-    plan.slots.push(SlotPlan {
-        slot: new,
-        inputs: o.spec.clone(),
-        replicas: o.shards,
-        partition: 0,
-    });
-    let left = old_view.connections();
-    let gone = if left > 0 {
-        retire(o, plan, old, true);
-        wait(
-            plan,
-            reasons::CANARY_IN_PROGRESS,
-            format!("promoting slot {new:?}: {left} connections left on the old version's pods"),
-        );
-        false
-    } else {
-        retire_paced(o, plan, old, allowance, &format!("promoting slot {new:?}"))
-    };
-    if !gone {
-        plan.canary = Some(canary_status(
-            new,
-            o.spec,
-            view(o.slots, new),
-            CanaryPhase::Promoting,
-            100,
-            None,
-            canary.drained,
-        ));
-    } else {
-        plan.canary = None;
-        plan.transition = Some((
-            "CanaryPromoted",
-            format!(
-                "image {} (revision {}) is stable in slot {new:?}",
-                o.spec.image,
-                o.spec.revision()
-            ),
-        ));
-    }
-}
-
-/// Aborting: the weight steps back to 0 within the budget; once the pods
-/// run weight 0 and the canary's pods hold no connections, they stop.
-fn abort(
-    o: &Observed<'_>,
-    plan: &mut Plan,
-    canary: &CanaryStatus,
-    stable_inputs: &PodInputs,
-    allowance: &budget::Allowance,
-    live: i64,
-) {
-    let slot = canary.pods.slot;
-    let stable = other_slot(slot);
-    let cview = view(o.slots, slot);
-    let canary_inputs = cview.inputs.clone().unwrap_or_else(|| o.spec.clone());
-    keep_stable(o, plan, stable, stable_inputs);
-    if canary.phase != CanaryPhase::Aborting {
-        plan.transition = Some((
-            "CanaryAborting",
-            format!(
-                "canary in slot {slot:?} at {}%: its keys drain back to stable",
-                canary.weight
-            ),
-        ));
-    }
-    let mut weight = canary.weight;
-    let mut drained = canary.drained;
-    if weight > 0 {
-        match budget::next_weight(weight, 0, live, allowance) {
-            Some(next) => {
-                let cost = budget::weight_change_cost(live, weight, next);
-                plan.disrupting += cost;
-                drained = cost;
-                weight = next;
-                wait(
-                    plan,
-                    reasons::CANARY_IN_PROGRESS,
-                    format!("aborting: canary weight down to {next}%"),
-                );
-            }
-            None => budget_wait(
-                plan,
-                allowance,
-                o.now,
-                format!("aborting the canary at {weight}%"),
-            ),
-        }
-    }
-    let left = cview.connections();
-    if canary.weight == 0 {
-        plan.roles.retiring = Some(slot);
-    }
-    if canary.weight == 0 && left == 0 {
-        if !retire_paced(o, plan, slot, allowance, "aborting") {
-            plan.canary = Some(canary_status(
-                slot,
-                &canary_inputs,
-                cview,
-                CanaryPhase::Aborting,
-                0,
-                Some(0),
-                drained,
-            ));
-            return;
-        }
-        plan.canary = None;
-        plan.transition = Some((
-            "CanaryAborted",
-            format!(
-                "canary of image {} removed; stable stays on image {}",
-                canary_inputs.image, stable_inputs.image
-            ),
-        ));
-        return;
-    }
-    if canary.weight == 0 {
-        wait(
-            plan,
-            reasons::CANARY_IN_PROGRESS,
-            format!("aborting: {left} connections left on the canary's pods"),
-        );
-    }
-    plan.slots.push(SlotPlan {
-        slot,
-        inputs: canary_inputs.clone(),
-        replicas: cview.replicas,
-        partition: 0,
-    });
-    plan.roles.canary = Some(slot);
-    plan.roles.weight = weight;
-    plan.canary = Some(canary_status(
-        slot,
-        &canary_inputs,
-        cview,
-        CanaryPhase::Aborting,
-        weight,
-        Some(0),
-        drained,
-    ));
 }
 
 #[cfg(test)]

@@ -1,0 +1,361 @@
+//! A canary's phases: starting beside the stable slot, shifting the weight
+//! within the budget, promoting to stable, and aborting back.
+
+use ringway_crds::{CanaryPhase, CanaryStatus, Slot};
+
+use super::{
+    Observed, Plan, Progress, Roles, SlotPlan, SlotView, budget_wait, reasons, retire,
+    retire_paced, view, wait,
+};
+use crate::{PodInputs, budget, names::other_slot};
+
+fn canary_status(
+    slot: Slot,
+    inputs: &PodInputs,
+    view: &SlotView,
+    phase: CanaryPhase,
+    weight: u8,
+    target: Option<u8>,
+    drained: i64,
+) -> CanaryStatus {
+    CanaryStatus {
+        phase,
+        pods: ringway_crds::SlotStatus {
+            slot,
+            image: inputs.image.clone(),
+            revision: inputs.revision(),
+            shards_ready: view.ready(),
+            connections: view.connections(),
+        },
+        weight,
+        target_weight: target,
+        drained,
+    }
+}
+
+/// During a canary the stable slot keeps its version and at least the
+/// spec's number of shards.
+fn keep_stable(o: &Observed<'_>, plan: &mut Plan, stable: Slot, inputs: &PodInputs) {
+    plan.slots.push(SlotPlan {
+        slot: stable,
+        inputs: inputs.clone(),
+        replicas: view(o.slots, stable).replicas.max(o.shards),
+        partition: 0,
+    });
+}
+
+/// The stable slot as it is and the canary slot on the current spec.
+fn canary_alongside_stable(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    stable: Slot,
+    stable_inputs: &PodInputs,
+    canary: Slot,
+) {
+    keep_stable(o, plan, stable, stable_inputs);
+    plan.slots.push(SlotPlan {
+        slot: canary,
+        inputs: o.spec.clone(),
+        replicas: o.shards,
+        partition: 0,
+    });
+    plan.roles.canary = Some(canary);
+}
+
+pub(super) fn start(o: &Observed<'_>, plan: &mut Plan, stable: Slot, stable_inputs: &PodInputs) {
+    let slot = other_slot(stable);
+    canary_alongside_stable(o, plan, stable, stable_inputs, slot);
+    plan.canary = Some(canary_status(
+        slot,
+        o.spec,
+        view(o.slots, slot),
+        CanaryPhase::Starting,
+        0,
+        o.intent.weight,
+        0,
+    ));
+    plan.transition = Some((
+        "CanaryStarted",
+        format!(
+            "canary of image {} (revision {}) starting in slot {slot:?}",
+            o.spec.image,
+            o.spec.revision()
+        ),
+    ));
+    wait(
+        plan,
+        reasons::CANARY_IN_PROGRESS,
+        format!(
+            "canary starting in slot {slot:?}: waiting for {} pods",
+            o.shards
+        ),
+    );
+}
+
+/// Canary running: start, step the weight toward the annotation, hold, or
+/// promote at 100.
+pub(super) fn shift(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    stable_inputs: &PodInputs,
+    allowance: &budget::Allowance,
+    live: i64,
+) {
+    let slot = canary.pods.slot;
+    let cview = view(o.slots, slot);
+    let stable = other_slot(slot);
+    canary_alongside_stable(o, plan, stable, stable_inputs, slot);
+    let target = o.intent.weight.unwrap_or(canary.weight);
+    let mut weight = canary.weight;
+    let mut drained = canary.drained;
+    let phase = if canary.phase == CanaryPhase::Starting && cview.ready() < o.shards {
+        wait(
+            plan,
+            reasons::CANARY_IN_PROGRESS,
+            format!(
+                "canary starting in slot {slot:?}: {} of {} pods ready",
+                cview.ready(),
+                o.shards
+            ),
+        );
+        CanaryPhase::Starting
+    } else if weight == 100 && target == 100 {
+        return promote_start(o, plan, canary, allowance);
+    } else if target != weight {
+        match budget::next_weight(weight, target, live, allowance) {
+            Some(next) => {
+                let cost = budget::weight_change_cost(live, weight, next);
+                plan.disrupting += cost;
+                drained = cost;
+                plan.transition = Some((
+                    "CanaryWeightChanged",
+                    format!(
+                        "canary weight {weight}% → {next}% (target {target}%), about {cost} connections move"
+                    ),
+                ));
+                weight = next;
+                wait(
+                    plan,
+                    reasons::CANARY_IN_PROGRESS,
+                    format!("canary shifting to {next}% of the keys (target {target}%)"),
+                );
+                CanaryPhase::Shifting
+            }
+            None => {
+                budget_wait(
+                    plan,
+                    allowance,
+                    o.now,
+                    format!("canary at {weight}%, target {target}%"),
+                );
+                CanaryPhase::WaitingForBudget
+            }
+        }
+    } else {
+        plan.progress = Some(Progress {
+            reason: reasons::CANARY_IN_PROGRESS,
+            message: format!(
+                "canary holds {weight}% of the keys; set {} to move it, \"100\" promotes, {}: \"true\" aborts",
+                ringway_crds::annotations::CANARY_WEIGHT,
+                ringway_crds::annotations::CANARY_ABORT
+            ),
+        });
+        CanaryPhase::Holding
+    };
+    if phase != canary.phase && plan.transition.is_none() {
+        plan.transition = Some((
+            "CanaryPhaseChanged",
+            format!("canary {:?} at {weight}%", phase),
+        ));
+    }
+    plan.roles.weight = weight;
+    plan.canary = Some(canary_status(
+        slot,
+        o.spec,
+        cview,
+        phase,
+        weight,
+        (target != weight).then_some(target),
+        drained,
+    ));
+}
+
+/// Weight 100 acknowledged: the canary's slot becomes stable; the old
+/// slot keeps running until its connections have drained.
+fn promote_start(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    allowance: &budget::Allowance,
+) {
+    let promoted = CanaryStatus {
+        phase: CanaryPhase::Promoting,
+        ..canary.clone()
+    };
+    plan.transition = Some((
+        "CanaryPromoting",
+        format!(
+            "canary in slot {:?} becomes stable; the old version's pods drain and stop",
+            canary.pods.slot
+        ),
+    ));
+    promote(o, plan, &promoted, allowance);
+}
+
+pub(super) fn promote(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    allowance: &budget::Allowance,
+) {
+    let new = canary.pods.slot;
+    let old = other_slot(new);
+    let old_view = view(o.slots, old);
+    plan.roles = Roles {
+        stable: new,
+        canary: None,
+        weight: 0,
+        retiring: Some(old),
+    };
+    plan.stable = (new, o.spec.clone());
+    plan.slots.push(SlotPlan {
+        slot: new,
+        inputs: o.spec.clone(),
+        replicas: o.shards,
+        partition: 0,
+    });
+    let left = old_view.connections();
+    let gone = if left > 0 {
+        retire(o, plan, old, true);
+        wait(
+            plan,
+            reasons::CANARY_IN_PROGRESS,
+            format!("promoting slot {new:?}: {left} connections left on the old version's pods"),
+        );
+        false
+    } else {
+        retire_paced(o, plan, old, allowance, &format!("promoting slot {new:?}"))
+    };
+    if !gone {
+        plan.canary = Some(canary_status(
+            new,
+            o.spec,
+            view(o.slots, new),
+            CanaryPhase::Promoting,
+            100,
+            None,
+            canary.drained,
+        ));
+    } else {
+        plan.canary = None;
+        plan.transition = Some((
+            "CanaryPromoted",
+            format!(
+                "image {} (revision {}) is stable in slot {new:?}",
+                o.spec.image,
+                o.spec.revision()
+            ),
+        ));
+    }
+}
+
+/// Aborting: the weight steps back to 0 within the budget; once the pods
+/// run weight 0 and the canary's pods hold no connections, they stop.
+pub(super) fn abort(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    stable_inputs: &PodInputs,
+    allowance: &budget::Allowance,
+    live: i64,
+) {
+    let slot = canary.pods.slot;
+    let stable = other_slot(slot);
+    let cview = view(o.slots, slot);
+    let canary_inputs = cview.inputs.clone().unwrap_or_else(|| o.spec.clone());
+    keep_stable(o, plan, stable, stable_inputs);
+    if canary.phase != CanaryPhase::Aborting {
+        plan.transition = Some((
+            "CanaryAborting",
+            format!(
+                "canary in slot {slot:?} at {}%: its keys drain back to stable",
+                canary.weight
+            ),
+        ));
+    }
+    let mut weight = canary.weight;
+    let mut drained = canary.drained;
+    if weight > 0 {
+        match budget::next_weight(weight, 0, live, allowance) {
+            Some(next) => {
+                let cost = budget::weight_change_cost(live, weight, next);
+                plan.disrupting += cost;
+                drained = cost;
+                weight = next;
+                wait(
+                    plan,
+                    reasons::CANARY_IN_PROGRESS,
+                    format!("aborting: canary weight down to {next}%"),
+                );
+            }
+            None => budget_wait(
+                plan,
+                allowance,
+                o.now,
+                format!("aborting the canary at {weight}%"),
+            ),
+        }
+    }
+    let left = cview.connections();
+    if canary.weight == 0 {
+        plan.roles.retiring = Some(slot);
+    }
+    if canary.weight == 0 && left == 0 {
+        if !retire_paced(o, plan, slot, allowance, "aborting") {
+            plan.canary = Some(canary_status(
+                slot,
+                &canary_inputs,
+                cview,
+                CanaryPhase::Aborting,
+                0,
+                Some(0),
+                drained,
+            ));
+            return;
+        }
+        plan.canary = None;
+        plan.transition = Some((
+            "CanaryAborted",
+            format!(
+                "canary of image {} removed; stable stays on image {}",
+                canary_inputs.image, stable_inputs.image
+            ),
+        ));
+        return;
+    }
+    if canary.weight == 0 {
+        wait(
+            plan,
+            reasons::CANARY_IN_PROGRESS,
+            format!("aborting: {left} connections left on the canary's pods"),
+        );
+    }
+    plan.slots.push(SlotPlan {
+        slot,
+        inputs: canary_inputs.clone(),
+        replicas: cview.replicas,
+        partition: 0,
+    });
+    plan.roles.canary = Some(slot);
+    plan.roles.weight = weight;
+    plan.canary = Some(canary_status(
+        slot,
+        &canary_inputs,
+        cview,
+        CanaryPhase::Aborting,
+        weight,
+        Some(0),
+        drained,
+    ));
+}
