@@ -1,6 +1,8 @@
 //! The wiring: one kube-rs `Controller` per watched namespace (or one for
 //! the whole cluster) that owns each gateway's children and also watches
-//! the data-plane pods and the backend Services' EndpointSlices.
+//! the data-plane pods and the backend Services' EndpointSlices. The
+//! gateways', pods' and EndpointSlices' watches fill the reconcile's
+//! [`Stores`](crate::stores::Stores) through their [`Writers`].
 
 use std::{future::Future, sync::Arc};
 
@@ -14,41 +16,39 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{Controller, WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 use ringway_crds::WebSocketGateway;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
+    context::Context,
     names::LABEL_GATEWAY,
-    reconcile::{Context, error_policy, reconcile},
+    reconcile::{error_policy, reconcile},
     steer::Steer,
+    stores::{SERVICE_NAME_LABEL, Writers},
 };
 
-/// The label every EndpointSlice carries: the Service it belongs to.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// Runs the controllers until `halt` turns true, then lets running
-/// reconciles finish. `namespaces` empty means all namespaces.
+/// Runs one controller per watched scope (see
+/// [`stores`](crate::stores::stores)) until `halt` turns true, then lets
+/// running reconciles finish.
 pub async fn run<S: Steer>(
     client: Client,
-    namespaces: &[String],
+    scopes: Vec<Writers>,
     context: Arc<Context<S>>,
     halt: watch::Receiver<bool>,
 ) {
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().cloned().map(Some).collect()
-    };
-    let runs = scopes.into_iter().map(|ns| {
-        let span = info_span!("controller", namespace = ns.as_deref().unwrap_or("*"));
+    let runs = scopes.into_iter().map(|writers| {
+        let span = info_span!(
+            "controller",
+            namespace = writers.namespace.as_deref().unwrap_or("*")
+        );
         let mut halt = halt.clone();
         let shutdown = async move {
             let _ = halt.wait_for(|h| *h).await;
         };
-        run_scope(client.clone(), ns, Arc::clone(&context), shutdown).instrument(span)
+        run_scope(client.clone(), writers, Arc::clone(&context), shutdown).instrument(span)
     });
     join_all(runs).await;
 }
@@ -65,18 +65,32 @@ where
 
 async fn run_scope<S: Steer>(
     client: Client,
-    ns: Option<String>,
+    writers: Writers,
     context: Arc<Context<S>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ns = ns.as_deref();
+    let ns = writers.namespace.as_deref();
     let ours = || watcher::Config::default().labels(LABEL_GATEWAY);
-    let controller = Controller::new(
+    let gateways = writers.gateways.as_reader();
+    let gateway_events = watcher(
         api::<WebSocketGateway>(&client, ns),
         watcher::Config::default(),
-    );
-    let gateways = controller.store();
-    controller
+    )
+    .default_backoff()
+    .reflect(writers.gateways)
+    .applied_objects();
+    let pods = watcher(api::<Pod>(&client, ns), ours())
+        .default_backoff()
+        .reflect(writers.pods)
+        .touched_objects();
+    let slices = watcher(
+        api::<EndpointSlice>(&client, ns),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+    )
+    .default_backoff()
+    .reflect(writers.endpoint_slices)
+    .touched_objects();
+    Controller::for_stream(gateway_events, gateways.clone())
         .owns(api::<StatefulSet>(&client, ns), ours())
         .owns(api::<Service>(&client, ns), ours())
         .owns(api::<PodDisruptionBudget>(&client, ns), ours())
@@ -84,33 +98,29 @@ async fn run_scope<S: Steer>(
         .owns(api::<ConfigMap>(&client, ns), ours())
         .owns(api::<NetworkPolicy>(&client, ns), ours())
         // Pods belong to the StatefulSets; their label names the gateway.
-        .watches(api::<Pod>(&client, ns), ours(), |pod| {
+        .watches_stream(pods, |pod| {
             let ns = pod.namespace();
             pod.labels()
                 .get(LABEL_GATEWAY)
                 .map(|gw| ObjectRef::new(gw).within(ns.as_deref().unwrap_or_default()))
         })
         // Backend endpoints: every gateway with a route to that Service.
-        .watches(
-            api::<EndpointSlice>(&client, ns),
-            watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            move |slice| {
-                let ns = slice.namespace();
-                let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
-                gateways
-                    .state()
-                    .into_iter()
-                    .filter(|gw| gw.namespace() == ns)
-                    .filter(|gw| {
-                        gw.spec
-                            .routes
-                            .iter()
-                            .any(|r| Some(&r.backend.service) == service.as_ref())
-                    })
-                    .map(|gw| ObjectRef::from_obj(&*gw))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(slices, move |slice| {
+            let ns = slice.namespace();
+            let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
+            gateways
+                .state()
+                .into_iter()
+                .filter(|gw| gw.namespace() == ns)
+                .filter(|gw| {
+                    gw.spec
+                        .routes
+                        .iter()
+                        .any(|r| Some(&r.backend.service) == service.as_ref())
+                })
+                .map(|gw| ObjectRef::from_obj(&*gw))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
