@@ -49,9 +49,10 @@ pub(crate) struct Cluster {
 
 /// Reads one gateway's world. The Secrets and StatefulSets are read from
 /// the API server, not from a watch: a copy that lags behind the last
-/// apply would mint a second CA or replay a rollout step. The
-/// StatefulSets' pods and the backends' EndpointSlices come from the
-/// watches' stores; the backend Services are not watched and are read.
+/// apply would mint a second CA, or plan (and count against the budget)
+/// a rollout step already taken. The pods and the backends'
+/// EndpointSlices come from the watches' stores; the backend Services
+/// are not watched and are read.
 pub(crate) async fn gateway(
     client: &Client,
     stores: &Stores,
