@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, fmt::Debug};
 
+use k8s_openapi::{NamespaceResourceScope, api::networking::v1::NetworkPolicy};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
@@ -32,24 +33,22 @@ pub(crate) async fn apply_children(
 ) -> Result<(), Error> {
     let ns = gw.namespace.as_str();
     for secret in &children.secrets {
-        apply(&Api::namespaced(client.clone(), ns), secret).await?;
+        apply(client, ns, secret).await?;
     }
     for (config_map, stateful_set) in &children.slots {
-        apply(&Api::namespaced(client.clone(), ns), config_map).await?;
-        apply(&Api::namespaced(client.clone(), ns), stateful_set).await?;
+        apply(client, ns, config_map).await?;
+        apply(client, ns, stateful_set).await?;
     }
     for service in &children.services {
-        apply(&Api::namespaced(client.clone(), ns), service).await?;
+        apply(client, ns, service).await?;
     }
-    apply(
-        &Api::namespaced(client.clone(), ns),
-        &children.disruption_budget,
-    )
-    .await?;
-    let policies = Api::namespaced(client.clone(), ns);
+    apply(client, ns, &children.disruption_budget).await?;
     match &children.network_policy {
-        Some(policy) => apply(&policies, policy).await.map(drop),
-        None => delete_owned(&policies, &gw.network_policy(), gw).await,
+        Some(policy) => apply(client, ns, policy).await,
+        None => {
+            let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+            delete_owned(&policies, &gw.network_policy(), gw).await
+        }
     }
 }
 
@@ -147,21 +146,28 @@ pub(crate) async fn report<S>(
     Ok(())
 }
 
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+/// Server-side applies `object` in `ns`, as the operator's field manager.
+async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
 {
     let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        what: format!("{} {name}", K::kind(&())),
-        source,
-    })
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            what: format!("{} {name}", K::kind(&())),
+            source,
+        })?;
+    Ok(())
 }
 
 /// Deletes the child `name` if it exists and this gateway owns it: an

@@ -90,16 +90,6 @@ impl Stores {
         )
     }
 
-    /// The gateways in `namespace`.
-    pub fn gateways(&self, namespace: &str) -> Vec<Arc<WebSocketGateway>> {
-        self.scope(namespace)
-            .map(|s| {
-                s.gateways
-                    .state_filter(|gw| gw.namespace().as_deref() == Some(namespace))
-            })
-            .unwrap_or_default()
-    }
-
     /// Waits until every store has its first complete list; an error
     /// when a watch ended before that.
     pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
