@@ -77,10 +77,12 @@ async fn run_scope<S: Steer>(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(lean)
     .reflect(writers.gateways)
     .applied_objects();
     let pods = watcher(api::<Pod>(&client, ns), ours())
         .default_backoff()
+        .modify(lean)
         .reflect(writers.pods)
         .touched_objects();
     let slices = watcher(
@@ -88,6 +90,7 @@ async fn run_scope<S: Steer>(
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
     )
     .default_backoff()
+    .modify(lean)
     .reflect(writers.endpoint_slices)
     .touched_objects();
     Controller::for_stream(gateway_events, gateways.clone())
@@ -131,6 +134,12 @@ async fn run_scope<S: Steer>(
         })
         .await;
     info!("controller stopped");
+}
+
+/// Drops what the reconcile never reads and the stores would keep for
+/// every object: the managed fields.
+fn lean<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
 }
 
 fn log_done(gw: &ObjectRef<WebSocketGateway>, action: &Action) {

@@ -134,3 +134,72 @@ fn has_labels<K: Resource>(object: &K, selector: &BTreeMap<String, String>) -> b
     let labels = object.labels();
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    fn pod(namespace: &str, name: &str, gateway: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace,
+                "labels": {"ringway.dev/gateway": gateway}}
+        }))
+        .expect("pod")
+    }
+
+    fn list<K>(writer: &mut Writer<K>, objects: Vec<K>)
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        writer.apply_watcher_event(&Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+    }
+
+    #[test]
+    fn pods_are_read_from_the_scope_of_their_namespace_by_label_and_name() {
+        let (stores, mut writers) = stores(&["prod".to_owned(), "dev".to_owned()]);
+        list(
+            &mut writers[0].pods,
+            vec![
+                pod("prod", "chat-a-2", "chat"),
+                pod("prod", "chat-a-10", "chat"),
+                pod("prod", "other-a-0", "other"),
+            ],
+        );
+        list(&mut writers[1].pods, vec![pod("dev", "chat-a-0", "chat")]);
+        let selector = BTreeMap::from([("ringway.dev/gateway".to_owned(), "chat".to_owned())]);
+        let names = |ns: &str| -> Vec<String> {
+            stores
+                .pods(ns, &selector)
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect()
+        };
+        assert_eq!(
+            names("prod"),
+            ["chat-a-10", "chat-a-2"],
+            "as a list orders them"
+        );
+        assert_eq!(names("dev"), ["chat-a-0"]);
+        assert!(names("staging").is_empty(), "not watched");
+    }
+
+    #[tokio::test]
+    async fn ready_once_every_store_has_listed() {
+        let (stores, mut writers) = stores(&[]);
+        let w = &mut writers[0];
+        list(&mut w.gateways, Vec::new());
+        list(&mut w.pods, Vec::new());
+        let waiting = tokio::time::timeout(Duration::from_millis(50), stores.wait_until_ready());
+        assert!(waiting.await.is_err(), "the EndpointSlices have not listed");
+        list(&mut w.endpoint_slices, Vec::new());
+        stores.wait_until_ready().await.expect("ready");
+    }
+}

@@ -1,6 +1,8 @@
 //! A fake Kubernetes API server behind kube's mock service (tower-test),
 //! with a small in-memory object store, and a fake control channel. The
-//! reconciler runs against them exactly as against a cluster; tests then
+//! reconciler runs against them exactly as against a cluster: the
+//! reflector stores it reads are filled from the fake's objects before
+//! each reconcile, as the controller's watches would fill them. Tests then
 //! read back what it applied, the status it wrote, the events and the
 //! snapshots it pushed.
 
