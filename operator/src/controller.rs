@@ -4,9 +4,9 @@
 //! gateways', pods' and EndpointSlices' watches fill the reconcile's
 //! [`Stores`](crate::stores::Stores) through their [`Writers`].
 
-use std::{future::Future, sync::Arc};
+use std::{fmt::Debug, future::Future, sync::Arc};
 
-use futures_util::{StreamExt, future::join_all};
+use futures_util::{Stream, StreamExt, future::join_all};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{ConfigMap, Pod, Secret, Service},
@@ -15,10 +15,16 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, ResourceExt,
-    runtime::{Controller, WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{ObjectRef, store::Writer},
+        watcher,
+    },
 };
 use ringway_crds::WebSocketGateway;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -72,26 +78,18 @@ async fn run_scope<S: Steer>(
     let ns = writers.namespace.as_deref();
     let ours = || watcher::Config::default().labels(LABEL_GATEWAY);
     let gateways = writers.gateways.as_reader();
-    let gateway_events = watcher(
+    let gateway_events = reflected(
         api::<WebSocketGateway>(&client, ns),
         watcher::Config::default(),
+        writers.gateways,
     )
-    .default_backoff()
-    .modify(lean)
-    .reflect(writers.gateways)
     .applied_objects();
-    let pods = watcher(api::<Pod>(&client, ns), ours())
-        .default_backoff()
-        .modify(lean)
-        .reflect(writers.pods)
-        .touched_objects();
-    let slices = watcher(
+    let pods = reflected(api::<Pod>(&client, ns), ours(), writers.pods).touched_objects();
+    let slices = reflected(
         api::<EndpointSlice>(&client, ns),
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        writers.endpoint_slices,
     )
-    .default_backoff()
-    .modify(lean)
-    .reflect(writers.endpoint_slices)
     .touched_objects();
     Controller::for_stream(gateway_events, gateways.clone())
         .owns(api::<StatefulSet>(&client, ns), ours())
@@ -134,6 +132,22 @@ async fn run_scope<S: Steer>(
         })
         .await;
     info!("controller stopped");
+}
+
+/// The watch of `api`'s objects that `config` selects, kept in `writer`'s
+/// store (retried with a backoff when the API server fails).
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(lean)
+        .reflect(writer)
 }
 
 /// Drops what the reconcile never reads and the stores would keep for
