@@ -1,6 +1,6 @@
 //! What every reconcile shares ([`Context`]: the API client, the control
 //! channel, metrics, events, the watches' stores) and what the operator
-//! remembers of each gateway between reconciles ([`Memory`]).
+//! remembers of each gateway between reconciles (`Memory`).
 
 use std::{
     collections::{BTreeSet, HashMap},
