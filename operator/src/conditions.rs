@@ -1,4 +1,6 @@
-//! The gateway's status conditions: `Ready`, `Progressing` and `Degraded`.
+//! The gateway's status conditions as the API conventions want them: a
+//! decided condition ([`Decided`], from `status::decide`) becomes
+//! a `Condition` whose `lastTransitionTime` moves only with its status.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 

@@ -1,10 +1,12 @@
 //! The wiring: one kube-rs `Controller` per watched namespace (or one for
 //! the whole cluster) that owns each gateway's children and also watches
-//! the data-plane pods and the backend Services' EndpointSlices.
+//! the data-plane pods and the backend Services' EndpointSlices. The
+//! gateways', pods' and EndpointSlices' watches fill the reconcile's
+//! [`Stores`](crate::stores::Stores) through their [`Writers`].
 
-use std::{future::Future, sync::Arc};
+use std::{fmt::Debug, future::Future, sync::Arc};
 
-use futures_util::{StreamExt, future::join_all};
+use futures_util::{Stream, StreamExt, future::join_all};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
     core::v1::{ConfigMap, Pod, Secret, Service},
@@ -13,42 +15,46 @@ use k8s_openapi::api::{
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{ObjectRef, store::Writer},
+        watcher,
+    },
 };
 use ringway_crds::WebSocketGateway;
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
+    context::Context,
     names::LABEL_GATEWAY,
-    reconcile::{Context, error_policy, reconcile},
+    reconcile::{error_policy, reconcile},
     steer::Steer,
+    stores::{SERVICE_NAME_LABEL, Writers},
 };
 
-/// The label every EndpointSlice carries: the Service it belongs to.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// Runs the controllers until `halt` turns true, then lets running
-/// reconciles finish. `namespaces` empty means all namespaces.
+/// Runs one controller per watched scope (see
+/// [`stores`](crate::stores::stores)) until `halt` turns true, then lets
+/// running reconciles finish.
 pub async fn run<S: Steer>(
     client: Client,
-    namespaces: &[String],
+    scopes: Vec<Writers>,
     context: Arc<Context<S>>,
     halt: watch::Receiver<bool>,
 ) {
-    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().cloned().map(Some).collect()
-    };
-    let runs = scopes.into_iter().map(|ns| {
-        let span = info_span!("controller", namespace = ns.as_deref().unwrap_or("*"));
+    let runs = scopes.into_iter().map(|writers| {
+        let span = info_span!(
+            "controller",
+            namespace = writers.namespace.as_deref().unwrap_or("*")
+        );
         let mut halt = halt.clone();
         let shutdown = async move {
             let _ = halt.wait_for(|h| *h).await;
         };
-        run_scope(client.clone(), ns, Arc::clone(&context), shutdown).instrument(span)
+        run_scope(client.clone(), writers, Arc::clone(&context), shutdown).instrument(span)
     });
     join_all(runs).await;
 }
@@ -65,18 +71,27 @@ where
 
 async fn run_scope<S: Steer>(
     client: Client,
-    ns: Option<String>,
+    writers: Writers,
     context: Arc<Context<S>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ns = ns.as_deref();
+    let ns = writers.namespace.as_deref();
     let ours = || watcher::Config::default().labels(LABEL_GATEWAY);
-    let controller = Controller::new(
+    let gateways = writers.gateways.as_reader();
+    let gateway_events = reflected(
         api::<WebSocketGateway>(&client, ns),
         watcher::Config::default(),
-    );
-    let gateways = controller.store();
-    controller
+        writers.gateways,
+    )
+    .applied_objects();
+    let pods = reflected(api::<Pod>(&client, ns), ours(), writers.pods).touched_objects();
+    let slices = reflected(
+        api::<EndpointSlice>(&client, ns),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        writers.endpoint_slices,
+    )
+    .touched_objects();
+    Controller::for_stream(gateway_events, gateways.clone())
         .owns(api::<StatefulSet>(&client, ns), ours())
         .owns(api::<Service>(&client, ns), ours())
         .owns(api::<PodDisruptionBudget>(&client, ns), ours())
@@ -84,33 +99,29 @@ async fn run_scope<S: Steer>(
         .owns(api::<ConfigMap>(&client, ns), ours())
         .owns(api::<NetworkPolicy>(&client, ns), ours())
         // Pods belong to the StatefulSets; their label names the gateway.
-        .watches(api::<Pod>(&client, ns), ours(), |pod| {
+        .watches_stream(pods, |pod| {
             let ns = pod.namespace();
             pod.labels()
                 .get(LABEL_GATEWAY)
                 .map(|gw| ObjectRef::new(gw).within(ns.as_deref().unwrap_or_default()))
         })
         // Backend endpoints: every gateway with a route to that Service.
-        .watches(
-            api::<EndpointSlice>(&client, ns),
-            watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            move |slice| {
-                let ns = slice.namespace();
-                let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
-                gateways
-                    .state()
-                    .into_iter()
-                    .filter(|gw| gw.namespace() == ns)
-                    .filter(|gw| {
-                        gw.spec
-                            .routes
-                            .iter()
-                            .any(|r| Some(&r.backend.service) == service.as_ref())
-                    })
-                    .map(|gw| ObjectRef::from_obj(&*gw))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(slices, move |slice| {
+            let ns = slice.namespace();
+            let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
+            gateways
+                .state()
+                .into_iter()
+                .filter(|gw| gw.namespace() == ns)
+                .filter(|gw| {
+                    gw.spec
+                        .routes
+                        .iter()
+                        .any(|r| Some(&r.backend.service) == service.as_ref())
+                })
+                .map(|gw| ObjectRef::from_obj(&*gw))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -121,6 +132,28 @@ async fn run_scope<S: Steer>(
         })
         .await;
     info!("controller stopped");
+}
+
+/// The watch of `api`'s objects that `config` selects, kept in `writer`'s
+/// store (retried with a backoff when the API server fails).
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(lean)
+        .reflect(writer)
+}
+
+/// Drops what the reconcile never reads and the stores would keep for
+/// every object: the managed fields.
+fn lean<K: ResourceExt>(object: &mut K) {
+    object.managed_fields_mut().clear();
 }
 
 fn log_done(gw: &ObjectRef<WebSocketGateway>, action: &Action) {

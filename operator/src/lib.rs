@@ -3,15 +3,21 @@
 //! PodDisruptionBudget and the control channel's certificates, and steers
 //! every ready pod with routing snapshots over mutual-TLS gRPC.
 //!
-//! Planning is pure and unit-tested ([`rollout`], [`snapshot`], [`budget`],
-//! [`children`], [`annotations`], [`conditions`]); effects live in
-//! [`reconcile`] and the wiring in [`controller`].
+//! One reconcile ([`reconcile`]) is observe → plan → apply → decide →
+//! write: `observe` reads the API server and the watches' [`stores`];
+//! planning is pure and unit-tested ([`plan`], [`rollout`], [`snapshot`],
+//! [`budget`], [`children`], [`annotations`], [`pki`]); `effects` applies
+//! the children, pushes the snapshot and writes what the pure [`status`]
+//! decided. The wiring is in [`controller`], the shared state in
+//! [`context`].
 
 pub mod annotations;
 pub mod budget;
 pub mod children;
 pub mod conditions;
+pub mod context;
 pub mod controller;
+mod effects;
 mod error;
 pub mod events;
 pub mod http;
@@ -21,11 +27,14 @@ pub mod metrics;
 pub mod names;
 mod observe;
 pub mod pki;
+pub mod plan;
 pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
 pub mod snapshot;
+pub mod status;
 pub mod steer;
+pub mod stores;
 
 pub use error::Error;
 pub use inputs::PodInputs;

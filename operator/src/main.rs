@@ -10,15 +10,16 @@ use kube::runtime::events::Reporter;
 use ringway_control::Options;
 use ringway_operator::{
     children::OperatorPods,
+    context::Context,
     controller,
     events::Events,
     http,
-    leader::{self, LeaseConfig},
+    leader::{self, Leadership, LeaseConfig},
     metrics::Metrics,
-    reconcile::Context,
     steer::GrpcSteer,
+    stores::{self, Stores},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
 /// Reconciles WebSocketGateway resources into sharded data-plane pods and
@@ -99,95 +100,173 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = stop_on_signal();
+    let (ready, ready_rx) = watch::channel(false);
+    serve_http(args.metrics_address, &metrics, ready_rx, &stop).await?;
+    let identity = identity(&args);
+    let Some(term) = lead(&args, &client, &identity, &stop).await? else {
+        return Ok(());
+    };
+    metrics.set_leader(true);
+    let (stores, scopes) = stores::stores(&args.namespaces);
+    report_synced(stores.clone(), ready);
+    let context = context(&args, &client, &metrics, identity, stores);
+    info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
+    controller::run(client, scopes, context, term.halt.clone()).await;
+    metrics.set_leader(false);
+    term.finish().await
+}
+
+/// Turns true on SIGTERM or SIGINT.
+fn stop_on_signal() -> watch::Receiver<bool> {
+    let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         signal().await;
         info!("stopping: waiting for running reconciles");
-        let _ = stop_tx.send(true);
+        let _ = stop.send(true);
     });
-    let stopped = {
-        let rx = stop_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        }
-    };
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+    stopped
+}
+
+/// Resolves once `flag` is true, or can no longer become true.
+async fn until(mut flag: watch::Receiver<bool>) {
+    let _ = flag.wait_for(|f| *f).await;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `stop`.
+async fn serve_http(
+    address: SocketAddr,
+    metrics: &Arc<Metrics>,
+    ready: watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
         .await
-        .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
+        .with_context(|| format!("binding --metrics-address {address}"))?;
     info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     tokio::spawn(http::serve(
         listener,
-        Arc::clone(&metrics),
-        ready_rx,
-        stopped(),
+        Arc::clone(metrics),
+        ready,
+        until(stop.clone()),
     ));
+    Ok(())
+}
 
-    let identity = args
-        .identity
+/// This replica's identity: `--identity`, else the host name.
+fn identity(args: &Args) -> String {
+    args.identity
         .clone()
         .or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
                 .map(|h| h.trim().to_owned())
         })
-        .unwrap_or_else(|| "ringway-operator".to_owned());
-    // Ready once up: a standby replica waiting for the lease is healthy,
-    // and a rolling update of the operator must not wait for it to lead.
-    let _ = ready_tx.send(true);
-    let own_namespace = args
-        .operator_namespace
+        .unwrap_or_else(|| "ringway-operator".to_owned())
+}
+
+/// The operator's own namespace.
+fn own_namespace(args: &Args) -> String {
+    args.operator_namespace
         .clone()
-        .unwrap_or_else(|| "default".to_owned());
-    let leadership = if args.leader_election {
-        let namespace = args
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| own_namespace.clone());
-        let config = LeaseConfig::new(namespace, args.lease_name.clone(), identity.clone());
-        info!(lease = %args.lease_name, identity = %identity, "waiting for the leader lease");
-        match leader::acquire(client.clone(), config, stopped())
-            .await
-            .context("leader election")?
-        {
-            Some(l) => Some(l),
-            None => return Ok(()),
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// Reports ready once every watch has listed what it watches.
+fn report_synced(stores: Stores, ready: watch::Sender<bool>) {
+    tokio::spawn(async move {
+        if stores.wait_until_ready().await.is_ok() {
+            let _ = ready.send(true); // readiness: synced
         }
-    } else {
-        None
-    };
-    metrics.set_leader(true);
-    let (lost_tx, mut lost_rx) = watch::channel(false);
-    let leadership = leadership.map(|mut l| {
-        let lost_tx = lost_tx.clone();
-        let mut stop = stop_rx.clone();
+    });
+}
+
+/// Waits for the leader lease (when `--leader-election`); `None` when
+/// stopped before it was taken.
+async fn lead(
+    args: &Args,
+    client: &kube::Client,
+    identity: &str,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Term>> {
+    if !args.leader_election {
+        return Ok(Some(Term::new(None, stop)));
+    }
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| own_namespace(args));
+    let config = LeaseConfig::new(namespace, args.lease_name.clone(), identity.to_owned());
+    info!(lease = %args.lease_name, identity = %identity, "waiting for the leader lease");
+    let leadership = leader::acquire(client.clone(), config, until(stop.clone()))
+        .await
+        .context("leader election")?;
+    Ok(leadership.map(|l| Term::new(Some(l), stop)))
+}
+
+/// The controllers' term: it ends on a signal or when the lease is lost.
+struct Term {
+    /// Turns true when the controllers must stop.
+    halt: watch::Receiver<bool>,
+    /// Turns true when the lease was lost.
+    lost: watch::Receiver<bool>,
+    /// Watches the lease; returns it when stopped by a signal.
+    keeper: Option<JoinHandle<Option<Leadership>>>,
+}
+
+impl Term {
+    fn new(leadership: Option<Leadership>, stop: &watch::Receiver<bool>) -> Self {
+        let (lost_tx, lost) = watch::channel(false);
+        let keeper = leadership.map(|mut l| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = l.lost() => {
+                        warn!("leader lease lost: stopping");
+                        let _ = lost_tx.send(true);
+                        None
+                    }
+                    () = until(stop) => Some(l),
+                }
+            })
+        });
+        let (halt_tx, halt) = watch::channel(false);
+        let (stop, mut lost_rx) = (stop.clone(), lost.clone());
         tokio::spawn(async move {
             tokio::select! {
-                () = l.lost() => {
-                    warn!("leader lease lost: stopping");
-                    let _ = lost_tx.send(true);
-                    None
-                }
-                _ = stop.wait_for(|s| *s) => Some(l),
-            }
-        })
-    });
-    // The controllers stop on a signal or when the lease is lost.
-    let (halt_tx, halt_rx) = watch::channel(false);
-    tokio::spawn({
-        let stopped = stopped();
-        let mut lost = lost_rx.clone();
-        async move {
-            tokio::select! {
-                () = stopped => {}
-                _ = lost.wait_for(|l| *l) => {}
+                () = until(stop) => {}
+                Ok(_) = lost_rx.wait_for(|l| *l) => {}
             }
             let _ = halt_tx.send(true);
+        });
+        Self { halt, lost, keeper }
+    }
+
+    /// After the controllers stopped: an error when the lease was lost,
+    /// else the lease is handed over.
+    async fn finish(mut self) -> anyhow::Result<()> {
+        if *self.lost.borrow_and_update() {
+            anyhow::bail!("lost the leader lease; exiting so that a fresh start contends again");
         }
-    });
+        if let Some(task) = self.keeper
+            && let Ok(Some(l)) = task.await
+        {
+            tokio::time::timeout(Duration::from_secs(5), l.release())
+                .await
+                .ok();
+        }
+        Ok(())
+    }
+}
+
+/// The reconcile's shared context.
+fn context(
+    args: &Args,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    identity: String,
+    stores: Stores,
+) -> Arc<Context<GrpcSteer>> {
     let events = Events::new(
         client.clone(),
         Reporter {
@@ -195,31 +274,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(identity),
         },
     );
-    let context = Arc::new(Context::new(
+    Arc::new(Context::new(
         client.clone(),
         GrpcSteer::new(Options::default()),
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
         events,
         args.image.clone(),
         OperatorPods {
-            namespace: own_namespace,
+            namespace: own_namespace(args),
             labels: args.operator_pod_labels.iter().cloned().collect(),
         },
-    ));
-    info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
-    controller::run(client, &args.namespaces, context, halt_rx).await;
-    metrics.set_leader(false);
-    if *lost_rx.borrow_and_update() {
-        anyhow::bail!("lost the leader lease; exiting so that a fresh start contends again");
-    }
-    if let Some(task) = leadership
-        && let Ok(Some(l)) = task.await
-    {
-        tokio::time::timeout(Duration::from_secs(5), l.release())
-            .await
-            .ok();
-    }
-    Ok(())
+        stores,
+    ))
 }
 
 async fn signal() {

@@ -156,6 +156,14 @@ pub fn slot_label(slot: Slot) -> &'static str {
     }
 }
 
+/// The position of `slot` in a `[_; 2]` of both slots: A first.
+pub fn slot_index(slot: Slot) -> usize {
+    match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }
+}
+
 /// The slot that `slot` is not.
 pub fn other_slot(slot: Slot) -> Slot {
     match slot {

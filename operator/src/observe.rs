@@ -1,26 +1,86 @@
-//! Reads what the cluster shows of a gateway: its slots' StatefulSets and
-//! pods, and its routes' backend endpoints.
+//! Reads what the cluster and the pods show of a gateway: its control
+//! Secrets and slots' StatefulSets (read fresh from the API server), its
+//! pods and its backends' EndpointSlices (from the watches' stores), its
+//! backend Services, and the pods' connection counts.
 
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Debug,
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{Pod, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::{Pod, Secret, Service},
 };
-use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
-use ringway_crds::{Slot, WebSocketGateway};
+use kube::{Api, Client, Resource, ResourceExt};
+use ringway_control::pki::Ca;
+use ringway_crds::{Slot, WebSocketGateway, WebSocketGatewayStatus};
 use serde::de::DeserializeOwned;
+use tracing::debug;
 
 use crate::{
     Error, PodInputs,
-    names::{self, slot_label},
+    context::{Context, Memory},
+    names::{self, CONTROL_PORT, GatewayRef, slot_label},
     rollout::{PodCounts, PodView, SlotView},
     snapshot,
+    steer::Steer,
+    stores::Stores,
 };
+
+/// Ask the pods for their counts at most this often when nothing moves,
+/// so that a storm of watch events never becomes a storm of RPCs.
+pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
+
+/// What the cluster shows of one gateway.
+pub(crate) struct Cluster {
+    /// The Secret with the control channel's CA, if any.
+    pub ca_secret: Option<Secret>,
+    /// The Secret the pods mount for the control channel, if any.
+    pub pod_secret: Option<Secret>,
+    /// Slots A and B.
+    pub slots: [SlotView; 2],
+    /// Ready endpoints by route name.
+    pub endpoints: BTreeMap<String, Vec<snapshot::Endpoint>>,
+    /// A problem for each route without a usable backend.
+    pub backend_problems: Vec<String>,
+}
+
+/// Reads one gateway's world. The Secrets and StatefulSets are read from
+/// the API server, not from a watch: a copy that lags behind the last
+/// apply would mint a second CA, or plan (and count against the budget)
+/// a rollout step already taken. The pods and the backends'
+/// EndpointSlices come from the watches' stores; the backend Services
+/// are not watched and are read.
+pub(crate) async fn gateway(
+    client: &Client,
+    stores: &Stores,
+    gw: &WebSocketGateway,
+    gwref: &GatewayRef,
+    counts: &HashMap<String, PodCounts>,
+) -> Result<Cluster, Error> {
+    let ns = gwref.namespace.as_str();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let ca_secret = get(&secrets, &gwref.ca_secret()).await?;
+    let pod_secret = get(&secrets, &gwref.control_secret()).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let pods = stores.pods(ns, &gwref.selector());
+    let mut slots = [SlotView::empty(Slot::A), SlotView::empty(Slot::B)];
+    for view in &mut slots {
+        let sts = get(&statefulsets, &gwref.slot_name(view.slot)).await?;
+        *view = slot_view(view.slot, sts.as_ref(), &pods, counts);
+    }
+    let services = backend_services(client, ns, gw).await?;
+    let (endpoints, backend_problems) = backends(stores, ns, gw, &services);
+    Ok(Cluster {
+        ca_secret,
+        pod_secret,
+        slots,
+        endpoints,
+        backend_problems,
+    })
+}
 
 /// Reads one slot's StatefulSet and pods.
 pub(crate) fn slot_view(
@@ -94,40 +154,40 @@ pub(crate) fn slot_view(
     }
 }
 
-/// Each route's ready endpoints, and a problem for each route without any.
-pub(crate) async fn backends(
+/// Every Service a route of `gw` names, `None` when it does not exist.
+async fn backend_services(
     client: &Client,
     ns: &str,
     gw: &WebSocketGateway,
-) -> Result<(BTreeMap<String, Vec<snapshot::Endpoint>>, Vec<String>), Error> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-    let mut seen: HashMap<String, (Option<Service>, Vec<EndpointSlice>)> = HashMap::new();
+) -> Result<BTreeMap<String, Option<Service>>, Error> {
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let mut services = BTreeMap::new();
+    for route in &gw.spec.routes {
+        let name = &route.backend.service;
+        if !services.contains_key(name) {
+            services.insert(name.clone(), get(&api, name).await?);
+        }
+    }
+    Ok(services)
+}
+
+/// Each route's ready endpoints, and a problem for each route without any.
+fn backends(
+    stores: &Stores,
+    ns: &str,
+    gw: &WebSocketGateway,
+    services: &BTreeMap<String, Option<Service>>,
+) -> (BTreeMap<String, Vec<snapshot::Endpoint>>, Vec<String>) {
     let mut endpoints = BTreeMap::new();
     let mut problems = Vec::new();
     for route in &gw.spec.routes {
         let name = &route.backend.service;
-        if !seen.contains_key(name) {
-            let service = get(&services, name).await?;
-            let list = if service.is_some() {
-                slices
-                    .list(
-                        &ListParams::default()
-                            .labels(&format!("kubernetes.io/service-name={name}")),
-                    )
-                    .await
-                    .map_err(|source| Error::Read {
-                        what: format!("EndpointSlices of Service {name}"),
-                        source,
-                    })?
-                    .items
-            } else {
-                Vec::new()
-            };
-            seen.insert(name.clone(), (service, list));
-        }
-        let (service, list) = &seen[name];
-        match snapshot::route_endpoints(&route.backend.port, service.as_ref(), list) {
+        let service = services.get(name).and_then(Option::as_ref);
+        let slices = match service {
+            Some(_) => stores.endpoint_slices(ns, name),
+            None => Vec::new(),
+        };
+        match snapshot::route_endpoints(&route.backend.port, service, &slices) {
             Ok(found) => {
                 endpoints.insert(route.name.clone(), found);
             }
@@ -137,7 +197,77 @@ pub(crate) async fn backends(
             )),
         }
     }
-    Ok((endpoints, problems))
+    (endpoints, problems)
+}
+
+/// The control address of every pod that can take a snapshot, with its
+/// pod name.
+pub(crate) fn control_targets(slots: &[SlotView; 2]) -> BTreeMap<String, String> {
+    slots
+        .iter()
+        .flat_map(|s| &s.pods)
+        .filter(|p| p.steerable())
+        .filter_map(|p| {
+            Some((
+                snapshot::socket_address(p.ip.as_deref()?, CONTROL_PORT),
+                p.name.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Whether to ask the pods for their counts: when a step may depend on
+/// them, or when the last answer is old.
+pub(crate) fn counts_due(
+    status: &WebSocketGatewayStatus,
+    slots: &[SlotView; 2],
+    polled: Option<Instant>,
+) -> bool {
+    status.canary.is_some()
+        || slots.iter().any(|s| s.pods.iter().any(|p| !p.updated))
+        || polled.is_none_or(|t| t.elapsed() >= STATUS_REFRESH)
+}
+
+/// Asks every steerable pod for its counts; an unreachable pod's count
+/// becomes unknown.
+pub(crate) async fn poll<S: Steer>(
+    ctx: &Context<S>,
+    key: &str,
+    ca: &Ca,
+    slots: &mut [SlotView; 2],
+    memory: &mut Memory,
+) -> Result<(), Error> {
+    let targets = control_targets(slots);
+    let wanted: Vec<String> = targets.keys().cloned().collect();
+    let answers = ctx.steer.status(key, ca, &wanted).await?;
+    memory.connections.clear();
+    for (address, answer) in answers {
+        let Some(pod) = targets.get(&address) else {
+            continue;
+        };
+        match answer {
+            Ok(status) => {
+                let owned: u64 = status.connections.iter().map(|c| c.count).sum();
+                let counts = PodCounts {
+                    owned: i64::try_from(owned).unwrap_or(i64::MAX),
+                    relayed: i64::try_from(status.relayed).unwrap_or(i64::MAX),
+                };
+                memory.connections.insert(pod.clone(), counts);
+            }
+            Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),
+        }
+    }
+    memory.polled = Some(Instant::now());
+    for pod in slots.iter_mut().flat_map(|s| s.pods.iter_mut()) {
+        let counts = memory.connections.get(&pod.name);
+        pod.connections = counts.map(|c| c.owned);
+        pod.relayed = counts.map(|c| c.relayed);
+    }
+    ctx.remember(key, |m| {
+        m.connections = memory.connections.clone();
+        m.polled = memory.polled;
+    });
+    Ok(())
 }
 
 /// Reads one object by name: `None` when there is none.

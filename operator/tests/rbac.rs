@@ -110,8 +110,9 @@ async fn every_grant_is_used_by_the_operator() {
     let (halt_tx, halt) = watch::channel(false);
     let client = w.api.client();
     let context = Arc::clone(&w.ctx);
+    let (_, scopes) = ringway_operator::stores::stores(&[NS.to_owned()]);
     let controllers = tokio::spawn(async move {
-        controller::run(client, &[NS.to_owned()], context, halt).await;
+        controller::run(client, scopes, context, halt).await;
     });
     let watches = |api: &support::FakeApi| {
         api.authorized()

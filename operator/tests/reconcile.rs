@@ -54,6 +54,14 @@ async fn scaled_down_one_by_one(w: &World, name: &str) -> Vec<i64> {
     seen
 }
 
+/// The backend's EndpointSlice keeps one of its endpoints.
+fn leave_one_endpoint(w: &World) {
+    w.api.put("endpointslices", json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "chat-backend-x1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "chat-backend"}},
+        "addressType": "IPv4", "ports": [{"name": "ws", "port": 8080}],
+        "endpoints": [{"addresses": ["10.1.0.1"]}]}));
+}
+
 /// A gateway at rest: 3 shards ready on the latest snapshot.
 async fn steady(annotations: Value) -> World {
     let w = World::new(annotations, 3);
@@ -176,10 +184,7 @@ async fn the_epoch_is_persisted_before_the_snapshot_is_sent_and_only_grows() {
         .collect();
     assert_eq!(*w.steer.epoch_at_push.lock().unwrap(), pushed);
     // A backend endpoint goes away: a new snapshot with a higher epoch.
-    w.api.put("endpointslices", json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "chat-backend-x1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "chat-backend"}},
-        "addressType": "IPv4", "ports": [{"name": "ws", "port": 8080}],
-        "endpoints": [{"addresses": ["10.1.0.1"]}]}));
+    leave_one_endpoint(&w);
     let before = *pushed.last().unwrap();
     w.reconcile().await.unwrap();
     let snapshot = w.last_snapshot();
@@ -726,4 +731,39 @@ async fn a_network_policy_the_gateway_does_not_own_is_left_alone() {
     w.api.put("networkpolicies", theirs.clone());
     w.reconcile().await.unwrap();
     assert_eq!(w.api.get("networkpolicies", "chat"), Some(theirs));
+}
+
+/// Pods and EndpointSlices are read from the watches' stores: a reconcile
+/// lists nothing, and sees a change once the watch delivered it.
+#[tokio::test]
+async fn pods_and_endpoints_come_from_the_watches_not_from_lists() {
+    let w = steady(Value::Null).await;
+    w.api.clear_log();
+    w.reconcile().await.unwrap();
+    let lists: Vec<String> = w
+        .api
+        .requests()
+        .into_iter()
+        .filter(|(m, p, _)| m == "GET" && (p.ends_with("/pods") || p.ends_with("/endpointslices")))
+        .map(|(_, p, _)| p)
+        .collect();
+    assert!(lists.is_empty(), "listed again: {lists:?}");
+
+    // An endpoint goes away; until the watch delivers it, the snapshot
+    // stays as it is.
+    leave_one_endpoint(&w);
+    let pushes = w.steer.pushed().len();
+    ringway_operator::reconcile::reconcile(
+        std::sync::Arc::new(w.api.gateway("chat")),
+        w.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w.steer.pushed().len(), pushes, "the store has not seen it");
+    w.reconcile().await.unwrap();
+    assert_eq!(
+        w.last_snapshot().versions[0].backends[0].backends.len(),
+        1,
+        "the watch delivered it"
+    );
 }

@@ -1,6 +1,8 @@
 //! A fake Kubernetes API server behind kube's mock service (tower-test),
 //! with a small in-memory object store, and a fake control channel. The
-//! reconciler runs against them exactly as against a cluster; tests then
+//! reconciler runs against them exactly as against a cluster: the
+//! reflector stores it reads are filled from the fake's objects before
+//! each reconcile, as the controller's watches would fill them. Tests then
 //! read back what it applied, the status it wrote, the events and the
 //! snapshots it pushed.
 
@@ -12,7 +14,11 @@ use std::{
 };
 
 use http::{Method, Request, Response, StatusCode};
-use kube::{Client, client::Body, runtime::events::Reporter};
+use kube::{
+    Client,
+    client::Body,
+    runtime::{events::Reporter, reflector::store::Writer, watcher},
+};
 use ringway_control::{
     PodResult, RpcError,
     pki::Ca,
@@ -20,9 +26,17 @@ use ringway_control::{
 };
 use ringway_crds::WebSocketGateway;
 use ringway_operator::{
-    Error, children::OperatorPods, events::Events, metrics::Metrics, rbac, reconcile::Context,
+    Error,
+    children::OperatorPods,
+    context::Context,
+    events::Events,
+    metrics::Metrics,
+    names::LABEL_GATEWAY,
+    rbac,
     steer::Steer,
+    stores::{self, SERVICE_NAME_LABEL, Writers},
 };
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 /// Objects by "collection path" (e.g. `/apis/apps/v1/namespaces/ns/statefulsets`) and name.
@@ -434,6 +448,22 @@ impl FakeApi {
     }
 }
 
+/// Replaces what `writer` holds with the `objects` that match `selector`,
+/// as a watch that lists again does.
+fn relist<K>(writer: &mut Writer<K>, objects: Vec<Value>, selector: &str)
+where
+    K: kube::Resource<DynamicType = ()> + DeserializeOwned + Clone,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        if matches(&object["metadata"]["labels"], selector) {
+            let object = serde_json::from_value(object).unwrap();
+            writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        }
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+}
+
 /// A control channel that records pushes and answers from a script.
 #[derive(Default)]
 pub struct FakeSteer {
@@ -539,6 +569,8 @@ pub struct World {
     pub api: FakeApi,
     pub steer: Arc<FakeSteer>,
     pub ctx: Arc<Context<Arc<FakeSteer>>>,
+    /// Fill the context's stores, as the controller's watches would.
+    writers: Mutex<Writers>,
 }
 
 pub const IMAGE: &str = "ringway/dataplane:1";
@@ -584,6 +616,7 @@ impl World {
                 instance: Some("test".into()),
             },
         );
+        let (stores, mut writers) = stores::stores(&[NS.to_owned()]);
         let ctx = Arc::new(Context::new(
             client,
             Arc::clone(&steer),
@@ -594,12 +627,39 @@ impl World {
                 namespace: OPERATOR_NS.into(),
                 labels: BTreeMap::from([("app.kubernetes.io/component".into(), "operator".into())]),
             },
+            stores,
         ));
-        Self { api, steer, ctx }
+        let writers = Mutex::new(writers.pop().unwrap());
+        Self {
+            api,
+            steer,
+            ctx,
+            writers,
+        }
     }
 
-    /// Runs one reconcile of `chat` as the controller would.
+    /// Brings the context's stores up to date with the fake API's
+    /// objects, as the controller's watches would (same label selectors):
+    /// each a fresh list.
+    pub fn sync_stores(&self) {
+        let mut writers = self.writers.lock().unwrap();
+        relist(
+            &mut writers.gateways,
+            self.api.list("websocketgateways"),
+            "",
+        );
+        relist(&mut writers.pods, self.api.list("pods"), LABEL_GATEWAY);
+        relist(
+            &mut writers.endpoint_slices,
+            self.api.list("endpointslices"),
+            SERVICE_NAME_LABEL,
+        );
+    }
+
+    /// Runs one reconcile of `chat` as the controller would, on stores
+    /// that show what the fake API holds.
     pub async fn reconcile(&self) -> Result<kube::runtime::controller::Action, Error> {
+        self.sync_stores();
         ringway_operator::reconcile::reconcile(
             Arc::new(self.api.gateway("chat")),
             Arc::clone(&self.ctx),
