@@ -19,7 +19,7 @@ use crate::{
     PodInputs,
     annotations::{Intent, Mode},
     budget,
-    names::other_slot,
+    names::{other_slot, slot_index},
 };
 
 mod canary;
@@ -184,10 +184,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
 }
 
 fn view(slots: &[SlotView; 2], slot: Slot) -> &SlotView {
-    match slot {
-        Slot::A => &slots[0],
-        Slot::B => &slots[1],
-    }
+    &slots[slot_index(slot)]
 }
 
 fn held_message(intent: &Intent) -> String {
