@@ -8,7 +8,7 @@
 
 pub mod annotations;
 mod connection;
-mod defaults;
+pub mod defaults;
 mod disruption;
 mod gateway;
 mod network;

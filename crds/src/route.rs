@@ -2,6 +2,7 @@
 //! and which backend serves it.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ringway_dataplane_api::v1;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +93,33 @@ pub enum MissingKeyPolicy {
     Reject,
     /// Place the connection by a random key.
     Random,
+}
+
+/// The key source as the operator sends it to the pods. The schema's rule
+/// guarantees `name` or `segment` for the source; a missing one is sent
+/// empty (or 0), and the pod refuses an empty name.
+impl From<&RouteKey> for v1::KeySource {
+    fn from(key: &RouteKey) -> Self {
+        use v1::key_source::Source;
+        let name = || key.name.clone().unwrap_or_default();
+        Self {
+            source: Some(match key.source {
+                KeySource::Header => Source::Header(name()),
+                KeySource::Query => Source::Query(name()),
+                KeySource::Cookie => Source::Cookie(name()),
+                KeySource::PathSegment => Source::PathSegment(u32::from(key.segment.unwrap_or(0))),
+            }),
+        }
+    }
+}
+
+impl From<MissingKeyPolicy> for v1::MissingKeyPolicy {
+    fn from(policy: MissingKeyPolicy) -> Self {
+        match policy {
+            MissingKeyPolicy::Reject => Self::Reject,
+            MissingKeyPolicy::Random => Self::Random,
+        }
+    }
 }
 
 /// A backend Service in the gateway's namespace.
