@@ -294,7 +294,7 @@ async fn establish(
         role,
     ));
     let registered = shared.registry.register(Arc::clone(&control));
-    // A snapshot applied since routing it did not see this connection:
+    // A snapshot applied after this connection was routed did not see it:
     // check it against the new state here.
     let now = shared.running.load();
     if now.routing.epoch != routed.running.routing.epoch

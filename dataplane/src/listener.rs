@@ -167,7 +167,7 @@ impl Server {
         drop(peer);
         shared.start_draining(cause);
         let running = shared.running.load_full();
-        let victims = shared.registry.snapshot();
+        let victims = shared.registry.connections();
         tracing::info!(
             connections = victims.len(),
             ?kind,

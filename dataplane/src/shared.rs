@@ -253,7 +253,7 @@ impl Shared {
             .set(i64::try_from(new.routing.epoch).unwrap_or(i64::MAX));
         let moved: Vec<Arc<ConnControl>> = self
             .registry
-            .snapshot()
+            .connections()
             .into_iter()
             .filter(|c| key_moved(c, &old, &new))
             .collect();
@@ -282,7 +282,7 @@ impl Shared {
         let running = self.running.load();
         let mut by_seat: BTreeMap<(i32, Arc<str>), u64> = BTreeMap::new();
         let (mut relayed, mut draining) = (0, 0);
-        for conn in self.registry.snapshot() {
+        for conn in self.registry.connections() {
             if conn.drain_requested().is_some() {
                 draining += 1;
             }
@@ -328,7 +328,7 @@ impl Shared {
         self.start_draining(DrainCause::Api);
         self.peer_closed.notify_one();
         let policy = self.running.load().drain;
-        let victims = self.registry.snapshot();
+        let victims = self.registry.connections();
         let count = victims.len();
         tracing::info!(connections = count, "draining the pod on request");
         self.drainer

@@ -174,13 +174,18 @@ fn a_bad_snapshot_is_refused_with_the_field_named() {
     }
 }
 
-#[test]
-fn the_standalone_config_is_one_version_without_shards() {
+/// `examples/standalone.yaml`.
+fn standalone_config() -> Config {
     let path = std::path::PathBuf::from(
         std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
     )
     .join("../examples/standalone.yaml");
-    let config = Config::load(&path).expect("valid");
+    Config::load(&path).expect("examples/standalone.yaml is valid")
+}
+
+#[test]
+fn the_standalone_config_is_one_version_without_shards() {
+    let config = standalone_config();
     let running = RunningState::standalone(&config).expect("valid");
     assert_eq!(running.routing.epoch, 0);
     assert!(running.routing.stable().shards().is_empty());
@@ -214,11 +219,7 @@ fn a_shard_named_retiring_knows_it_and_the_others_do_not() {
 
 #[test]
 fn epoch_0_is_the_config_files_and_is_refused_from_the_operator() {
-    let path = std::path::PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
-    )
-    .join("../examples/standalone.yaml");
-    let config = Config::load(&path).expect("valid");
+    let config = standalone_config();
     let compiled = config.snapshot().expect("compiles");
     assert_eq!(
         RunningState::from_snapshot(&compiled, &config).unwrap_err(),
