@@ -95,11 +95,11 @@ pub enum ConfigError {
         /// The backend as written.
         backend: String,
     },
-    /// A route is refused by the check every snapshot's routes pass.
+    /// The routes are refused by the check every snapshot's routes pass.
     #[error("{}", .0.describe(Spelling::File))]
     Route(RouteError),
     /// The state the config describes is refused (routes aside, which
-    /// [`ConfigError::Route`] names by their keys).
+    /// [`ConfigError::Route`] names by the file's keys).
     #[error(transparent)]
     Snapshot(SnapshotError),
     /// A shard has no id.
@@ -123,12 +123,10 @@ fn key_shape(source: KeyKind) -> String {
     }
 }
 
+/// Not a source: the route error's own text names the wire's fields.
 impl From<RouteError> for ConfigError {
     fn from(e: RouteError) -> Self {
-        match e {
-            RouteError::NoRoutes => Self::Snapshot(SnapshotError::Routes(e)),
-            route => Self::Route(route),
-        }
+        Self::Route(e)
     }
 }
 
