@@ -55,7 +55,7 @@ pub struct Route {
 pub struct RouteKey {
     /// The part of the request that holds the key: `Header`, `Query`
     /// (a query parameter), `Cookie` or `PathSegment`.
-    pub source: KeySource,
+    pub source: KeyKind,
 
     /// Name of the header, query parameter or cookie that holds the key.
     /// Header names match case-insensitively. Required unless source is
@@ -74,7 +74,7 @@ pub struct RouteKey {
 
 /// The part of the upgrade request that holds a route's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum KeySource {
+pub enum KeyKind {
     /// A request header, named by `name`.
     Header,
     /// A query parameter, named by `name`.
@@ -104,10 +104,10 @@ impl From<&RouteKey> for v1::KeySource {
         let name = || key.name.clone().unwrap_or_default();
         Self {
             source: Some(match key.source {
-                KeySource::Header => Source::Header(name()),
-                KeySource::Query => Source::Query(name()),
-                KeySource::Cookie => Source::Cookie(name()),
-                KeySource::PathSegment => Source::PathSegment(u32::from(key.segment.unwrap_or(0))),
+                KeyKind::Header => Source::Header(name()),
+                KeyKind::Query => Source::Query(name()),
+                KeyKind::Cookie => Source::Cookie(name()),
+                KeyKind::PathSegment => Source::PathSegment(u32::from(key.segment.unwrap_or(0))),
             }),
         }
     }
