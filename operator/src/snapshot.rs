@@ -146,10 +146,7 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
         let view = &i.slots[slot_index(slot)];
         v1::VersionSpec {
             version: version as i32,
-            slot: match slot {
-                Slot::A => v1::Slot::A,
-                Slot::B => v1::Slot::B,
-            } as i32,
+            slot: v1::Slot::from(slot) as i32,
             image: i.images[slot_index(slot)].to_owned(),
             shards: view
                 .pods
