@@ -1,30 +1,43 @@
 //! Named defaults for every optional field, shared by serde and the schema
 //! (the API server fills them in, so `kubectl get -o yaml` shows them).
+//! The ones the standalone config file shares come from
+//! [`ringway_dataplane_api::defaults`]; the rest are the spec's own.
+
+pub use ringway_dataplane_api::defaults::*;
+
+/// Two pods per version: one can stop without a gap.
+pub const SHARDS: u16 = 2;
+/// The client listener's container port.
+pub const LISTENER_PORT: u16 = 8080;
+/// The disruption budget's closes per second, for the whole gateway.
+pub const BUDGET_MAX_RECONNECTS_PER_SECOND: u32 = 1_000;
+/// The disruption budget's share of connections disrupted per window.
+pub const BUDGET_MAX_DISRUPTED_PERCENT: u8 = 10;
+/// The disruption budget's window.
+pub const BUDGET_WINDOW_SECONDS: u32 = 60;
 
 /// Defines one `fn name() -> Type` per default: serde's `default = "..."`
 /// and schemars both want a function path.
-macro_rules! defaults {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = $value:expr;)*) => {
-        $($(#[$doc])* pub(crate) fn $name() -> $ty { $value.into() })*
+macro_rules! default_fns {
+    ($($name:ident: $ty:ty = $value:expr;)*) => {
+        $(pub(crate) fn $name() -> $ty { $value.into() })*
     };
 }
 
-defaults! {
-    /// Two pods per version: one can stop without a gap.
-    shards: u16 = 2u16;
-    listener_port: u16 = 8080u16;
-    path_prefix: String = "/";
-    heartbeat_interval_seconds: u32 = 20u32;
-    heartbeat_timeout_seconds: u32 = 10u32;
-    idle_timeout_seconds: u32 = 600u32;
-    handshake_timeout_seconds: u32 = 5u32;
-    max_frame_bytes: u32 = 1u32 << 20;
-    max_message_bytes: u32 = 4u32 << 20;
-    /// A pod may hold 20,000 file descriptors; each proxied connection takes two.
-    max_connections_per_pod: u32 = 9_900u32;
-    drain_window_seconds: u32 = 30u32;
-    drain_close_timeout_seconds: u32 = 5u32;
-    budget_max_reconnects_per_second: u32 = 1_000u32;
-    budget_max_disrupted_percent: u8 = 10u8;
-    budget_window_seconds: u32 = 60u32;
+default_fns! {
+    shards: u16 = SHARDS;
+    listener_port: u16 = LISTENER_PORT;
+    path_prefix: String = PATH_PREFIX;
+    heartbeat_interval_seconds: u32 = HEARTBEAT_INTERVAL_SECONDS;
+    heartbeat_timeout_seconds: u32 = HEARTBEAT_TIMEOUT_SECONDS;
+    idle_timeout_seconds: u32 = IDLE_TIMEOUT_SECONDS;
+    handshake_timeout_seconds: u32 = HANDSHAKE_TIMEOUT_SECONDS;
+    max_frame_bytes: u32 = MAX_FRAME_BYTES;
+    max_message_bytes: u32 = MAX_MESSAGE_BYTES;
+    max_connections_per_pod: u32 = MAX_CONNECTIONS_PER_POD;
+    drain_window_seconds: u32 = DRAIN_WINDOW_SECONDS;
+    drain_close_timeout_seconds: u32 = DRAIN_CLOSE_TIMEOUT_SECONDS;
+    budget_max_reconnects_per_second: u32 = BUDGET_MAX_RECONNECTS_PER_SECOND;
+    budget_max_disrupted_percent: u8 = BUDGET_MAX_DISRUPTED_PERCENT;
+    budget_window_seconds: u32 = BUDGET_WINDOW_SECONDS;
 }

@@ -8,7 +8,7 @@
 
 pub mod annotations;
 mod connection;
-mod defaults;
+pub mod defaults;
 mod disruption;
 mod gateway;
 mod network;
@@ -19,7 +19,7 @@ pub use connection::{ConnectionSettings, Heartbeat, Listener};
 pub use disruption::{DisruptionBudget, DrainSettings};
 pub use gateway::{WebSocketGateway, WebSocketGatewaySpec};
 pub use network::{MetricsPeer, NetworkPolicySettings};
-pub use route::{BackendRef, KeySource, MissingKeyPolicy, Route, RouteKey};
+pub use route::{BackendRef, KeyKind, MissingKeyPolicy, Route, RouteKey};
 pub use status::{
     CanaryPhase, CanaryStatus, DisruptionStatus, Slot, SlotStatus, WebSocketGatewayStatus,
     condition_reasons, condition_types,

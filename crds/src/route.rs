@@ -2,6 +2,7 @@
 //! and which backend serves it.
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use ringway_dataplane_api::v1;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +55,7 @@ pub struct Route {
 pub struct RouteKey {
     /// The part of the request that holds the key: `Header`, `Query`
     /// (a query parameter), `Cookie` or `PathSegment`.
-    pub source: KeySource,
+    pub source: KeyKind,
 
     /// Name of the header, query parameter or cookie that holds the key.
     /// Header names match case-insensitively. Required unless source is
@@ -73,7 +74,7 @@ pub struct RouteKey {
 
 /// The part of the upgrade request that holds a route's key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum KeySource {
+pub enum KeyKind {
     /// A request header, named by `name`.
     Header,
     /// A query parameter, named by `name`.
@@ -92,6 +93,33 @@ pub enum MissingKeyPolicy {
     Reject,
     /// Place the connection by a random key.
     Random,
+}
+
+/// The key source as the operator sends it to the pods. The schema's rule
+/// guarantees `name` or `segment` for the source; a missing one is sent
+/// empty (or 0), and the pod refuses an empty name.
+impl From<&RouteKey> for v1::KeySource {
+    fn from(key: &RouteKey) -> Self {
+        use v1::key_source::Source;
+        let name = || key.name.clone().unwrap_or_default();
+        Self {
+            source: Some(match key.source {
+                KeyKind::Header => Source::Header(name()),
+                KeyKind::Query => Source::Query(name()),
+                KeyKind::Cookie => Source::Cookie(name()),
+                KeyKind::PathSegment => Source::PathSegment(u32::from(key.segment.unwrap_or(0))),
+            }),
+        }
+    }
+}
+
+impl From<MissingKeyPolicy> for v1::MissingKeyPolicy {
+    fn from(policy: MissingKeyPolicy) -> Self {
+        match policy {
+            MissingKeyPolicy::Reject => Self::Reject,
+            MissingKeyPolicy::Random => Self::Random,
+        }
+    }
 }
 
 /// A backend Service in the gateway's namespace.

@@ -72,6 +72,16 @@ pub enum Slot {
     B,
 }
 
+/// The slot as the operator names it in the pods' snapshots.
+impl From<Slot> for ringway_dataplane_api::v1::Slot {
+    fn from(slot: Slot) -> Self {
+        match slot {
+            Slot::A => Self::A,
+            Slot::B => Self::B,
+        }
+    }
+}
+
 /// The pods of one version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

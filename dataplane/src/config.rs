@@ -1,12 +1,22 @@
-//! The standalone configuration file: routes with static backends and the
-//! limits every connection lives under. Field names and defaults follow the
-//! `WebSocketGateway` spec, so a config reads like a gateway manifest.
+//! The configuration file: its shape (serde), its defaults, and the checks
+//! of what only the file holds (listener, admin, shard, limits, drain,
+//! runtime). Field names and defaults follow the `WebSocketGateway` spec,
+//! so a config reads like a gateway manifest; the defaults both share are
+//! [`ringway_dataplane_api::defaults`]. A standalone config's routes and
+//! backends compile into the same snapshot the operator sends
+//! (`compile.rs`), and are checked where every snapshot is.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use ringway_dataplane_api::defaults;
 use serde::Deserialize;
 
-use crate::Error;
+use crate::{
+    error::{ConfigError, ValueProblem, frame_limits_ok},
+    routing::{KeyKind, MissingKey},
+};
+
+mod compile;
 
 /// The whole standalone configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -80,8 +90,11 @@ pub struct ControlConfig {
     pub client_ca_file: PathBuf,
 }
 
+/// Seconds to reach an owner shard before falling back to the next one.
+pub const PEER_CONNECT_TIMEOUT_SECONDS: f64 = 0.3;
+
 fn default_peer_connect_timeout() -> f64 {
-    0.3
+    PEER_CONNECT_TIMEOUT_SECONDS
 }
 
 /// The client listener.
@@ -137,41 +150,19 @@ pub struct RouteConfig {
     pub backends: Vec<String>,
 }
 
-/// Where a route's key is read from.
+/// Where a route's key is read from, in the file's shape (as the gateway
+/// spec's): the part of the request and its name or segment.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyConfig {
     /// `Header`, `Query`, `Cookie` or `PathSegment`.
-    pub source: KeySourceKind,
+    pub source: KeyKind,
     /// The header, query parameter or cookie name.
     #[serde(default)]
     pub name: Option<String>,
     /// The zero-based path segment, for `PathSegment`.
     #[serde(default)]
     pub segment: Option<usize>,
-}
-
-/// The part of the request that holds the key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub enum KeySourceKind {
-    /// A request header.
-    Header,
-    /// A query parameter.
-    Query,
-    /// A cookie.
-    Cookie,
-    /// A path segment.
-    PathSegment,
-}
-
-/// What a route does with a request that has no key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub enum MissingKey {
-    /// Answer 400.
-    #[default]
-    Reject,
-    /// Use a random key.
-    Random,
 }
 
 /// Limits of client connections. Durations are in seconds and may have
@@ -209,21 +200,34 @@ pub struct ConnectionConfig {
     pub max_queued_bytes: u64,
 }
 
+/// The default of `connections.maxRequestHeaderBytes`.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 8 * 1024;
+/// The default of `connections.backendConnectTimeoutSeconds`.
+pub const BACKEND_CONNECT_TIMEOUT_SECONDS: f64 = 3.0;
+/// The default of `connections.backendHandshakeTimeoutSeconds`.
+pub const BACKEND_HANDSHAKE_TIMEOUT_SECONDS: f64 = 5.0;
+/// The default of `connections.slowConsumerSeconds`.
+pub const SLOW_CONSUMER_SECONDS: f64 = 30.0;
+/// The default of `connections.sendBufferBytes`.
+pub const SEND_BUFFER_BYTES: usize = 128 * 1024;
+/// The default of `connections.maxQueuedBytes`.
+pub const MAX_QUEUED_BYTES: u64 = 256 << 20;
+
 impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             heartbeat: HeartbeatConfig::default(),
-            idle_timeout_seconds: 600.0,
-            max_frame_bytes: 1 << 20,
-            max_message_bytes: 4 << 20,
-            max_connections: 9_900,
-            handshake_timeout_seconds: 5.0,
-            max_request_header_bytes: 8 * 1024,
-            backend_connect_timeout_seconds: 3.0,
-            backend_handshake_timeout_seconds: 5.0,
-            slow_consumer_seconds: 30.0,
-            send_buffer_bytes: 128 * 1024,
-            max_queued_bytes: 256 << 20,
+            idle_timeout_seconds: f64::from(defaults::IDLE_TIMEOUT_SECONDS),
+            max_frame_bytes: u64::from(defaults::MAX_FRAME_BYTES),
+            max_message_bytes: u64::from(defaults::MAX_MESSAGE_BYTES),
+            max_connections: defaults::MAX_CONNECTIONS_PER_POD as usize,
+            handshake_timeout_seconds: f64::from(defaults::HANDSHAKE_TIMEOUT_SECONDS),
+            max_request_header_bytes: MAX_REQUEST_HEADER_BYTES,
+            backend_connect_timeout_seconds: BACKEND_CONNECT_TIMEOUT_SECONDS,
+            backend_handshake_timeout_seconds: BACKEND_HANDSHAKE_TIMEOUT_SECONDS,
+            slow_consumer_seconds: SLOW_CONSUMER_SECONDS,
+            send_buffer_bytes: SEND_BUFFER_BYTES,
+            max_queued_bytes: MAX_QUEUED_BYTES,
         }
     }
 }
@@ -241,8 +245,8 @@ pub struct HeartbeatConfig {
 impl Default for HeartbeatConfig {
     fn default() -> Self {
         Self {
-            interval_seconds: 20.0,
-            timeout_seconds: 10.0,
+            interval_seconds: f64::from(defaults::HEARTBEAT_INTERVAL_SECONDS),
+            timeout_seconds: f64::from(defaults::HEARTBEAT_TIMEOUT_SECONDS),
         }
     }
 }
@@ -262,13 +266,18 @@ pub struct DrainConfig {
     pub reconnect_jitter_ms: u32,
 }
 
+/// The default of `drain.maxClosesPerSecond`.
+pub const MAX_CLOSES_PER_SECOND: u32 = 1_000;
+/// The default of `drain.reconnectJitterMs`.
+pub const RECONNECT_JITTER_MS: u32 = 5_000;
+
 impl Default for DrainConfig {
     fn default() -> Self {
         Self {
-            window_seconds: 30.0,
-            close_timeout_seconds: 5.0,
-            max_closes_per_second: 1_000,
-            reconnect_jitter_ms: 5_000,
+            window_seconds: f64::from(defaults::DRAIN_WINDOW_SECONDS),
+            close_timeout_seconds: f64::from(defaults::DRAIN_CLOSE_TIMEOUT_SECONDS),
+            max_closes_per_second: MAX_CLOSES_PER_SECOND,
+            reconnect_jitter_ms: RECONNECT_JITTER_MS,
         }
     }
 }
@@ -282,106 +291,95 @@ pub struct RuntimeConfig {
 }
 
 fn default_path_prefix() -> String {
-    "/".to_owned()
+    defaults::PATH_PREFIX.to_owned()
 }
 
 impl Config {
     /// Parses and checks a YAML config.
-    pub fn from_yaml(text: &str) -> Result<Self, Error> {
-        let config: Self = serde_yaml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
-        config.validate()?;
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = serde_yaml::from_str(text).map_err(ConfigError::Syntax)?;
+        config.check()?;
         Ok(config)
     }
 
     /// Reads, parses and checks a config file.
-    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
-        Self::from_yaml(&text).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-            other => other,
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_owned(),
+            source: Box::new(e),
         })
     }
 
-    fn validate(&self) -> Result<(), Error> {
-        let bad = |m: String| Err(Error::Config(m));
+    fn check(&self) -> Result<(), ConfigError> {
         match &self.shard {
-            None if self.routes.is_empty() => {
-                return bad("routes: at least one route is needed".into());
-            }
-            Some(_) if !self.routes.is_empty() => {
-                return bad(
-                    "routes: a shard takes its routes from the operator's snapshots; remove `routes` or `shard`"
-                        .into(),
-                );
-            }
+            None => self.check_routes()?,
+            Some(_) if !self.routes.is_empty() => return Err(ConfigError::ShardWithRoutes),
             Some(shard) => {
                 let t = shard.peer.connect_timeout_seconds;
                 if !t.is_finite() || t <= 0.0 || t > 60.0 {
-                    return bad(format!(
-                        "shard.peer.connectTimeoutSeconds: {t} is not a duration above 0 and at most 60 seconds"
-                    ));
+                    return Err(ConfigError::Value {
+                        key: "shard.peer.connectTimeoutSeconds",
+                        problem: ValueProblem::ShortDuration(t),
+                    });
                 }
-            }
-            None => {}
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}] ({})", r.name);
-            if !r.path_prefix.starts_with('/') {
-                return bad(format!("{at}.pathPrefix: must start with '/'"));
-            }
-            if self.routes[..i].iter().any(|o| o.name == r.name) {
-                return bad(format!("{at}.name: another route has this name"));
-            }
-            if self.routes[..i]
-                .iter()
-                .any(|o| o.path_prefix == r.path_prefix)
-            {
-                return bad(format!("{at}.pathPrefix: another route has this prefix"));
-            }
-            match (r.key.source, &r.key.name, r.key.segment) {
-                (KeySourceKind::PathSegment, None, Some(_)) => {}
-                (KeySourceKind::PathSegment, _, _) => {
-                    return bad(format!(
-                        "{at}.key: PathSegment takes `segment` and no `name`"
-                    ));
-                }
-                (_, Some(n), None) if !n.is_empty() => {}
-                (kind, _, _) => {
-                    return bad(format!("{at}.key: {kind:?} takes `name` and no `segment`"));
-                }
-            }
-            if r.backends.is_empty() {
-                return bad(format!("{at}.backends: at least one backend is needed"));
             }
         }
+        self.check_connections()?;
+        self.check_durations()?;
+        if self.drain.max_closes_per_second == 0 {
+            return Err(ConfigError::Value {
+                key: "drain.maxClosesPerSecond",
+                problem: ValueProblem::Below(1),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_connections(&self) -> Result<(), ConfigError> {
         let c = &self.connections;
-        if c.max_frame_bytes < 125 || c.max_frame_bytes > c.max_message_bytes {
-            return bad(
-                "connections: maxFrameBytes must be at least 125 and at most maxMessageBytes"
-                    .into(),
-            );
+        let value = |key, problem| Err(ConfigError::Value { key, problem });
+        if !frame_limits_ok(c.max_frame_bytes, c.max_message_bytes) {
+            return value("connections", ValueProblem::FrameLimits);
         }
         if c.max_connections == 0 {
-            return bad("connections.maxConnections: must be at least 1".into());
+            return value("connections.maxConnections", ValueProblem::Below(1));
         }
         if !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&c.send_buffer_bytes) {
-            return bad(format!(
-                "connections.sendBufferBytes: {} is not from {MIN_SEND_BUFFER} to {MAX_SEND_BUFFER}",
-                c.send_buffer_bytes
-            ));
+            return value(
+                "connections.sendBufferBytes",
+                ValueProblem::OutOfRange {
+                    value: c.send_buffer_bytes as u64,
+                    min: MIN_SEND_BUFFER as u64,
+                    max: MAX_SEND_BUFFER as u64,
+                },
+            );
         }
         let one_stall = crate::send_queues::charge(2 * c.send_buffer_bytes);
         if c.max_queued_bytes < one_stall {
-            return bad(format!(
-                "connections.maxQueuedBytes: {} is less than one stalled client holds ({one_stall}: twice sendBufferBytes and one read)",
-                c.max_queued_bytes
-            ));
+            return value(
+                "connections.maxQueuedBytes",
+                ValueProblem::BelowOneStall {
+                    queued: c.max_queued_bytes,
+                    one_stall,
+                },
+            );
         }
-        if c.max_request_header_bytes < 256 {
-            return bad("connections.maxRequestHeaderBytes: must be at least 256".into());
+        if c.max_request_header_bytes < MIN_REQUEST_HEADER_BYTES {
+            return value(
+                "connections.maxRequestHeaderBytes",
+                ValueProblem::Below(MIN_REQUEST_HEADER_BYTES as u64),
+            );
         }
-        for (name, v, zero_ok) in [
+        Ok(())
+    }
+
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let c = &self.connections;
+        for (key, value, zero_ok) in [
             (
                 "connections.heartbeat.intervalSeconds",
                 c.heartbeat.interval_seconds,
@@ -424,15 +422,12 @@ impl Config {
                 false,
             ),
         ] {
-            if !v.is_finite() || v < 0.0 || (v == 0.0 && !zero_ok) || v > 86_400.0 {
-                return bad(format!(
-                    "{name}: {v} is not a duration from 0 to 86400 seconds{}",
-                    if zero_ok { "" } else { " (0 excluded)" }
-                ));
+            if !value.is_finite() || value < 0.0 || (value == 0.0 && !zero_ok) || value > 86_400.0 {
+                return Err(ConfigError::Value {
+                    key,
+                    problem: ValueProblem::Duration { value, zero_ok },
+                });
             }
-        }
-        if self.drain.max_closes_per_second == 0 {
-            return bad("drain.maxClosesPerSecond: must be at least 1".into());
         }
         Ok(())
     }
@@ -442,6 +437,8 @@ impl Config {
 /// after doubling) and 16 MiB.
 const MIN_SEND_BUFFER: usize = 4 * 1024;
 const MAX_SEND_BUFFER: usize = 16 << 20;
+/// The least `connections.maxRequestHeaderBytes`.
+const MIN_REQUEST_HEADER_BYTES: usize = 256;
 
 /// Seconds (with decimals) as a `Duration`; the config was validated.
 pub(crate) fn secs(v: f64) -> Duration {
@@ -449,58 +446,4 @@ pub(crate) fn secs(v: f64) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `examples/<name>`, found from the crate at run time.
-    fn example(name: &str) -> std::path::PathBuf {
-        std::path::PathBuf::from(
-            std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
-        )
-        .join("../examples")
-        .join(name)
-    }
-
-    #[test]
-    fn the_example_config_loads() {
-        let config =
-            Config::load(&example("standalone.yaml")).expect("examples/standalone.yaml is valid");
-        assert_eq!(config.routes[0].backends.len(), 2);
-        assert_eq!(config.connections.max_connections, 9_900);
-    }
-
-    #[test]
-    fn the_example_shard_config_loads() {
-        let config = Config::load(&example("shard.yaml")).expect("examples/shard.yaml is valid");
-        let shard = config.shard.expect("a shard section");
-        assert!(config.routes.is_empty());
-        assert_eq!(shard.control.address.port(), 7443);
-        assert_eq!(shard.peer.address.port(), 7000);
-        let both = "listener: {address: 127.0.0.1:0}\nroutes: [{name: a, key: {source: Query, name: k}, backends: [127.0.0.1:1]}]\nshard: {peer: {address: 127.0.0.1:0, tokenFile: t}, control: {address: 127.0.0.1:0, certFile: c, keyFile: k, clientCaFile: ca}}\n";
-        let err = Config::from_yaml(both).unwrap_err().to_string();
-        assert!(
-            err.contains("a shard takes its routes from the operator's snapshots"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn typos_and_bad_values_are_named() {
-        let base = "listener: {address: 127.0.0.1:0}\nroutes: [{name: a, key: {source: Query, name: k}, backends: [127.0.0.1:1]}]\n";
-        let err = |extra: &str| {
-            Config::from_yaml(&format!("{base}{extra}"))
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(err("conections: {}").contains("unknown field `conections`"));
-        assert!(err("connections: {maxFrameBytes: 10}").contains("maxFrameBytes"));
-        assert!(err("drain: {windowSeconds: -1}").contains("drain.windowSeconds"));
-        let no_name = Config::from_yaml("listener: {address: 127.0.0.1:0}\nroutes: [{name: a, key: {source: Header}, backends: [x:1]}]")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            no_name.contains("routes[0] (a).key: Header takes `name`"),
-            "{no_name}"
-        );
-    }
-}
+mod tests;

@@ -21,7 +21,6 @@ use tokio::{
 use tracing::Instrument;
 
 use crate::{
-    config::{MissingKey, secs},
     handoff,
     handshake::{
         self, BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
@@ -30,9 +29,9 @@ use crate::{
     metrics::{Metrics, RouteLabel},
     registry::{ConnControl, DrainCause, RegistryGuard, Role},
     relay::{Relay, Relays},
-    routing::{Backend, KeyHash, KeySource, Seat, Shard, Version, hash_key},
+    routing::{Backend, KeyHash, KeySource, MissingKey, Seat, Shard, Version, hash_key},
+    running::RunningState,
     shared::Shared,
-    snapshot::Running,
 };
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -78,10 +77,10 @@ async fn contained(task: impl Future<Output = ()>, metrics: Arc<Metrics>) {
     }
 }
 
-/// What routing decided for one request.
-struct Placement {
+/// A request and what routing decided for it.
+struct RoutedRequest {
     /// The state it was decided on.
-    running: Arc<Running>,
+    running: Arc<RunningState>,
     route: Arc<str>,
     key_hash: KeyHash,
     /// The backend, when this pod serves the connection itself.
@@ -238,7 +237,7 @@ async fn establish(
     let _ = socket2::SockRef::from(&tcp)
         .set_send_buffer_size(shared.config.connections.send_buffer_bytes);
     let metrics = &shared.metrics;
-    let deadline = Instant::now() + shared.running.load().handshake_timeout;
+    let deadline = Instant::now() + shared.running.load().handshake.timeout;
     let mut client = match (&shared.tls, origin) {
         (Some(acceptor), Origin::Client) => {
             match timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -256,7 +255,7 @@ async fn establish(
         }
         _ => Io::Tcp(tcp),
     };
-    let placement =
+    let routed =
         match timeout_at(deadline, read_and_route(&mut client, peer, origin, &shared)).await {
             Ok(Ok(p)) => p,
             Ok(Err(refusal)) => {
@@ -271,10 +270,10 @@ async fn establish(
             }
         };
     let span = tracing::Span::current();
-    span.record("route", &*placement.route);
-    span.record("key_hash", format_args!("{:016x}", placement.key_hash.0));
+    span.record("route", &*routed.route);
+    span.record("key_hash", format_args!("{:016x}", routed.key_hash.0));
 
-    let (upgrade, role) = match connect_upstream(&placement, &shared).await {
+    let (upgrade, role) = match connect_upstream(&routed, &shared).await {
         Ok(connected) => connected,
         Err(Failed::Refused(refusal)) => {
             refuse(&mut client, metrics, &refusal).await;
@@ -290,16 +289,16 @@ async fn establish(
     // Registered before the client learns it is connected, so that a drain
     // that starts now cannot miss it.
     let control = Arc::new(ConnControl::new(
-        Arc::clone(&placement.route),
-        placement.key_hash,
+        Arc::clone(&routed.route),
+        routed.key_hash,
         role,
     ));
     let registered = shared.registry.register(Arc::clone(&control));
-    // A snapshot applied since the placement did not see this connection:
+    // A snapshot applied after this connection was routed did not see it:
     // check it against the new state here.
     let now = shared.running.load();
-    if now.routing.epoch != placement.running.routing.epoch
-        && crate::shared::key_moved(&control, &placement.running, &now)
+    if now.routing.epoch != routed.running.routing.epoch
+        && crate::shared::key_moved(&control, &routed.running, &now)
     {
         control.request_drain(DrainCause::Rebalance);
     }
@@ -336,14 +335,14 @@ async fn establish(
     };
     let gauge = family
         .get_or_create(&RouteLabel {
-            route: placement.route.to_string(),
+            route: routed.route.to_string(),
         })
         .clone();
     gauge.inc();
     let relay = Relay::new(
         client,
         Io::Tcp(upgrade.stream),
-        (placement.leftover, upgrade.leftover),
+        (routed.leftover, upgrade.leftover),
         upgrade.deflate,
         control,
         relay_settings,
@@ -373,27 +372,27 @@ enum Failed {
 /// when the owner cannot be reached, or upgrades it to its backend here
 /// when the ring says so (or this pod is standalone).
 async fn connect_upstream(
-    placement: &Placement,
+    routed: &RoutedRequest,
     shared: &Shared,
 ) -> Result<(BackendUpgrade, Role), Failed> {
-    let cfg = &shared.config.connections;
+    let limits = &routed.running.handshake;
     let metrics = &shared.metrics;
-    if placement.handoff.is_empty() {
-        return serve_here(placement, shared).await;
+    if routed.handoff.is_empty() {
+        return serve_here(routed, shared).await;
     }
-    for (attempt, shard) in placement.handoff.iter().enumerate() {
+    for (attempt, shard) in routed.handoff.iter().enumerate() {
         let me = match &shared.shard {
             Some(me) if me.id != shard.id => me,
-            _ => return serve_here(placement, shared).await,
+            _ => return serve_here(routed, shared).await,
         };
-        let mut request = handoff::preamble(&me.token, placement.client, placement.tls);
-        request.extend_from_slice(&placement.raw);
+        let mut request = handoff::preamble(&me.token, routed.client, routed.tls);
+        request.extend_from_slice(&routed.raw);
         let result = upgrade_backend(
             shard.peer,
             &request,
-            &placement.ws_key,
+            &routed.ws_key,
             me.connect_timeout,
-            secs(cfg.backend_connect_timeout_seconds) + secs(cfg.backend_handshake_timeout_seconds),
+            limits.backend_connect_timeout + limits.backend_handshake_timeout,
         )
         .await;
         match result {
@@ -421,29 +420,29 @@ async fn connect_upstream(
 
 /// Upgrades the connection to its backend from this pod.
 async fn serve_here(
-    placement: &Placement,
+    routed: &RoutedRequest,
     shared: &Shared,
 ) -> Result<(BackendUpgrade, Role), Failed> {
-    let cfg = &shared.config.connections;
-    let Some(backend) = &placement.backend else {
+    let limits = &routed.running.handshake;
+    let Some(backend) = &routed.backend else {
         return Err(Failed::Refused(Refusal::new(
             503,
             "no_backend",
-            format!("route {} has no backend ready", placement.route),
+            format!("route {} has no backend ready", routed.route),
         )));
     };
     tracing::Span::current().record("backend", &*backend.id);
     let upgrade = upgrade_backend(
         backend.address,
-        &placement.request,
-        &placement.ws_key,
-        secs(cfg.backend_connect_timeout_seconds),
-        secs(cfg.backend_handshake_timeout_seconds),
+        &routed.request,
+        &routed.ws_key,
+        limits.backend_connect_timeout,
+        limits.backend_handshake_timeout,
     )
     .await
     .map_err(Failed::Upstream)?;
     let seat = Seat {
-        version: placement.version,
+        version: routed.version,
         owner: shared.shard_id().cloned(),
         backend: Some(Arc::clone(&backend.id)),
     };
@@ -457,8 +456,8 @@ async fn read_and_route(
     peer: SocketAddr,
     origin: Origin,
     shared: &Shared,
-) -> Result<Placement, Refusal> {
-    let cap = shared.config.connections.max_request_header_bytes;
+) -> Result<RoutedRequest, Refusal> {
+    let cap = shared.running.load().handshake.max_request_header_bytes;
     // Most requests fit the first 512 bytes; the buffer doubles as a
     // request grows, so a connection that sends a byte at a time (a
     // slowloris) holds half a kilobyte, not the largest read.
@@ -568,7 +567,7 @@ async fn read_and_route(
         } else {
             buf[..req.head_len].to_vec()
         };
-        return Ok(Placement {
+        return Ok(RoutedRequest {
             route: Arc::clone(&route.name),
             key_hash,
             backend: place.backend.cloned(),

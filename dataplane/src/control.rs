@@ -17,7 +17,7 @@ use tonic::{
 };
 
 use crate::{
-    Error,
+    Error, TlsError,
     config::ControlConfig,
     shared::{Applied, Refused, Shared},
 };
@@ -31,9 +31,12 @@ const TLS_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Reads the control port's certificate, key and client CA.
 pub(crate) fn tls_config(config: &ControlConfig) -> Result<ServerTlsConfig, Error> {
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path)
-            .map_err(|e| Error::Tls(format!("shard.control.{what} {}: {e}", path.display())))
+    let read = |path: &std::path::Path, key| {
+        std::fs::read(path).map_err(|source| TlsError::ControlFile {
+            key,
+            path: path.to_owned(),
+            source,
+        })
     };
     let cert = read(&config.cert_file, "certFile")?;
     let key = read(&config.key_file, "keyFile")?;

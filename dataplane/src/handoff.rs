@@ -20,7 +20,7 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use crate::{Error, handshake::Refusal};
+use crate::{ConfigError, TokenError, handshake::Refusal};
 
 /// The preamble's first word.
 const MAGIC: &str = "RINGWAY-HANDOFF/1";
@@ -40,26 +40,26 @@ impl std::fmt::Debug for PeerToken {
 
 impl PeerToken {
     /// A token: 16 to 256 visible ASCII characters, no spaces.
-    pub fn new(token: &str) -> Result<Self, String> {
+    pub fn new(token: &str) -> Result<Self, TokenError> {
         let token = token.trim();
         if !(16..=256).contains(&token.len()) {
-            return Err(format!(
-                "the peer token must be 16 to 256 characters, not {}",
-                token.len()
-            ));
+            return Err(TokenError::Length(token.len()));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the peer token must be visible ASCII without spaces".into());
+            return Err(TokenError::NotVisibleAscii);
         }
         Ok(Self(token.to_owned()))
     }
 
     /// Reads the token from `path` (surrounding whitespace ignored).
-    pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("shard.peer.tokenFile {}: {e}", path.display())))?;
-        Self::new(&text)
-            .map_err(|e| Error::Config(format!("shard.peer.tokenFile {}: {e}", path.display())))
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        std::fs::read_to_string(path)
+            .map_err(TokenError::Read)
+            .and_then(|text| Self::new(&text))
+            .map_err(|source| ConfigError::PeerToken {
+                path: path.to_owned(),
+                source,
+            })
     }
 
     /// Compares in time independent of where the first difference is.

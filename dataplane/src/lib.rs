@@ -10,6 +10,7 @@ pub mod config;
 mod connection;
 pub mod control;
 pub mod drain;
+mod error;
 pub mod frame;
 pub mod handoff;
 pub mod handshake;
@@ -21,12 +22,16 @@ pub mod open_files;
 pub mod registry;
 pub mod relay;
 pub mod routing;
+pub mod running;
 pub mod send_queues;
 mod shared;
-pub mod snapshot;
 mod tls;
 
 pub use config::Config;
+pub use error::{
+    BackendsProblem, ConfigError, Error, ShardProblem, SnapshotError, TlsError, TokenError,
+    ValueProblem,
+};
 pub use listener::{Server, Shutdown};
 pub use shared::{Applied, Refused, Shared};
 
@@ -43,30 +48,5 @@ pub(crate) async fn notified_until(notify: &tokio::sync::Notify, done: impl Fn()
             return;
         }
         told.await;
-    }
-}
-
-/// Everything that stops the data plane from starting.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The config file is missing, malformed or inconsistent.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// A port could not be bound.
-    #[error("binding {0}: {1}")]
-    Bind(std::net::SocketAddr, #[source] std::io::Error),
-    /// The TLS certificate or key could not be used.
-    #[error("TLS: {0}")]
-    Tls(String),
-}
-
-impl Error {
-    /// A short label for logs and metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Config(_) => "config",
-            Self::Bind(..) => "bind",
-            Self::Tls(_) => "tls",
-        }
     }
 }

@@ -11,15 +11,15 @@ use tokio::{
 };
 
 use crate::{
-    Error,
+    ConfigError, Error,
     config::{Config, secs},
     connection::{self, Origin},
     handoff::PeerToken,
     handshake::Refusal,
     memory,
     registry::DrainCause,
+    running::RunningState,
     shared::{ShardIdentity, Shared},
-    snapshot::Running,
 };
 
 /// How the process stops.
@@ -47,9 +47,7 @@ impl Server {
         let shard = match &config.shard {
             None => None,
             Some(s) if s.id.is_empty() => {
-                return Err(Error::Config(
-                    "shard.id: empty; set it in the config or pass --shard-id".into(),
-                ));
+                return Err(ConfigError::NoShardId.into());
             }
             Some(s) => Some(ShardIdentity {
                 id: s.id.as_str().into(),
@@ -58,8 +56,8 @@ impl Server {
             }),
         };
         let running = match &shard {
-            None => Running::standalone(&config)?,
-            Some(_) => Running::waiting(&config),
+            None => RunningState::standalone(&config)?,
+            Some(_) => RunningState::waiting(&config),
         };
         let tls = config
             .listener
@@ -169,7 +167,7 @@ impl Server {
         drop(peer);
         shared.start_draining(cause);
         let running = shared.running.load_full();
-        let victims = shared.registry.snapshot();
+        let victims = shared.registry.connections();
         tracing::info!(
             connections = victims.len(),
             ?kind,

@@ -4,7 +4,7 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ringway_dataplane::{Config, Server, Shutdown, open_files};
+use ringway_dataplane::{Config, Error, Server, Shutdown, open_files};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let mut config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config).map_err(Error::from)?;
     if let Some(id) = args.shard_id {
         match config.shard.as_mut() {
             Some(shard) => shard.id = id,

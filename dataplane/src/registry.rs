@@ -187,7 +187,7 @@ impl Registry {
     }
 
     /// A copy of the current connections (for a drain to work through).
-    pub fn snapshot(&self) -> Vec<Arc<ConnControl>> {
+    pub fn connections(&self) -> Vec<Arc<ConnControl>> {
         self.lock().iter().map(|(_, c)| Arc::clone(c)).collect()
     }
 

@@ -25,13 +25,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     config::Config,
     drain::Drainer,
+    error::SnapshotError,
     handoff::PeerToken,
     memory::HighWater,
     metrics::Metrics,
     registry::{ConnControl, DrainCause, Registry, Role},
     routing,
+    running::RunningState,
     send_queues::SendQueues,
-    snapshot::Running,
 };
 
 /// This pod's identity as a shard of a gateway.
@@ -51,7 +52,7 @@ pub struct Shared {
     /// Set when this pod is a shard of a gateway (else standalone).
     pub(crate) shard: Option<ShardIdentity>,
     /// What the pod runs on; swapped whole by a snapshot.
-    pub(crate) running: ArcSwap<Running>,
+    pub(crate) running: ArcSwap<RunningState>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// The ceiling on what clients that do not keep up hold.
@@ -81,7 +82,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         shard: Option<ShardIdentity>,
-        running: Running,
+        running: RunningState,
         tls: Option<TlsAcceptor>,
     ) -> Self {
         let metrics = Arc::new(Metrics::new());
@@ -178,7 +179,7 @@ impl Shared {
 
 /// Whether the key of `conn`, a connection this pod owns, moved from its
 /// seat between `old` and `new` (an edge's relays follow their owner).
-pub(crate) fn key_moved(conn: &ConnControl, old: &Running, new: &Running) -> bool {
+pub(crate) fn key_moved(conn: &ConnControl, old: &RunningState, new: &RunningState) -> bool {
     match &conn.role {
         Role::Edge(_) => false,
         Role::Owner(actual) => routing::must_move(
@@ -214,7 +215,7 @@ pub enum Refused {
     },
     /// It does not make sense.
     #[error("invalid snapshot: {0}")]
-    Invalid(String),
+    Invalid(#[source] SnapshotError),
     /// This pod is standalone.
     #[error("this pod runs standalone from its config file and takes no snapshot")]
     Standalone,
@@ -240,7 +241,7 @@ impl Shared {
             self.metrics.snapshot("unchanged");
             return Ok(Applied::Unchanged);
         }
-        let new = Running::from_snapshot(snapshot, &self.config).map_err(|e| {
+        let new = RunningState::from_snapshot(snapshot, &self.config).map_err(|e| {
             self.metrics.snapshot("invalid");
             Refused::Invalid(e)
         })?;
@@ -252,7 +253,7 @@ impl Shared {
             .set(i64::try_from(new.routing.epoch).unwrap_or(i64::MAX));
         let moved: Vec<Arc<ConnControl>> = self
             .registry
-            .snapshot()
+            .connections()
             .into_iter()
             .filter(|c| key_moved(c, &old, &new))
             .collect();
@@ -281,16 +282,13 @@ impl Shared {
         let running = self.running.load();
         let mut by_seat: BTreeMap<(i32, Arc<str>), u64> = BTreeMap::new();
         let (mut relayed, mut draining) = (0, 0);
-        for conn in self.registry.snapshot() {
+        for conn in self.registry.connections() {
             if conn.drain_requested().is_some() {
                 draining += 1;
             }
             match &conn.role {
                 Role::Owner(seat) => {
-                    let version = match seat.version {
-                        crate::routing::Version::Stable => v1::Version::Stable,
-                        crate::routing::Version::Canary => v1::Version::Canary,
-                    };
+                    let version = v1::Version::from(seat.version);
                     *by_seat
                         .entry((version as i32, Arc::clone(&conn.route)))
                         .or_default() += 1;
@@ -330,7 +328,7 @@ impl Shared {
         self.start_draining(DrainCause::Api);
         self.peer_closed.notify_one();
         let policy = self.running.load().drain;
-        let victims = self.registry.snapshot();
+        let victims = self.registry.connections();
         let count = victims.len();
         tracing::info!(connections = count, "draining the pod on request");
         self.drainer

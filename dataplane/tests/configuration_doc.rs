@@ -477,7 +477,7 @@ fn documented_defaults_and_required_keys_are_the_parsers() {
                 (Ok(a), Ok(b)) if format!("{a:?}") != format!("{b:?}") => problems.push(format!(
                     "{at} is documented to default to `{text}`, but writing that value changes the \
                      parsed config, so the parser's default differs: fix the row or the default in \
-                     dataplane/src/config.rs"
+                     dataplane/src/config.rs (or dataplane/api/src/defaults.rs, for one the CRD shares)"
                 )),
                 (Ok(_), Ok(_)) => {}
             }

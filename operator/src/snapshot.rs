@@ -9,7 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use ringway_control::proto as v1;
-use ringway_crds::{KeySource, MissingKeyPolicy, Slot, WebSocketGatewaySpec};
+use ringway_crds::{Slot, WebSocketGatewaySpec};
 
 use crate::{
     budget,
@@ -120,26 +120,8 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
         .map(|r| v1::Route {
             name: r.name.clone(),
             path_prefix: r.path_prefix.clone(),
-            key: Some(v1::KeySource {
-                source: Some(match r.key.source {
-                    KeySource::Header => {
-                        v1::key_source::Source::Header(r.key.name.clone().unwrap_or_default())
-                    }
-                    KeySource::Query => {
-                        v1::key_source::Source::Query(r.key.name.clone().unwrap_or_default())
-                    }
-                    KeySource::Cookie => {
-                        v1::key_source::Source::Cookie(r.key.name.clone().unwrap_or_default())
-                    }
-                    KeySource::PathSegment => {
-                        v1::key_source::Source::PathSegment(u32::from(r.key.segment.unwrap_or(0)))
-                    }
-                }),
-            }),
-            missing_key: match r.missing_key {
-                MissingKeyPolicy::Reject => v1::MissingKeyPolicy::Reject,
-                MissingKeyPolicy::Random => v1::MissingKeyPolicy::Random,
-            } as i32,
+            key: Some(v1::KeySource::from(&r.key)),
+            missing_key: v1::MissingKeyPolicy::from(r.missing_key) as i32,
         })
         .collect();
     let backends: Vec<v1::RouteBackends> = i
@@ -164,10 +146,7 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
         let view = &i.slots[slot_index(slot)];
         v1::VersionSpec {
             version: version as i32,
-            slot: match slot {
-                Slot::A => v1::Slot::A,
-                Slot::B => v1::Slot::B,
-            } as i32,
+            slot: v1::Slot::from(slot) as i32,
             image: i.images[slot_index(slot)].to_owned(),
             shards: view
                 .pods

@@ -1,6 +1,9 @@
 //! The control channel's contract, generated from
 //! `proto/ringway/control/v1/control.proto`: message types, the tonic client
-//! the operator uses and the server trait every data-plane pod implements.
+//! the operator uses and the server trait every data-plane pod implements;
+//! and the defaults the gateway spec and the standalone config share.
+
+pub mod defaults;
 
 /// `ringway.control.v1`: snapshots, status and drain.
 #[allow(missing_docs, clippy::all)] // generated code

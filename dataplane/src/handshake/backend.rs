@@ -34,7 +34,7 @@ pub enum BackendFailure {
     /// The backend did not answer the upgrade in time: 504.
     HandshakeTimeout,
     /// The backend's answer was not a valid upgrade response: 502.
-    BadResponse(String),
+    BadResponse(BadResponse),
     /// The backend answered with another status (e.g. 401): relayed as it is.
     Rejected {
         /// The backend's status.
@@ -42,6 +42,29 @@ pub enum BackendFailure {
         /// Its response head and whatever body bytes had arrived.
         response: Vec<u8>,
     },
+}
+
+/// What was wrong with a backend's answer to the upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum BadResponse {
+    /// The request could not be sent.
+    #[error("sending the upgrade: {0}")]
+    Send(#[source] std::io::Error),
+    /// The answer could not be read.
+    #[error("reading the answer: {0}")]
+    Read(#[source] std::io::Error),
+    /// The backend closed the connection without answering.
+    #[error("closed before answering the upgrade")]
+    Closed,
+    /// The response head is larger than we read.
+    #[error("response head too large")]
+    HeadTooLarge,
+    /// The response is not HTTP.
+    #[error("malformed response: {0}")]
+    Malformed(#[source] httparse::Error),
+    /// The accept key does not answer the client's key.
+    #[error("wrong or missing Sec-WebSocket-Accept")]
+    WrongAccept,
 }
 
 impl BackendFailure {
@@ -85,7 +108,7 @@ async fn exchange(
     stream
         .write_all(request)
         .await
-        .map_err(|e| BackendFailure::BadResponse(format!("sending the upgrade: {e}")))?;
+        .map_err(|e| BackendFailure::BadResponse(BadResponse::Send(e)))?;
     let mut buf = Vec::with_capacity(1024);
     loop {
         let filled = buf.len();
@@ -93,12 +116,10 @@ async fn exchange(
         let n = stream
             .read(&mut buf[filled..])
             .await
-            .map_err(|e| BackendFailure::BadResponse(format!("reading the answer: {e}")))?;
+            .map_err(|e| BackendFailure::BadResponse(BadResponse::Read(e)))?;
         buf.truncate(filled + n);
         if n == 0 {
-            return Err(BackendFailure::BadResponse(
-                "closed before answering the upgrade".into(),
-            ));
+            return Err(BackendFailure::BadResponse(BadResponse::Closed));
         }
         let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
@@ -106,14 +127,10 @@ async fn exchange(
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => continue,
             Ok(httparse::Status::Partial) => {
-                return Err(BackendFailure::BadResponse(
-                    "response head too large".into(),
-                ));
+                return Err(BackendFailure::BadResponse(BadResponse::HeadTooLarge));
             }
             Err(e) => {
-                return Err(BackendFailure::BadResponse(format!(
-                    "malformed response: {e}"
-                )));
+                return Err(BackendFailure::BadResponse(BadResponse::Malformed(e)));
             }
         };
         let status = resp.code.unwrap_or(0);
@@ -131,9 +148,7 @@ async fn exchange(
         };
         let expected = tungstenite::handshake::derive_accept_key(ws_key.as_bytes());
         if find("sec-websocket-accept") != Some(expected.as_bytes()) {
-            return Err(BackendFailure::BadResponse(
-                "wrong or missing Sec-WebSocket-Accept".into(),
-            ));
+            return Err(BackendFailure::BadResponse(BadResponse::WrongAccept));
         }
         let deflate = resp
             .headers

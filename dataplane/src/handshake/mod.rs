@@ -6,7 +6,7 @@
 mod backend;
 mod request;
 
-pub use backend::{BackendFailure, BackendUpgrade, upgrade_backend};
+pub use backend::{BackendFailure, BackendUpgrade, BadResponse, upgrade_backend};
 pub use request::{Refusal, SHARD_HEADER, UpgradeRequest, parse_request};
 
 /// The headers array a request is parsed into; more headers are refused

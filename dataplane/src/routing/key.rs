@@ -1,7 +1,10 @@
-//! Reading a route's key out of an upgrade request: a header, a query
-//! parameter, a cookie or a path segment. Values are taken as raw bytes (no
-//! percent-decoding), as nginx's `$arg_` and haproxy's `url_param` do, so
-//! that the same client always produces the same key.
+//! A route's key: where it comes from ([`KeySource`]), what to do without
+//! one ([`MissingKey`]), and reading it out of an upgrade request: a
+//! header, a query parameter, a cookie or a path segment. Values are taken
+//! as raw bytes (no percent-decoding), as nginx's `$arg_` and haproxy's
+//! `url_param` do, so that the same client always produces the same key.
+
+use serde::Deserialize;
 
 /// The parts of an upgrade request a key can come from.
 pub struct RequestView<'a> {
@@ -24,7 +27,43 @@ pub enum KeySource {
     PathSegment(usize),
 }
 
+/// The part of the request a [`KeySource`] reads, without its name or
+/// index. The config file names it (`source: Header`), as the gateway spec
+/// does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum KeyKind {
+    /// A request header.
+    Header,
+    /// A query parameter.
+    Query,
+    /// A cookie.
+    Cookie,
+    /// A path segment.
+    PathSegment,
+}
+
+/// What a route does with a request that has no key. The config file
+/// names it as the gateway spec does (`missingKey: Random`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum MissingKey {
+    /// Answer 400.
+    #[default]
+    Reject,
+    /// Use a random key.
+    Random,
+}
+
 impl KeySource {
+    /// The part of the request it reads.
+    pub fn kind(&self) -> KeyKind {
+        match self {
+            Self::Header(_) => KeyKind::Header,
+            Self::Query(_) => KeyKind::Query,
+            Self::Cookie(_) => KeyKind::Cookie,
+            Self::PathSegment(_) => KeyKind::PathSegment,
+        }
+    }
+
     /// The key, or `None` when the request does not carry one (or carries an
     /// empty one).
     pub fn extract<'a>(&self, req: &RequestView<'a>) -> Option<&'a [u8]> {

@@ -5,8 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use super::KeySource;
-use crate::config::MissingKey;
+use super::{KeySource, MissingKey};
 
 /// One backend endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,8 +1,5 @@
 use super::*;
-use crate::{
-    config::MissingKey,
-    routing::{KeySource, RouteEntry, hash_key},
-};
+use crate::routing::{KeySource, MissingKey, RouteEntry, hash_key};
 
 fn keys(n: usize) -> Vec<KeyHash> {
     (0..n)

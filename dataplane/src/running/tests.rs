@@ -61,13 +61,15 @@ fn snapshot() -> v1::Snapshot {
 fn refused(change: impl FnOnce(&mut v1::Snapshot)) -> String {
     let mut s = snapshot();
     change(&mut s);
-    Running::from_snapshot(&s, &config()).expect_err("refused")
+    RunningState::from_snapshot(&s, &config())
+        .expect_err("refused")
+        .to_string()
 }
 
 #[test]
 fn a_snapshot_becomes_the_running_state() {
     let config = config();
-    let running = Running::from_snapshot(&snapshot(), &config).expect("valid");
+    let running = RunningState::from_snapshot(&snapshot(), &config).expect("valid");
     let r = &running.routing;
     assert_eq!(r.epoch, 7);
     assert_eq!(r.canary_basis_points(), 1_000);
@@ -172,18 +174,23 @@ fn a_bad_snapshot_is_refused_with_the_field_named() {
     }
 }
 
-#[test]
-fn the_standalone_config_is_one_version_without_shards() {
+/// `examples/standalone.yaml`.
+fn standalone_config() -> Config {
     let path = std::path::PathBuf::from(
         std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
     )
     .join("../examples/standalone.yaml");
-    let config = Config::load(&path).expect("valid");
-    let running = Running::standalone(&config).expect("valid");
+    Config::load(&path).expect("examples/standalone.yaml is valid")
+}
+
+#[test]
+fn the_standalone_config_is_one_version_without_shards() {
+    let config = standalone_config();
+    let running = RunningState::standalone(&config).expect("valid");
     assert_eq!(running.routing.epoch, 0);
     assert!(running.routing.stable().shards().is_empty());
     assert!(running.routing.canary().is_none());
-    let waiting = Running::waiting(&config);
+    let waiting = RunningState::waiting(&config);
     assert!(waiting.routing.table.routes().is_empty());
 }
 
@@ -191,13 +198,38 @@ fn the_standalone_config_is_one_version_without_shards() {
 fn a_shard_named_retiring_knows_it_and_the_others_do_not() {
     let config = config(); // shard a-0
     assert!(
-        !Running::from_snapshot(&snapshot(), &config)
+        !RunningState::from_snapshot(&snapshot(), &config)
             .expect("valid")
             .retiring
     );
     let mut s = snapshot();
     s.retiring = vec!["b-0".into(), "a-0".into()];
-    assert!(Running::from_snapshot(&s, &config).expect("valid").retiring);
+    assert!(
+        RunningState::from_snapshot(&s, &config)
+            .expect("valid")
+            .retiring
+    );
     s.retiring = vec!["b-0".into()];
-    assert!(!Running::from_snapshot(&s, &config).expect("valid").retiring);
+    assert!(
+        !RunningState::from_snapshot(&s, &config)
+            .expect("valid")
+            .retiring
+    );
+}
+
+#[test]
+fn epoch_0_is_the_config_files_and_is_refused_from_the_operator() {
+    let config = standalone_config();
+    let compiled = config.snapshot().expect("compiles");
+    assert_eq!(
+        RunningState::from_snapshot(&compiled, &config).unwrap_err(),
+        SnapshotError::EpochZero
+    );
+    let running = RunningState::standalone(&config).expect("valid");
+    assert_eq!(running.gateway, "standalone");
+    assert_eq!(running.relay.max_frame, config.connections.max_frame_bytes);
+    assert_eq!(
+        running.handshake.backend_connect_timeout,
+        secs(config.connections.backend_connect_timeout_seconds)
+    );
 }
