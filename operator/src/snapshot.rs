@@ -13,7 +13,7 @@ use ringway_crds::{Slot, WebSocketGatewaySpec};
 
 use crate::{
     budget,
-    names::PEER_PORT,
+    names::{PEER_PORT, slot_index},
     rollout::{Roles, SlotView},
 };
 
@@ -214,13 +214,6 @@ pub fn content_hash(snapshot: &v1::Snapshot) -> u64 {
     let mut s = snapshot.clone();
     s.epoch = 0;
     xxhash_rust::xxh3::xxh3_64(&s.encode_to_vec())
-}
-
-fn slot_index(slot: Slot) -> usize {
-    match slot {
-        Slot::A => 0,
-        Slot::B => 1,
-    }
 }
 
 #[cfg(test)]
