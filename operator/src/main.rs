@@ -114,7 +114,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
-    let (ready_tx, ready_rx) = watch::channel(false);
+    let (synced_tx, synced) = watch::channel(false);
+    // This replica may act from the start when there is no election.
+    let (leading_tx, leading) = watch::channel(!args.leader_election);
     let listener = tokio::net::TcpListener::bind(args.metrics_address)
         .await
         .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
@@ -122,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(http::serve(
         listener,
         Arc::clone(&metrics),
-        ready_rx,
+        http::Readiness { synced, leading },
         stopped(),
     ));
 
@@ -135,9 +137,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .map(|h| h.trim().to_owned())
         })
         .unwrap_or_else(|| "ringway-operator".to_owned());
-    // Ready once up: a standby replica waiting for the lease is healthy,
-    // and a rolling update of the operator must not wait for it to lead.
-    let _ = ready_tx.send(true);
+    // The watches start only once this replica leads: until the controller
+    // reports them synced, count them synced from the start, so that a
+    // standby replica passes the readiness probe (`/readyz/informer-sync`).
+    let _ = synced_tx.send(true);
     let own_namespace = args
         .operator_namespace
         .clone()
@@ -160,6 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     metrics.set_leader(true);
+    leading_tx.send_replace(true);
     let (lost_tx, mut lost_rx) = watch::channel(false);
     let leadership = leadership.map(|mut l| {
         let lost_tx = lost_tx.clone();
@@ -168,6 +172,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokio::select! {
                 () = l.lost() => {
                     warn!("leader lease lost: stopping");
+                    leading_tx.send_replace(false);
                     let _ = lost_tx.send(true);
                     None
                 }
