@@ -31,6 +31,8 @@ pub(crate) async fn serve(
     ringway_http::serve(listener, routes(shared), CONCURRENT_REQUESTS, shutdown).await;
 }
 
+/// The admin port's routes; `/drain` takes every method, to refuse a
+/// peer off the pod with 403 whatever it asks.
 fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -92,8 +92,9 @@ pub async fn serve(
     .await;
 }
 
+/// `/healthz`, `/metrics`, `/readyz` and `/readyz/<check>` for each check.
 fn routes(metrics: Arc<Metrics>, readiness: Readiness) -> Router {
-    let checks = |checks: &'static [Check]| {
+    let readyz = |checks: &'static [Check]| {
         let readiness = readiness.clone();
         get(move |uri: Uri| async move { answer(&readiness, checks, &uri) })
     };
@@ -108,10 +109,10 @@ fn routes(metrics: Arc<Metrics>, readiness: Readiness) -> Router {
                 )
             }),
         )
-        .route("/readyz", checks(&Check::ALL));
+        .route("/readyz", readyz(&Check::ALL));
     for check in &Check::ALL {
         let path = format!("/readyz/{}", check.name());
-        router = router.route(&path, checks(std::slice::from_ref(check)));
+        router = router.route(&path, readyz(std::slice::from_ref(check)));
     }
     router
 }
