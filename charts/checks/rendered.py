@@ -74,7 +74,9 @@ def rendered_problems(objects, values):
             or sc.get("capabilities", {}).get("drop") != ["ALL"]:
         problems.append(f"the container is not read-only and unprivileged: {sc}")
     probes = {p: container.get(p, {}).get("httpGet", {}).get("path") for p in ["livenessProbe", "readinessProbe"]}
-    if probes != {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
+    # Readiness without the Lease: a standby replica must be ready, or a
+    # rolling update would wait for a pod that cannot lead yet.
+    if probes != {"livenessProbe": "/healthz", "readinessProbe": "/readyz/informer-sync"}:
         problems.append(f"probes: {probes}")
     if pod["spec"].get("serviceAccountName") != (account or {}).get("metadata", {}).get("name"):
         problems.append("the pod does not run as the chart's ServiceAccount")

@@ -1,110 +1,96 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics` for anyone who can
 //! reach it, and `POST /drain` for the pod itself only (a loopback peer).
-//! A small HTTP/1.1 server, one request per connection.
+//! The routes; [`ringway_http::serve`] serves them.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
+use std::{future::Future, net::IpAddr, sync::Arc};
+
+use axum::{
+    Extension, Router,
+    extract::State,
+    http::{Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::{any, get},
 };
+use ringway_http::Peer;
+use tokio::net::TcpListener;
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-    time::timeout,
-};
+use crate::shared::Shared;
 
-use crate::{handshake::error_response, shared::Shared};
-
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Admin requests served at once; more wait in the listen backlog. Each
-/// holds a 4 KiB buffer for at most [`READ_TIMEOUT`] reading, then writes
-/// one answer.
+/// Admin connections served at once; more wait in the listen backlog.
 pub(crate) const CONCURRENT_REQUESTS: usize = 32;
 
-/// Serves the admin port until the task is dropped.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(CONCURRENT_REQUESTS));
-    loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, peer, &shared).await {
-                tracing::debug!(error = %e, "admin request failed");
-            }
-            drop(slot);
-        });
+/// The content type of the Prometheus text exposition.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves the admin port until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
+    ringway_http::serve(listener, routes(shared), CONCURRENT_REQUESTS, shutdown).await;
+}
+
+/// The admin port's routes; `/drain` takes every method, to refuse a
+/// peer off the pod with 403 whatever it asks.
+fn routes(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/drain", any(drain))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    let (method, path) = loop {
-        let n = match timeout(READ_TIMEOUT, stream.read(&mut buf[len..])).await {
-            Ok(r) => r?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or("").to_owned(),
-                    req.path.unwrap_or("").to_owned(),
-                );
-            }
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            _ => {
-                stream
-                    .write_all(&error_response(400, "bad request", &[]))
-                    .await?;
-                return Ok(());
-            }
-        }
-    };
-    let (route, query) = path.split_once('?').unwrap_or((&path, ""));
-    let response = match (method.as_str(), route) {
-        ("GET", "/healthz") => ok("text/plain", "ok\n".into()),
-        ("GET", "/readyz") if shared.is_ready() => ok("text/plain", "ready\n".into()),
-        ("GET", "/readyz") => error_response(503, "not ready", &[]),
-        ("GET", "/metrics") => ok(
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
-        ),
-        (_, "/drain") if !may_drain(peer.ip()) => {
-            tracing::warn!(%peer, "refused a drain from off the pod");
-            error_response(403, DRAIN_REFUSED, &[])
-        }
-        ("POST", "/drain") => drain(shared, wants_wait(query)).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/drain") => {
-            error_response(405, "method not allowed", &[])
-        }
-        _ => error_response(404, "not found", &[]),
-    };
-    stream.write_all(&response).await?;
-    stream.shutdown().await
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        shared.metrics.render(),
+    )
+}
+
+/// `/drain`, whatever the method: refused (403) off the pod, 405 unless
+/// `POST`; otherwise stops accepting and drains every connection, then the
+/// process exits (see `Server::run`). With `wait=true` (or `wait=1`) among
+/// the query parameters, answers once every connection has closed.
+async fn drain(
+    State(shared): State<Arc<Shared>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    if !may_drain(peer.ip()) {
+        tracing::warn!(%peer, "refused a drain from off the pod");
+        return (StatusCode::FORBIDDEN, DRAIN_REFUSED).into_response();
+    }
+    if method != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST")],
+            "method not allowed\n",
+        )
+            .into_response();
+    }
+    shared.request_drain();
+    if wants_wait(uri.query().unwrap_or("")) {
+        shared.wait_drained().await;
+        "drained\n".into_response()
+    } else {
+        format!("draining {} connections\n", shared.registry.len()).into_response()
+    }
 }
 
 /// The body of the 403 that a drain from anywhere but the pod itself gets.
 const DRAIN_REFUSED: &str = "/drain is accepted only from the pod itself (a loopback address); \
-     to drain from elsewhere, stop the process (SIGTERM drains it) or use the control port's Drain RPC";
+     to drain from elsewhere, stop the process (SIGTERM drains it) or use the control port's Drain RPC\n";
 
 /// Whether a request from `peer` may drain this process: only from the
 /// same network namespace, that is from a loopback address. Anyone who can
@@ -122,36 +108,10 @@ fn may_drain(peer: IpAddr) -> bool {
     peer.to_canonical().is_loopback()
 }
 
-/// Stops accepting and drains every connection, then the process exits
-/// (see `Server::run`); with `wait`, answers once every connection has
-/// closed.
-async fn drain(shared: &Shared, wait: bool) -> Vec<u8> {
-    shared.request_drain();
-    if wait {
-        shared.wait_drained().await;
-        ok("text/plain", "drained\n".into())
-    } else {
-        ok(
-            "text/plain",
-            format!("draining {} connections\n", shared.registry.len()),
-        )
-    }
-}
-
 /// `wait=true` (or `wait=1`) among the query parameters: answer once the
 /// drain has finished.
 fn wants_wait(query: &str) -> bool {
     query.split('&').any(|p| p == "wait=true" || p == "wait=1")
-}
-
-fn ok(content_type: &str, body: String) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(body.as_bytes());
-    out
 }
 
 #[cfg(test)]

@@ -131,7 +131,12 @@ impl Server {
             mut peer,
             control,
         } = self;
-        let admin_task = admin.map(|a| tokio::spawn(crate::admin::serve(a, Arc::clone(&shared))));
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = admin.map(|a| {
+            tokio::spawn(crate::admin::serve(a, Arc::clone(&shared), async move {
+                let _ = admin_stopped.await;
+            }))
+        });
         let memory_task = tokio::spawn(release_memory(Arc::clone(&shared)));
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
         let control_task = control.map(|(listener, tls)| {
@@ -200,8 +205,11 @@ impl Server {
         if let Some(task) = control_task {
             let _ = timeout(Duration::from_secs(1), task).await;
         }
+        // Requests in flight (a `POST /drain?wait=true` waiting for this
+        // very drain) get their answer within the admin port's grace.
+        let _ = stop_admin.send(());
         if let Some(task) = admin_task {
-            task.abort();
+            let _ = task.await;
         }
         memory_task.abort();
         Ok(())

@@ -101,19 +101,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::new());
     let stop = stop_on_signal();
-    let (ready, ready_rx) = watch::channel(false);
-    serve_http(args.metrics_address, &metrics, ready_rx, &stop).await?;
+    let (synced_tx, synced) = watch::channel(false);
+    // Without an election this replica may act from the start.
+    let (leading_tx, leading) = watch::channel(!args.leader_election);
+    let readiness = http::Readiness { synced, leading };
+    serve_http(args.metrics_address, &metrics, readiness, &stop).await?;
     let identity = identity(&args);
     let Some(term) = lead(&args, &client, &identity, &stop).await? else {
         return Ok(());
     };
     metrics.set_leader(true);
+    leading_tx.send_replace(true);
     let (stores, scopes) = stores::stores(&args.namespaces);
-    report_synced(stores.clone(), ready);
+    report_synced(stores.clone(), synced_tx);
     let context = context(&args, &client, &metrics, identity, stores);
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
     controller::run(client, scopes, context, term.halt.clone()).await;
     metrics.set_leader(false);
+    leading_tx.send_replace(false);
     term.finish().await
 }
 
@@ -137,7 +142,7 @@ async fn until(mut flag: watch::Receiver<bool>) {
 async fn serve_http(
     address: SocketAddr,
     metrics: &Arc<Metrics>,
-    ready: watch::Receiver<bool>,
+    readiness: http::Readiness,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
@@ -147,7 +152,7 @@ async fn serve_http(
     tokio::spawn(http::serve(
         listener,
         Arc::clone(metrics),
-        ready,
+        readiness,
         until(stop.clone()),
     ));
     Ok(())
