@@ -67,6 +67,17 @@ impl WindowEnd {
 /// Time between rounds.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// When the round after one due at `due` runs, the round having finished
+/// at `now`: on a fixed grid of [`TICK`]s, so that a timer that wakes a
+/// little late (it always does, by up to a millisecond, more on a busy
+/// machine) does not slow the whole drain down by as much each round. A
+/// round more than a tick late starts the grid again from `now`: the
+/// [`Pacer`] then delays the closes rather than making the time up.
+pub fn next_round(due: Instant, now: Instant) -> Instant {
+    let next = due + TICK;
+    if next + TICK < now { now + TICK } else { next }
+}
+
 impl Pacer {
     /// A drain of `total` connections over `window` at most `rate` per second.
     pub fn new(total: usize, window: Duration, rate: u32, at_window_end: WindowEnd) -> Self {
@@ -174,6 +185,7 @@ async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usiz
     let mut cursor = 0;
     let mut pacer = idle();
     let (mut start, mut window, mut rate) = (Instant::now(), Duration::ZERO, 1);
+    let mut due = Instant::now();
     loop {
         let batch = if cursor >= queue.len() {
             match batches.recv().await {
@@ -183,7 +195,7 @@ async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usiz
         } else {
             tokio::select! {
                 b = batches.recv() => b,
-                () = sleep_until(Instant::now() + TICK) => None,
+                () = sleep_until(due) => None,
             }
         };
         if let Some(mut b) = batch {
@@ -192,6 +204,7 @@ async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usiz
             fastrand::shuffle(&mut b.victims);
             queue.extend(b.victims.into_iter().map(|v| (v, b.cause)));
             (start, window, rate) = (Instant::now(), b.window, b.rate);
+            due = start;
             let at_end = if queue.iter().any(|(_, c)| *c == DrainCause::Shutdown) {
                 WindowEnd::Flush
             } else {
@@ -231,6 +244,7 @@ async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usiz
             cursor = 0;
             pacer = idle();
         }
+        due = next_round(due, Instant::now());
     }
 }
 
@@ -273,6 +287,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn rounds_keep_to_a_grid_unless_one_is_more_than_a_tick_late() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // A timer a millisecond late each time does not push the grid.
+        assert_eq!(next_round(t0, t0 + ms(1)), t0 + TICK);
+        assert_eq!(next_round(t0 + TICK, t0 + TICK + ms(1)), t0 + 2 * TICK);
+        // A round that ends past the next one's time: that one runs at once.
+        assert_eq!(next_round(t0, t0 + TICK + ms(5)), t0 + TICK);
+        // Stalled for longer: the grid starts again, nothing is made up.
+        assert_eq!(next_round(t0, t0 + ms(50)), t0 + ms(60));
     }
 
     #[test]
