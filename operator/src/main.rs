@@ -1,6 +1,7 @@
 //! `ringway-operator`: the controller binary. Parses flags, sets up
-//! logging, serves `/metrics`, takes the leader lease and runs the
-//! controllers until SIGTERM.
+//! logging, serves `/metrics`, starts the store-filling watches (on every
+//! replica, so a standby's stores are warm and it reports ready), takes
+//! the leader lease and runs the controllers until SIGTERM.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -18,6 +19,7 @@ use ringway_operator::{
     metrics::Metrics,
     steer::GrpcSteer,
     stores::{self, Stores},
+    watches,
 };
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
@@ -103,16 +105,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stop = stop_on_signal();
     let (ready, ready_rx) = watch::channel(false);
     serve_http(args.metrics_address, &metrics, ready_rx, &stop).await?;
+    let (stores, scopes) = stores::stores(&args.namespaces);
+    let (leading, is_leading) = watch::channel(false);
+    let feeds = watches::start(&client, scopes, &is_leading);
+    report_synced(stores.clone(), ready);
     let identity = identity(&args);
     let Some(term) = lead(&args, &client, &identity, &stop).await? else {
         return Ok(());
     };
     metrics.set_leader(true);
-    let (stores, scopes) = stores::stores(&args.namespaces);
-    report_synced(stores.clone(), ready);
+    leading.send_replace(true); // the watches now feed the controllers
     let context = context(&args, &client, &metrics, identity, stores);
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
-    controller::run(client, scopes, context, term.halt.clone()).await;
+    controller::run(client, feeds, context, term.halt.clone()).await;
     metrics.set_leader(false);
     term.finish().await
 }
@@ -172,7 +177,8 @@ fn own_namespace(args: &Args) -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
-/// Reports ready once every watch has listed what it watches.
+/// Reports ready once every watch has listed what it watches, leader or
+/// not.
 fn report_synced(stores: Stores, ready: watch::Sender<bool>) {
     tokio::spawn(async move {
         if stores.wait_until_ready().await.is_ok() {
