@@ -1,31 +1,31 @@
-//! The wiring: one kube-rs `Controller` per watched namespace (or one for
-//! the whole cluster) that owns each gateway's children and also watches
-//! the data-plane pods and the backend Services' EndpointSlices. The
-//! gateways', pods' and EndpointSlices' watches fill the reconcile's
-//! [`Stores`](crate::stores::Stores) through their [`Writers`].
+//! The wiring: one kube-rs `Controller` per watched scope (a namespace, or
+//! the whole cluster), run while this replica leads. It owns each
+//! gateway's children (their watches are its own) and is triggered by the
+//! store-filling watches of [`watches`](crate::watches) through their
+//! [`Feed`]: the gateways, the data-plane pods and the backend Services'
+//! EndpointSlices. On start it reconciles every gateway once, so that
+//! nothing the watches saw while this replica stood by is missed.
 
-use std::{fmt::Debug, future::Future, sync::Arc};
+use std::{future::Future, sync::Arc};
 
-use futures_util::{Stream, StreamExt, future::join_all};
+use futures_util::{Stream, StreamExt, future::join_all, stream};
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{ConfigMap, Pod, Secret, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::{ConfigMap, Secret, Service},
     networking::v1::NetworkPolicy,
     policy::v1::PodDisruptionBudget,
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Client, ResourceExt,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
-        reflector::{ObjectRef, store::Writer},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use ringway_crds::WebSocketGateway;
-use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
@@ -33,65 +33,45 @@ use crate::{
     names::LABEL_GATEWAY,
     reconcile::{error_policy, reconcile},
     steer::Steer,
-    stores::{SERVICE_NAME_LABEL, Writers},
+    stores::SERVICE_NAME_LABEL,
+    watches::{Feed, api},
 };
 
-/// Runs one controller per watched scope (see
-/// [`stores`](crate::stores::stores)) until `halt` turns true, then lets
-/// running reconciles finish.
+/// Runs one controller per watched scope, each fed by that scope's
+/// watches (see [`watches::start`](crate::watches::start)), until `halt`
+/// turns true, then lets running reconciles finish. Drops the feeds, which
+/// stops the watches.
 pub async fn run<S: Steer>(
     client: Client,
-    scopes: Vec<Writers>,
+    feeds: Vec<Feed>,
     context: Arc<Context<S>>,
     halt: watch::Receiver<bool>,
 ) {
-    let runs = scopes.into_iter().map(|writers| {
+    let runs = feeds.into_iter().map(|feed| {
         let span = info_span!(
             "controller",
-            namespace = writers.namespace.as_deref().unwrap_or("*")
+            namespace = feed.namespace.as_deref().unwrap_or("*")
         );
         let mut halt = halt.clone();
         let shutdown = async move {
             let _ = halt.wait_for(|h| *h).await;
         };
-        run_scope(client.clone(), writers, Arc::clone(&context), shutdown).instrument(span)
+        run_scope(client.clone(), feed, Arc::clone(&context), shutdown).instrument(span)
     });
     join_all(runs).await;
 }
 
-fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 async fn run_scope<S: Steer>(
     client: Client,
-    writers: Writers,
+    feed: Feed,
     context: Arc<Context<S>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ns = writers.namespace.as_deref();
+    let ns = feed.namespace.as_deref();
     let ours = || watcher::Config::default().labels(LABEL_GATEWAY);
-    let gateways = writers.gateways.as_reader();
-    let gateway_events = reflected(
-        api::<WebSocketGateway>(&client, ns),
-        watcher::Config::default(),
-        writers.gateways,
-    )
-    .applied_objects();
-    let pods = reflected(api::<Pod>(&client, ns), ours(), writers.pods).touched_objects();
-    let slices = reflected(
-        api::<EndpointSlice>(&client, ns),
-        watcher::Config::default().labels(SERVICE_NAME_LABEL),
-        writers.endpoint_slices,
-    )
-    .touched_objects();
-    Controller::for_stream(gateway_events, gateways.clone())
+    let gateways = feed.gateways;
+    Controller::for_stream(received(feed.gateway_changes), gateways.clone())
+        .reconcile_all_on(once_listed(gateways.clone()))
         .owns(api::<StatefulSet>(&client, ns), ours())
         .owns(api::<Service>(&client, ns), ours())
         .owns(api::<PodDisruptionBudget>(&client, ns), ours())
@@ -99,14 +79,14 @@ async fn run_scope<S: Steer>(
         .owns(api::<ConfigMap>(&client, ns), ours())
         .owns(api::<NetworkPolicy>(&client, ns), ours())
         // Pods belong to the StatefulSets; their label names the gateway.
-        .watches_stream(pods, |pod| {
+        .watches_stream(received(feed.pod_changes), |pod| {
             let ns = pod.namespace();
             pod.labels()
                 .get(LABEL_GATEWAY)
                 .map(|gw| ObjectRef::new(gw).within(ns.as_deref().unwrap_or_default()))
         })
         // Backend endpoints: every gateway with a route to that Service.
-        .watches_stream(slices, move |slice| {
+        .watches_stream(received(feed.endpoint_slice_changes), move |slice| {
             let ns = slice.namespace();
             let service = slice.labels().get(SERVICE_NAME_LABEL).cloned();
             gateways
@@ -134,26 +114,22 @@ async fn run_scope<S: Steer>(
     info!("controller stopped");
 }
 
-/// The watch of `api`'s objects that `config` selects, kept in `writer`'s
-/// store (retried with a backoff when the API server fails).
-fn reflected<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    writer: Writer<K>,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    watcher(api, config)
-        .default_backoff()
-        .modify(lean)
-        .reflect(writer)
+/// The objects a watch hands over, as a controller's trigger.
+fn received<K: Send>(
+    changes: mpsc::Receiver<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send {
+    stream::unfold(changes, |mut changes| async move {
+        let object = changes.recv().await?;
+        Some((Ok(object), changes))
+    })
 }
 
-/// Drops what the reconcile never reads and the stores would keep for
-/// every object: the managed fields.
-fn lean<K: ResourceExt>(object: &mut K) {
-    object.managed_fields_mut().clear();
+/// One signal, once `gateways` has its first complete list: the
+/// controller then reconciles every gateway, including those that changed
+/// before this replica led (the watches dropped those changes).
+fn once_listed(gateways: Store<WebSocketGateway>) -> impl Stream<Item = ()> + Send {
+    stream::once(async move { gateways.wait_until_ready().await.ok() })
+        .filter_map(std::future::ready)
 }
 
 fn log_done(gw: &ObjectRef<WebSocketGateway>, action: &Action) {

@@ -8,8 +8,8 @@
 //! planning is pure and unit-tested ([`plan`], [`rollout`], [`snapshot`],
 //! [`budget`], [`children`], [`annotations`], [`pki`]); `effects` applies
 //! the children, pushes the snapshot and writes what the pure [`status`]
-//! decided. The wiring is in [`controller`], the shared state in
-//! [`context`].
+//! decided. The wiring is in [`watches`] (every replica) and
+//! [`controller`] (the leader), the shared state in [`context`].
 
 pub mod annotations;
 pub mod budget;
@@ -35,6 +35,7 @@ pub mod snapshot;
 pub mod status;
 pub mod steer;
 pub mod stores;
+pub mod watches;
 
 pub use error::Error;
 pub use inputs::PodInputs;

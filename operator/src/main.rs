@@ -1,6 +1,7 @@
 //! `ringway-operator`: the controller binary. Parses flags, sets up
-//! logging, serves `/metrics`, takes the leader lease and runs the
-//! controllers until SIGTERM.
+//! logging, serves `/metrics`, starts the store-filling watches (on every
+//! replica, so a standby's stores are warm and it reports ready), takes
+//! the leader lease and runs the controllers until SIGTERM.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -18,6 +19,7 @@ use ringway_operator::{
     metrics::Metrics,
     steer::GrpcSteer,
     stores::{self, Stores},
+    watches,
 };
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
@@ -102,23 +104,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let stop = stop_on_signal();
     let (synced_tx, synced) = watch::channel(false);
-    // Without an election this replica may act from the start.
-    let (leading_tx, leading) = watch::channel(!args.leader_election);
-    let readiness = http::Readiness { synced, leading };
+    // True while this replica holds the Lease, or at once without an election.
+    let (leading, is_leading) = watch::channel(false);
+    let readiness = http::Readiness {
+        synced,
+        leading: is_leading.clone(),
+    };
     serve_http(args.metrics_address, &metrics, readiness, &stop).await?;
+    // The watches run on every replica, so a standby's stores are warm.
+    let (stores, scopes) = stores::stores(&args.namespaces);
+    let feeds = watches::start(&client, scopes, &is_leading);
+    report_synced(stores.clone(), synced_tx);
     let identity = identity(&args);
     let Some(term) = lead(&args, &client, &identity, &stop).await? else {
         return Ok(());
     };
     metrics.set_leader(true);
-    leading_tx.send_replace(true);
-    let (stores, scopes) = stores::stores(&args.namespaces);
-    report_synced(stores.clone(), synced_tx);
+    leading.send_replace(true); // the watches now feed the controllers
     let context = context(&args, &client, &metrics, identity, stores);
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
-    controller::run(client, scopes, context, term.halt.clone()).await;
+    controller::run(client, feeds, context, term.halt.clone()).await;
     metrics.set_leader(false);
-    leading_tx.send_replace(false);
+    leading.send_replace(false);
     term.finish().await
 }
 
@@ -177,7 +184,8 @@ fn own_namespace(args: &Args) -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
-/// Reports ready once every watch has listed what it watches.
+/// Reports ready once every watch has listed what it watches, leader or
+/// not.
 fn report_synced(stores: Stores, ready: watch::Sender<bool>) {
     tokio::spawn(async move {
         if stores.wait_until_ready().await.is_ok() {

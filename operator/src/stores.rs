@@ -1,6 +1,7 @@
-//! The in-memory copies of watched objects: the controller's watches fill
-//! them ([`Writers`]) and the reconcile reads them ([`Stores`]) instead of
-//! listing the API server again. One set per watched scope (a namespace,
+//! The in-memory copies of watched objects: the watches of
+//! [`watches`](crate::watches) fill them ([`Writers`]), on every replica,
+//! and the reconcile reads them ([`Stores`]) instead of listing the API
+//! server again. One set per watched scope (a namespace,
 //! or the whole cluster), since one reflector follows one watch.
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -1,10 +1,10 @@
 //! The operator's RBAC is exactly what its code uses. The fake API server
 //! refuses every request that `ringway_operator::rbac` does not grant (in
 //! every API test); here one run of everything the operator does — the
-//! controllers' lists and watches, reconciles through a canary with a bad
-//! annotation and a NetworkPolicy turned on and off, leader election — must
-//! use every grant; and the Helm chart's
-//! rules must be the table's.
+//! watches' and the controllers' lists and watches, reconciles through a
+//! canary with a bad annotation and a NetworkPolicy turned on and off,
+//! leader election — must use every grant; and the Helm chart's rules must
+//! be the table's.
 
 mod support;
 
@@ -15,6 +15,7 @@ use ringway_operator::{
     controller,
     leader::{self, LeaseConfig},
     rbac::{self, Grant},
+    watches,
 };
 use serde_json::{Value, json};
 use support::{NS, World};
@@ -106,13 +107,15 @@ async fn every_grant_is_used_by_the_operator() {
     w.run(1).await;
     assert!(w.api.get("networkpolicies", "chat").is_none());
 
-    // The controllers: every list and watch they start.
+    // The watches and the controllers: every list and watch they start.
     let (halt_tx, halt) = watch::channel(false);
     let client = w.api.client();
     let context = Arc::clone(&w.ctx);
     let (_, scopes) = ringway_operator::stores::stores(&[NS.to_owned()]);
+    let (_leading_tx, leading) = watch::channel(true);
+    let feeds = watches::start(&client, scopes, &leading);
     let controllers = tokio::spawn(async move {
-        controller::run(client, scopes, context, halt).await;
+        controller::run(client, feeds, context, halt).await;
     });
     let watches = |api: &support::FakeApi| {
         api.authorized()
@@ -120,7 +123,8 @@ async fn every_grant_is_used_by_the_operator() {
             .filter(|(_, _, verb)| verb == "watch")
             .count()
     };
-    let kinds_watched = 9; // gateways, six owned kinds, pods, EndpointSlices
+    // The watches: gateways, pods, EndpointSlices; the controller: six owned kinds.
+    let kinds_watched = 9;
     for _ in 0..200 {
         if watches(&w.api) >= kinds_watched {
             break;

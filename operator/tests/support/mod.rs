@@ -2,7 +2,7 @@
 //! with a small in-memory object store, and a fake control channel. The
 //! reconciler runs against them exactly as against a cluster: the
 //! reflector stores it reads are filled from the fake's objects before
-//! each reconcile, as the controller's watches would fill them. Tests then
+//! each reconcile, as the operator's watches would fill them. Tests then
 //! read back what it applied, the status it wrote, the events and the
 //! snapshots it pushed.
 
@@ -35,9 +35,11 @@ use ringway_operator::{
     rbac,
     steer::Steer,
     stores::{self, SERVICE_NAME_LABEL, Writers},
+    watches::{self, Feed},
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 /// Objects by "collection path" (e.g. `/apis/apps/v1/namespaces/ns/statefulsets`) and name.
 #[derive(Default)]
@@ -569,8 +571,9 @@ pub struct World {
     pub api: FakeApi,
     pub steer: Arc<FakeSteer>,
     pub ctx: Arc<Context<Arc<FakeSteer>>>,
-    /// Fill the context's stores, as the controller's watches would.
-    writers: Mutex<Writers>,
+    /// Fill the context's stores, as the watches would; `None` once
+    /// handed to real watches ([`World::watches`]).
+    writers: Mutex<Option<Writers>>,
 }
 
 pub const IMAGE: &str = "ringway/dataplane:1";
@@ -629,7 +632,7 @@ impl World {
             },
             stores,
         ));
-        let writers = Mutex::new(writers.pop().unwrap());
+        let writers = Mutex::new(writers.pop());
         Self {
             api,
             steer,
@@ -639,10 +642,13 @@ impl World {
     }
 
     /// Brings the context's stores up to date with the fake API's
-    /// objects, as the controller's watches would (same label selectors):
+    /// objects, as the operator's watches would (same label selectors):
     /// each a fresh list.
     pub fn sync_stores(&self) {
-        let mut writers = self.writers.lock().unwrap();
+        let mut guard = self.writers.lock().unwrap();
+        let writers = guard
+            .as_mut()
+            .expect("the stores are filled by the watches");
         relist(
             &mut writers.gateways,
             self.api.list("websocketgateways"),
@@ -654,6 +660,15 @@ impl World {
             self.api.list("endpointslices"),
             SERVICE_NAME_LABEL,
         );
+    }
+
+    /// Starts the operator's watches against the fake API, filling the
+    /// context's stores (from then on instead of [`World::sync_stores`]),
+    /// handing what they touch to the feed while `leading`.
+    pub fn watches(&self, leading: &watch::Receiver<bool>) -> Vec<Feed> {
+        let writers = self.writers.lock().unwrap().take();
+        let writers = writers.expect("the watches start once");
+        watches::start(&self.api.client(), vec![writers], leading)
     }
 
     /// Runs one reconcile of `chat` as the controller would, on stores
