@@ -12,7 +12,8 @@ use ringway_dataplane_api::defaults;
 use serde::Deserialize;
 
 use crate::{
-    error::{ConfigError, ValueProblem, frame_limits_ok},
+    error::{ConfigError, ValueProblem},
+    relay::frame_limits_ok,
     routing::{KeyKind, MissingKey},
 };
 

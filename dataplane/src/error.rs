@@ -4,7 +4,10 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use crate::routing::{BUCKETS, KeyKind, RouteError, Spelling, Version};
+use crate::{
+    relay::MIN_FRAME_BYTES,
+    routing::{BUCKETS, KeyKind, RouteError, Spelling, Version},
+};
 
 /// Everything that stops the data plane from starting.
 #[derive(Debug, thiserror::Error)]
@@ -181,14 +184,6 @@ pub enum ValueProblem {
         /// What one stalled client holds.
         one_stall: u64,
     },
-}
-
-/// The smallest frame limit: every control frame (up to 125 bytes) fits.
-pub const MIN_FRAME_BYTES: u64 = 125;
-
-/// Whether `max_frame` and `max_message` make sense together.
-pub(crate) fn frame_limits_ok(max_frame: u64, max_message: u64) -> bool {
-    (MIN_FRAME_BYTES..=max_message).contains(&max_frame)
 }
 
 /// Why a snapshot was refused, naming the field (protobuf names).

@@ -38,10 +38,11 @@ use std::{
 
 use tokio::time::{Instant, Sleep, sleep_until};
 
+pub(crate) use self::settings::frame_limits_ok;
 use self::{close::Side, session::Session};
 pub use self::{
     close::{BACKEND_FAILED, Outcome, SHED},
-    settings::RelaySettings,
+    settings::{MIN_FRAME_BYTES, RelaySettings},
 };
 use crate::{io::Io, metrics::Metrics, registry::ConnControl, send_queues::SendQueues};
 

@@ -11,8 +11,8 @@ use ringway_dataplane_api::v1;
 
 use crate::{
     config::{Config, secs},
-    error::{BackendsProblem, ConfigError, ShardProblem, SnapshotError, frame_limits_ok},
-    relay::RelaySettings,
+    error::{BackendsProblem, ConfigError, ShardProblem, SnapshotError},
+    relay::{RelaySettings, frame_limits_ok},
     routing::{BUCKETS, Backend, Pool, RouteTable, RoutingState, Shard, Version, VersionState},
 };
 

@@ -22,3 +22,12 @@ pub struct RelaySettings {
     /// Upper bound of the reconnect hint in drain close reasons.
     pub reconnect_jitter_ms: u32,
 }
+
+/// The smallest frame limit: every control frame (up to 125 bytes) fits.
+pub const MIN_FRAME_BYTES: u64 = 125;
+
+/// Whether `max_frame` and `max_message` make sense together: at least
+/// [`MIN_FRAME_BYTES`], and no frame larger than a message.
+pub(crate) fn frame_limits_ok(max_frame: u64, max_message: u64) -> bool {
+    (MIN_FRAME_BYTES..=max_message).contains(&max_frame)
+}
