@@ -49,7 +49,9 @@ use serde_json::{Value, json};
 use chart::{Install, Release, Scratch};
 use gateway::{canary_steps, gateway_children, network_policy};
 use kubectl::{Kubectl, fresh_name};
-use operator::{Operator, operator_binary, refused_lines, wait_until};
+use operator::{
+    Operator, eventually, health_address, http_status, operator_binary, refused_lines, wait_until,
+};
 
 const SKIPPED: &str = "skipped: no cluster (set RINGWAY_E2E_KUBECONFIG to run the cluster tests)";
 
@@ -313,7 +315,10 @@ fn as_the_charts_operator(
         ],
         Some(&log),
     )?;
-    let steps = gateway_children(gateways, &mut operator).map(drop);
+    let probe = text("/spec/template/spec/containers/0/readinessProbe/httpGet/path")?;
+    let steps = readiness(&mut operator, &log, &probe)
+        .and_then(|()| standby(binary, &kubeconfig, &args, operators, &scratch, &probe))
+        .and_then(|()| gateway_children(gateways, &mut operator).map(drop));
     drop(operator);
 
     let text = std::fs::read_to_string(&log)
@@ -335,6 +340,73 @@ fn as_the_charts_operator(
         );
     }
     steps
+}
+
+/// The chart's readiness probe passes on the operator that leads (it
+/// runs without rivals), and so does `/readyz`.
+fn readiness(operator: &mut Operator, log: &Path, probe: &str) -> anyhow::Result<()> {
+    let mut address = None;
+    eventually(
+        operator,
+        "the operator's readiness probe and /readyz",
+        || {
+            let at = match address {
+                Some(at) => at,
+                None => *address.insert(health_address(log)?),
+            };
+            for path in [probe, "/readyz"] {
+                let status = http_status(at, path)?;
+                ensure!(status == 200, "{path} answered {status}");
+            }
+            Ok(())
+        },
+    )
+}
+
+/// A second replica, standing by while the first holds the Lease, passes
+/// the chart's readiness probe (its watches synced) but not `/readyz`
+/// (it does not lead): a rolling update of the chart's Deployment, which
+/// starts the new pod before it stops the old one, can finish.
+fn standby(
+    binary: &Path,
+    kubeconfig: &Path,
+    args: &[String],
+    operators: &Kubectl,
+    scratch: &Scratch,
+    probe: &str,
+) -> anyhow::Result<()> {
+    let log = scratch.0.join("standby.log");
+    let mut standby = Operator::spawn(
+        binary,
+        kubeconfig.as_os_str(),
+        args,
+        &[
+            ("POD_NAME", "ringway-e2e-standby"),
+            ("POD_NAMESPACE", operators.namespace.as_str()),
+        ],
+        Some(&log),
+    )?;
+    let mut address = None;
+    let waited = eventually(
+        &mut standby,
+        "a standby replica to be ready but not lead",
+        || {
+            let at = match address {
+                Some(at) => at,
+                None => *address.insert(health_address(&log)?),
+            };
+            let (ready, leads) = (http_status(at, probe)?, http_status(at, "/readyz")?);
+            ensure!(
+                (ready, leads) == (200, 503),
+                "{probe} answered {ready} and /readyz {leads}; want 200 and 503"
+            );
+            Ok(())
+        },
+    );
+    if waited.is_err() {
+        eprintln!("the standby's log ends:\n{}", chart::log_tail(&log, 40));
+    }
+    waited
 }
 
 /// A file of the repository, from its root.

@@ -1,9 +1,12 @@
 //! The `ringway-operator` process a test runs, waiting on it for the
-//! cluster to show something, and reading its log for refused requests.
+//! cluster to show something, asking its health port, and reading its log
+//! for refused requests.
 
 use std::{
     ffi::OsStr,
     fs::File,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Instant,
@@ -85,6 +88,40 @@ impl Drop for Operator {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The address of the health and metrics port, from the operator's text
+/// log (`serving /metrics, /healthz and /readyz address=…`): it binds port 0.
+pub fn health_address(log: &Path) -> anyhow::Result<SocketAddr> {
+    let text = std::fs::read_to_string(log)?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("serving /metrics"))
+        .context("the operator has not logged its health port yet")?;
+    let address = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("address="))
+        .with_context(|| format!("no address= in {line:?}"))?;
+    address
+        .parse()
+        .with_context(|| format!("{address:?} is not an address"))
+}
+
+/// The status code of `GET path` on the operator's health port.
+pub fn http_status(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, POLL_EVERY)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {answer:?}"))
 }
 
 /// The operator's `--log` filter: `RUST_LOG` if set, else info with the
