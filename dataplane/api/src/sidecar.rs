@@ -1,0 +1,36 @@
+//! The contract between the operator's sidecar injector (its mutating
+//! admission webhook) and `ringway-dataplane sidecar`, the data plane run
+//! beside an application's own container: the names and ports the injected
+//! container uses, and how the application's preStop hook asks it to drain.
+//! Both sides read these constants, so they cannot drift apart.
+
+/// The injected container's name (a native sidecar: an init container
+/// with `restartPolicy: Always`). A pod that already has a container of
+/// this name is never injected again.
+pub const CONTAINER: &str = "ringway-sidecar";
+
+/// The port the sidecar listens on for the application's clients, in place
+/// of the application's port, whose name it takes over.
+pub const LISTEN_PORT: u16 = 15080;
+
+/// The sidecar's admin port: `/healthz`, `/readyz`, `/metrics` and the
+/// drain the preStop hook asks for.
+pub const ADMIN_PORT: u16 = 15090;
+
+/// The name of the admin port in the pod spec (Prometheus discovery).
+pub const ADMIN_PORT_NAME: &str = "ringway-admin";
+
+/// The environment variable that gives the sidecar its drain token: a
+/// random value the injector writes into the pod spec, in the sidecar's
+/// environment and in the header of the application's preStop hook.
+pub const DRAIN_TOKEN_ENV: &str = "RINGWAY_DRAIN_TOKEN";
+
+/// The header that carries the drain token. The kubelet runs an `httpGet`
+/// preStop hook from the node, not from the pod's loopback; the token is
+/// what lets that request, and no other peer's, drain the sidecar.
+pub const DRAIN_TOKEN_HEADER: &str = "x-ringway-drain-token";
+
+/// The path of the application's preStop hook (`httpGet` on
+/// [`ADMIN_PORT`]): it starts the drain and answers once every client is
+/// gone, so that the application only gets its SIGTERM after that.
+pub const DRAIN_PATH: &str = "/drain?wait=true";
