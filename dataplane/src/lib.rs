@@ -23,8 +23,10 @@ pub mod registry;
 pub mod relay;
 pub mod routing;
 pub mod running;
+mod secret;
 pub mod send_queues;
 mod shared;
+pub mod sidecar;
 mod tls;
 
 pub use config::Config;

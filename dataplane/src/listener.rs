@@ -19,7 +19,8 @@ use crate::{
     memory,
     registry::DrainCause,
     running::RunningState,
-    shared::{ShardIdentity, Shared},
+    shared::{ShardIdentity, Shared, SidecarState},
+    sidecar::DrainToken,
 };
 
 /// How the process stops.
@@ -44,6 +45,18 @@ impl Server {
     /// Binds the client, admin, peer and control ports and builds the
     /// routing state (standalone) or waits for the first snapshot (shard).
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        Self::bind_as(config, None).await
+    }
+
+    /// Binds a sidecar beside an application ([`crate::sidecar`]): as
+    /// standalone, except that its admin `/drain` drains in place and
+    /// leaves the process up until it is stopped, and `token` lets a
+    /// request from off the pod's loopback ask for it.
+    pub async fn bind_sidecar(config: Config, token: Option<DrainToken>) -> Result<Self, Error> {
+        Self::bind_as(config, Some(SidecarState::new(token))).await
+    }
+
+    async fn bind_as(config: Config, sidecar: Option<SidecarState>) -> Result<Self, Error> {
         let shard = match &config.shard {
             None => None,
             Some(s) if s.id.is_empty() => {
@@ -85,7 +98,7 @@ impl Server {
             ),
             None => (None, None),
         };
-        let shared = Arc::new(Shared::new(config, shard, running, tls));
+        let shared = Arc::new(Shared::new(config, shard, sidecar, running, tls));
         Ok(Self {
             shared,
             listener,
@@ -192,15 +205,7 @@ impl Server {
         let close_timeout = running.relay.close_timeout;
         let last_close = close_timeout * 2 + Duration::from_secs(1);
         let _ = timeout(last_close, shared.registry.wait_empty()).await;
-        let left = shared.registry.len();
-        if left > 0 {
-            tracing::warn!(
-                connections = left,
-                "connections still open after the drain; dropping them"
-            );
-        } else {
-            tracing::info!("drained");
-        }
+        shared.count_cut();
         let _ = stop_control.send(());
         if let Some(task) = control_task {
             let _ = timeout(Duration::from_secs(1), task).await;
