@@ -130,7 +130,7 @@ async fn drain_beside_the_application(
     }
     match drain.await {
         Ok(0) => "drained\n".into_response(),
-        Ok(cut) => format!("drain time is up: {cut} connections cut\n").into_response(),
+        Ok(cut) => format!("drain time is up; connections cut: {cut}\n").into_response(),
         Err(e) => {
             tracing::error!(error = %e, "the drain task failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "the drain failed\n").into_response()

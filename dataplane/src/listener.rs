@@ -183,29 +183,16 @@ impl Server {
         };
         drop(listener);
         drop(peer);
-        shared.start_draining(cause);
-        let running = shared.running.load_full();
-        let victims = shared.registry.connections();
-        tracing::info!(
-            connections = victims.len(),
-            ?kind,
-            "stopped accepting; draining"
-        );
-        match kind {
-            Shutdown::Graceful => {
-                let policy = running.drain;
-                shared
-                    .drainer
-                    .submit(victims, cause, policy.window, policy.max_closes_per_second)
-                    .await;
-                shared.drainer.idle().await;
-            }
-            Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
+        if shared.drained_in_place() {
+            // A sidecar stops after its application, whose preStop hook
+            // had it drain: what is left was counted as cut then.
+            tracing::info!(
+                connections = shared.registry.len(),
+                "stopping; drained beside the application already"
+            );
+        } else {
+            drain_to_stop(&shared, kind, cause).await;
         }
-        let close_timeout = running.relay.close_timeout;
-        let last_close = close_timeout * 2 + Duration::from_secs(1);
-        let _ = timeout(last_close, shared.registry.wait_empty()).await;
-        shared.count_cut();
         let _ = stop_control.send(());
         if let Some(task) = control_task {
             let _ = timeout(Duration::from_secs(1), task).await;
@@ -219,6 +206,35 @@ impl Server {
         memory_task.abort();
         Ok(())
     }
+}
+
+/// Stops every connection (`cause`), paced over the drain window or at
+/// once, and waits for the last close (at most two close timeouts and a
+/// second more).
+async fn drain_to_stop(shared: &Shared, kind: Shutdown, cause: DrainCause) {
+    shared.start_draining(cause);
+    let running = shared.running.load_full();
+    let victims = shared.registry.connections();
+    tracing::info!(
+        connections = victims.len(),
+        ?kind,
+        "stopped accepting; draining"
+    );
+    match kind {
+        Shutdown::Graceful => {
+            let policy = running.drain;
+            shared
+                .drainer
+                .submit(victims, cause, policy.window, policy.max_closes_per_second)
+                .await;
+            shared.drainer.idle().await;
+        }
+        Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
+    }
+    let close_timeout = running.relay.close_timeout;
+    let last_close = close_timeout * 2 + Duration::from_secs(1);
+    let _ = timeout(last_close, shared.registry.wait_empty()).await;
+    shared.count_cut();
 }
 
 /// Gives the allocator's free pages back to the system whenever many

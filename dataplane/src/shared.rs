@@ -224,6 +224,13 @@ impl Shared {
         *sidecar.drained.get_or_init(|| self.drain_clients()).await
     }
 
+    /// Whether this is a sidecar whose drain in place has finished.
+    pub(crate) fn drained_in_place(&self) -> bool {
+        self.sidecar
+            .as_ref()
+            .is_some_and(|s| s.drained.initialized())
+    }
+
     async fn drain_clients(&self) -> usize {
         self.start_draining(DrainCause::Shutdown);
         let running = self.running.load_full();

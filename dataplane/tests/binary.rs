@@ -1,5 +1,5 @@
 //! The real `ringway-dataplane` binary: starts from a config file, refuses
-//! a bad one clearly, and drains on SIGTERM.
+//! a bad one (or a bad sidecar flag) clearly, and drains on SIGTERM.
 
 mod support;
 
@@ -11,14 +11,6 @@ use std::{
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringway-dataplane");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 #[test]
 fn a_bad_config_is_refused_with_a_message() {
@@ -45,11 +37,42 @@ fn a_bad_config_is_refused_with_a_message() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.yaml"));
 }
 
+#[test]
+fn a_bad_sidecar_flag_or_drain_token_is_refused_with_its_name() {
+    let out = Command::new(BIN)
+        .args([
+            "sidecar",
+            "--app-port",
+            "8080",
+            "--max-closes-per-second",
+            "0",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-closes-per-second: must be at least 1"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["sidecar", "--app-port", "8080"])
+        .env(ringway_dataplane_api::sidecar::DRAIN_TOKEN_ENV, "short")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RINGWAY_DRAIN_TOKEN: the drain token must be 16 to 256"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_every_connection_with_1001_then_exits() {
     let backend = support::echo_backend("b1").await;
-    let port = free_port();
-    let admin = free_port();
+    let port = support::free_port();
+    let admin = support::free_port();
     let dir = std::env::temp_dir().join(format!("ringway-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("config.yaml");
