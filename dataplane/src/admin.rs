@@ -75,8 +75,8 @@ async fn drain(
         shared.metrics.drain_refusals.inc();
         tracing::warn!(%peer, token_offered = offered.is_some(), "refused a drain from off the pod");
         let refused = match shared.sidecar {
-            None => DRAIN_REFUSED,
-            Some(_) => SIDECAR_DRAIN_REFUSED,
+            None => DRAIN_REFUSED.to_owned(),
+            Some(_) => sidecar_drain_refused(),
         };
         return (StatusCode::FORBIDDEN, refused).into_response();
     }
@@ -152,8 +152,13 @@ const DRAIN_REFUSED: &str = "/drain is accepted only from the pod itself (a loop
      to drain from elsewhere, stop the process (SIGTERM drains it) or use the control port's Drain RPC\n";
 
 /// [`DRAIN_REFUSED`] for a sidecar.
-const SIDECAR_DRAIN_REFUSED: &str = "/drain is accepted only from the pod itself (a loopback address) \
-     or with the pod's drain token in the x-ringway-drain-token header (the application's preStop hook)\n";
+fn sidecar_drain_refused() -> String {
+    format!(
+        "/drain is accepted only from the pod itself (a loopback address) or with the pod's \
+         drain token in the {} header (the application's preStop hook)\n",
+        sidecar::DRAIN_TOKEN_HEADER
+    )
+}
 
 /// Whether a request from `peer` offering the drain token `offered` may
 /// drain this process: from the same network namespace, that is from a
