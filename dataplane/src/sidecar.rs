@@ -12,7 +12,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ringway_dataplane_api::{defaults, sidecar};
 
 use crate::{
-    config::{AdminConfig, Config, DrainConfig, KeyConfig, ListenerConfig, RouteConfig},
+    config::{
+        AdminConfig, Config, ConnectionConfig, DrainConfig, KeyConfig, ListenerConfig, RouteConfig,
+    },
     error::ConfigError,
     routing::{KeyKind, MissingKey},
 };
@@ -95,7 +97,7 @@ impl SidecarArgs {
     /// The config, with the file's defaults for what no flag sets.
     fn unchecked_config(&self) -> Config {
         let everywhere = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let mut config = Config {
+        Config {
             listener: ListenerConfig {
                 address: everywhere(self.listen_port),
                 reuse_port: false,
@@ -115,7 +117,10 @@ impl SidecarArgs {
                 missing_key: MissingKey::Random,
                 backends: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)).to_string()],
             }],
-            connections: Default::default(),
+            connections: ConnectionConfig {
+                max_connections: self.max_connections,
+                ..ConnectionConfig::default()
+            },
             drain: DrainConfig {
                 window_seconds: self.drain_window_seconds,
                 max_closes_per_second: self.max_closes_per_second,
@@ -123,9 +128,7 @@ impl SidecarArgs {
             },
             runtime: Default::default(),
             shard: None,
-        };
-        config.connections.max_connections = self.max_connections;
-        config
+        }
     }
 }
 

@@ -110,21 +110,10 @@ async fn the_prestop_hook_drains_a_sidecar_with_its_token_and_no_one_else() {
     }
     assert_eq!(shared.metrics.drain_refusals.get(), 2);
     assert!(shared.is_ready(), "a refused drain must not drain");
-    let (status, body) = ask(
-        &shared,
-        node,
-        Method::PUT,
-        &[(sidecar::DRAIN_TOKEN_HEADER, TOKEN)],
-    )
-    .await;
+    let with_token = [(sidecar::DRAIN_TOKEN_HEADER, TOKEN)];
+    let (status, body) = ask(&shared, node, Method::PUT, &with_token).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
-    let (status, body) = ask(
-        &shared,
-        node,
-        Method::GET,
-        &[(sidecar::DRAIN_TOKEN_HEADER, TOKEN)],
-    )
-    .await;
+    let (status, body) = ask(&shared, node, Method::GET, &with_token).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "drained\n"));
     assert!(!shared.is_ready(), "a drained sidecar takes no new client");
     // Asked again (a retried hook, a POST by hand): the same answer.
