@@ -1,20 +1,22 @@
 //! The admin port: `/healthz`, `/readyz`, `/metrics` for anyone who can
-//! reach it, and `POST /drain` for the pod itself only (a loopback peer).
-//! The routes; [`ringway_http::serve`] serves them.
+//! reach it, and `/drain` for the pod itself only (a loopback peer, or in
+//! a sidecar the application's preStop hook, which carries the drain
+//! token). The routes; [`ringway_http::serve`] serves them.
 
 use std::{future::Future, net::IpAddr, sync::Arc};
 
 use axum::{
     Extension, Router,
     extract::State,
-    http::{Method, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{any, get},
 };
+use ringway_dataplane_api::sidecar;
 use ringway_http::Peer;
 use tokio::net::TcpListener;
 
-use crate::shared::Shared;
+use crate::{shared::Shared, sidecar::DrainToken};
 
 /// Admin connections served at once; more wait in the listen backlog.
 pub(crate) const CONCURRENT_REQUESTS: usize = 32;
@@ -57,30 +59,43 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-/// `/drain`, whatever the method: refused (403) off the pod, 405 unless
-/// `POST`; otherwise stops accepting and drains every connection, then the
-/// process exits (see `Server::run`). With `wait=true` (or `wait=1`) among
-/// the query parameters, answers once every connection has closed.
+/// `/drain`, whatever the method: refused (403, counted) to a peer that
+/// may not drain; then as [`stop_the_process`] does, or in a sidecar as
+/// [`drain_beside_the_application`] does.
 async fn drain(
     State(shared): State<Arc<Shared>>,
     Extension(Peer(peer)): Extension<Peer>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
 ) -> Response {
-    if !may_drain(peer.ip()) {
-        tracing::warn!(%peer, "refused a drain from off the pod");
-        return (StatusCode::FORBIDDEN, DRAIN_REFUSED).into_response();
+    let token = shared.sidecar.as_ref().and_then(|s| s.token.as_ref());
+    let offered = headers.get(sidecar::DRAIN_TOKEN_HEADER);
+    if !may_drain(peer.ip(), token, offered.map(HeaderValue::as_bytes)) {
+        shared.metrics.drain_refusals.inc();
+        tracing::warn!(%peer, token_offered = offered.is_some(), "refused a drain from off the pod");
+        let refused = match shared.sidecar {
+            None => DRAIN_REFUSED.to_owned(),
+            Some(_) => sidecar_drain_refused(),
+        };
+        return (StatusCode::FORBIDDEN, refused).into_response();
     }
+    let wait = wants_wait(uri.query().unwrap_or(""));
+    match shared.sidecar {
+        None => stop_the_process(&shared, &method, wait).await,
+        Some(_) => drain_beside_the_application(shared, &method, wait).await,
+    }
+}
+
+/// Standalone and shards: 405 unless `POST`; otherwise stops accepting and
+/// drains every connection, then the process exits (see `Server::run`).
+/// With `wait`, answers once every connection has closed.
+async fn stop_the_process(shared: &Shared, method: &Method, wait: bool) -> Response {
     if method != Method::POST {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "POST")],
-            "method not allowed\n",
-        )
-            .into_response();
+        return method_not_allowed("POST");
     }
     shared.request_drain();
-    if wants_wait(uri.query().unwrap_or("")) {
+    if wait {
         shared.wait_drained().await;
         "drained\n".into_response()
     } else {
@@ -88,24 +103,83 @@ async fn drain(
     }
 }
 
+/// Sidecar: `GET` (the preStop hook's) or `POST`, else 405; drains every
+/// client in place and keeps the process up ([`Shared::drain_in_place`]).
+/// With `wait`, answers once the clients are gone (or the drain's time is
+/// up, saying how many were cut), so that the application, whose preStop
+/// hook this is, gets its SIGTERM only then.
+async fn drain_beside_the_application(
+    shared: Arc<Shared>,
+    method: &Method,
+    wait: bool,
+) -> Response {
+    if method != Method::GET && method != Method::POST {
+        return method_not_allowed("GET, POST");
+    }
+    let connections = shared.registry.len();
+    // A task of its own: the drain runs to its end even if the hook's
+    // request goes away.
+    let drain = tokio::spawn(async move {
+        let Some(sidecar) = &shared.sidecar else {
+            return 0;
+        };
+        shared.drain_in_place(sidecar).await
+    });
+    if !wait {
+        return format!("draining {connections} connections\n").into_response();
+    }
+    match drain.await {
+        Ok(0) => "drained\n".into_response(),
+        Ok(cut) => format!("drain time is up; connections cut: {cut}\n").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "the drain task failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the drain failed\n").into_response()
+        }
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, allow)],
+        "method not allowed\n",
+    )
+        .into_response()
+}
+
 /// The body of the 403 that a drain from anywhere but the pod itself gets.
 const DRAIN_REFUSED: &str = "/drain is accepted only from the pod itself (a loopback address); \
      to drain from elsewhere, stop the process (SIGTERM drains it) or use the control port's Drain RPC\n";
 
-/// Whether a request from `peer` may drain this process: only from the
-/// same network namespace, that is from a loopback address. Anyone who can
-/// reach the admin port may read health and metrics; stopping every
-/// connection of the pod must take more than that. A loopback source
-/// cannot arrive from the network: Linux drops packets with a 127.0.0.0/8
-/// or ::1 source on every interface but `lo` (martians; `route_localnet`,
-/// which would allow them, is off in a pod's own network namespace), so
-/// another pod cannot spoof it. What shares the namespace is trusted: the
-/// pod's other containers, and a mesh sidecar that forwards inbound
-/// traffic from loopback, whose port 9090 must therefore not be
-/// intercepted (docs/dataplane.md). An IPv4 peer on a dual-stack socket
-/// shows as `::ffff:127.x.y.z`, which is loopback too.
-fn may_drain(peer: IpAddr) -> bool {
+/// [`DRAIN_REFUSED`] for a sidecar.
+fn sidecar_drain_refused() -> String {
+    format!(
+        "/drain is accepted only from the pod itself (a loopback address) or with the pod's \
+         drain token in the {} header (the application's preStop hook)\n",
+        sidecar::DRAIN_TOKEN_HEADER
+    )
+}
+
+/// Whether a request from `peer` offering the drain token `offered` may
+/// drain this process: from the same network namespace, that is from a
+/// loopback address, or with the token, when this process has one (a
+/// sidecar's: the kubelet sends the application's preStop hook from the
+/// node, not from the pod's loopback). Anyone who can reach the admin
+/// port may read health and metrics; stopping every connection of the pod
+/// must take more than that. A loopback source cannot arrive from the
+/// network: Linux drops packets with a 127.0.0.0/8 or ::1 source on every
+/// interface but `lo` (martians; `route_localnet`, which would allow them,
+/// is off in a pod's own network namespace), so another pod cannot spoof
+/// it. What shares the namespace is trusted: the pod's other containers,
+/// and a mesh sidecar that forwards inbound traffic from loopback, whose
+/// port 9090 must therefore not be intercepted (docs/dataplane.md). An
+/// IPv4 peer on a dual-stack socket shows as `::ffff:127.x.y.z`, which is
+/// loopback too.
+fn may_drain(peer: IpAddr, token: Option<&DrainToken>, offered: Option<&[u8]>) -> bool {
     peer.to_canonical().is_loopback()
+        || token
+            .zip(offered)
+            .is_some_and(|(token, offered)| token.matches(offered))
 }
 
 /// `wait=true` (or `wait=1`) among the query parameters: answer once the
@@ -115,26 +189,4 @@ fn wants_wait(query: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::may_drain;
-
-    #[test]
-    fn only_a_loopback_peer_may_drain() {
-        for peer in ["127.0.0.1", "127.45.6.7", "::1", "::ffff:127.0.0.1"] {
-            assert!(may_drain(peer.parse().expect("an address")), "{peer}");
-        }
-        for peer in [
-            "10.244.1.7",
-            "192.0.2.2",
-            "0.0.0.0",
-            "::",
-            "fd00::2",
-            "fe80::1",
-            "::ffff:10.244.1.7",
-            // IPv4-compatible (deprecated), not mapped: not loopback.
-            "::127.0.0.1",
-        ] {
-            assert!(!may_drain(peer.parse().expect("an address")), "{peer}");
-        }
-    }
-}
+mod tests;

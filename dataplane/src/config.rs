@@ -315,7 +315,9 @@ impl Config {
         })
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
+    /// Checks what only the config holds (the routes as every snapshot's
+    /// are, the limits, the durations).
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
         match &self.shard {
             None => self.check_routes()?,
             Some(_) if !self.routes.is_empty() => return Err(ConfigError::ShardWithRoutes),

@@ -34,8 +34,9 @@ impl Error {
     }
 }
 
-/// Why a config file was refused. Each message starts with the key it is
-/// about (`routes[0] (chat).key: …`, `connections.maxConnections: …`).
+/// Why a config file (or the sidecar's flags) was refused. Each message
+/// starts with the key or flag it is about (`routes[0] (chat).key: …`,
+/// `connections.maxConnections: …`, `--max-connections: …`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -108,6 +109,22 @@ pub enum ConfigError {
     /// A shard has no id.
     #[error("shard.id: empty; set it in the config or pass --shard-id")]
     NoShardId,
+    /// Sidecar mode: a port flag names another flag's port.
+    #[error(
+        "{flag}: port {port} is taken by another of --app-port, --listen-port and --admin-port"
+    )]
+    PortClash {
+        /// The flag.
+        flag: &'static str,
+        /// Its port.
+        port: u16,
+    },
+    /// Sidecar mode: the drain token in the environment cannot be one.
+    #[error(
+        "{}: the drain token must be 16 to 256 visible ASCII characters without spaces",
+        ringway_dataplane_api::sidecar::DRAIN_TOKEN_ENV
+    )]
+    DrainToken,
     /// The peer token file could not be read or holds no valid token.
     #[error("shard.peer.tokenFile {}: {source}", path.display())]
     PeerToken {

@@ -64,13 +64,7 @@ impl PeerToken {
 
     /// Compares in time independent of where the first difference is.
     fn matches(&self, offered: &[u8]) -> bool {
-        let ours = self.0.as_bytes();
-        ours.len() == offered.len()
-            && ours
-                .iter()
-                .zip(offered)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        crate::secret::same(self.0.as_bytes(), offered)
     }
 }
 

@@ -2,8 +2,9 @@
 //! consistent hash of a key to a backend, relays frames without rebuilding
 //! them, and drains connections gracefully.
 //!
-//! [`Server::bind`] then [`Server::run`] with a shutdown future; the binary
-//! wires that future to SIGTERM (graceful) and SIGINT (fast).
+//! [`Server::bind`] (or [`Server::bind_sidecar`], beside an application in
+//! its pod: [`sidecar`]) then [`Server::run`] with a shutdown future; the
+//! binary wires that future to SIGTERM (graceful) and SIGINT (fast).
 
 mod admin;
 pub mod config;
@@ -23,8 +24,10 @@ pub mod registry;
 pub mod relay;
 pub mod routing;
 pub mod running;
+mod secret;
 pub mod send_queues;
 mod shared;
+pub mod sidecar;
 mod tls;
 
 pub use config::Config;

@@ -19,7 +19,8 @@ use crate::{
     memory,
     registry::DrainCause,
     running::RunningState,
-    shared::{ShardIdentity, Shared},
+    shared::{ShardIdentity, Shared, SidecarState},
+    sidecar::DrainToken,
 };
 
 /// How the process stops.
@@ -44,6 +45,18 @@ impl Server {
     /// Binds the client, admin, peer and control ports and builds the
     /// routing state (standalone) or waits for the first snapshot (shard).
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        Self::bind_as(config, None).await
+    }
+
+    /// Binds a sidecar beside an application ([`crate::sidecar`]): as
+    /// standalone, except that its admin `/drain` drains in place and
+    /// leaves the process up until it is stopped, and `token` lets a
+    /// request from off the pod's loopback ask for it.
+    pub async fn bind_sidecar(config: Config, token: Option<DrainToken>) -> Result<Self, Error> {
+        Self::bind_as(config, Some(SidecarState::new(token))).await
+    }
+
+    async fn bind_as(config: Config, sidecar: Option<SidecarState>) -> Result<Self, Error> {
         let shard = match &config.shard {
             None => None,
             Some(s) if s.id.is_empty() => {
@@ -85,7 +98,7 @@ impl Server {
             ),
             None => (None, None),
         };
-        let shared = Arc::new(Shared::new(config, shard, running, tls));
+        let shared = Arc::new(Shared::new(config, shard, sidecar, running, tls));
         Ok(Self {
             shared,
             listener,
@@ -170,36 +183,15 @@ impl Server {
         };
         drop(listener);
         drop(peer);
-        shared.start_draining(cause);
-        let running = shared.running.load_full();
-        let victims = shared.registry.connections();
-        tracing::info!(
-            connections = victims.len(),
-            ?kind,
-            "stopped accepting; draining"
-        );
-        match kind {
-            Shutdown::Graceful => {
-                let policy = running.drain;
-                shared
-                    .drainer
-                    .submit(victims, cause, policy.window, policy.max_closes_per_second)
-                    .await;
-                shared.drainer.idle().await;
-            }
-            Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
-        }
-        let close_timeout = running.relay.close_timeout;
-        let last_close = close_timeout * 2 + Duration::from_secs(1);
-        let _ = timeout(last_close, shared.registry.wait_empty()).await;
-        let left = shared.registry.len();
-        if left > 0 {
-            tracing::warn!(
-                connections = left,
-                "connections still open after the drain; dropping them"
+        if shared.drained_in_place() {
+            // A sidecar stops after its application, whose preStop hook
+            // had it drain: what is left was counted as cut then.
+            tracing::info!(
+                connections = shared.registry.len(),
+                "stopping; drained beside the application already"
             );
         } else {
-            tracing::info!("drained");
+            drain_to_stop(&shared, kind, cause).await;
         }
         let _ = stop_control.send(());
         if let Some(task) = control_task {
@@ -214,6 +206,35 @@ impl Server {
         memory_task.abort();
         Ok(())
     }
+}
+
+/// Stops every connection (`cause`), paced over the drain window or at
+/// once, and waits for the last close (at most two close timeouts and a
+/// second more).
+async fn drain_to_stop(shared: &Shared, kind: Shutdown, cause: DrainCause) {
+    shared.start_draining(cause);
+    let running = shared.running.load_full();
+    let victims = shared.registry.connections();
+    tracing::info!(
+        connections = victims.len(),
+        ?kind,
+        "stopped accepting; draining"
+    );
+    match kind {
+        Shutdown::Graceful => {
+            let policy = running.drain;
+            shared
+                .drainer
+                .submit(victims, cause, policy.window, policy.max_closes_per_second)
+                .await;
+            shared.drainer.idle().await;
+        }
+        Shutdown::Fast => victims.iter().for_each(|v| v.request_drain(cause)),
+    }
+    let close_timeout = running.relay.close_timeout;
+    let last_close = close_timeout * 2 + Duration::from_secs(1);
+    let _ = timeout(last_close, shared.registry.wait_empty()).await;
+    shared.count_cut();
 }
 
 /// Gives the allocator's free pages back to the system whenever many

@@ -1,10 +1,15 @@
-//! `ringway-dataplane`: the data-plane binary.
+//! `ringway-dataplane`: the data-plane binary, from a config file
+//! (standalone or a shard) or, with `sidecar`, from flags beside an
+//! application in its pod.
 
 use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
-use ringway_dataplane::{Config, Error, Server, Shutdown, open_files};
+use clap::{Parser, Subcommand, ValueEnum};
+use ringway_dataplane::{
+    Config, Error, Server, Shutdown, open_files,
+    sidecar::{DrainToken, SidecarArgs},
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -20,20 +25,32 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Holds client WebSockets and routes each one by a consistent hash of its key.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Args {
     /// Standalone configuration file (routes and static backends, no operator).
-    #[arg(long, env = "RINGWAY_CONFIG")]
-    config: PathBuf,
+    #[arg(long, env = "RINGWAY_CONFIG", required = true)]
+    config: Option<PathBuf>,
     /// This pod's shard id (the pod name), overriding `shard.id` in the config.
     #[arg(long, env = "RINGWAY_SHARD_ID")]
     shard_id: Option<String>,
     /// Log format.
-    #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
     /// Log filter (tracing-subscriber's EnvFilter syntax).
-    #[arg(long, env = "RINGWAY_LOG", default_value = "info")]
+    #[arg(long, env = "RINGWAY_LOG", default_value = "info", global = true)]
     log: String,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+/// Modes other than the default (`--config`).
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Run beside an application's container in its pod, in front of its
+    /// WebSocket port on loopback (the operator's injector writes this
+    /// into annotated pods). The drain token, if any, comes from the
+    /// environment (`RINGWAY_DRAIN_TOKEN`).
+    Sidecar(SidecarArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -53,19 +70,60 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let mut config = Config::load(&args.config).map_err(Error::from)?;
-    if let Some(id) = args.shard_id {
-        match config.shard.as_mut() {
-            Some(shard) => shard.id = id,
-            None => anyhow::bail!("--shard-id needs a `shard` section in the config"),
+    let launch = match &args.mode {
+        None => Launch::File(from_file(&args)?),
+        Some(Mode::Sidecar(sidecar)) => {
+            if args.config.is_some() || args.shard_id.is_some() {
+                anyhow::bail!(
+                    "`sidecar` takes its settings from its flags: drop --config and --shard-id \
+                     (or RINGWAY_CONFIG and RINGWAY_SHARD_ID)"
+                );
+            }
+            Launch::Sidecar {
+                config: sidecar.config().map_err(Error::from)?,
+                token: DrainToken::from_env().map_err(Error::from)?,
+            }
         }
-    }
+    };
+    let config = launch.config();
     check_open_files(config.connections.max_connections);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.worker_threads > 0 {
         runtime.worker_threads(config.runtime.worker_threads);
     }
-    runtime.enable_all().build()?.block_on(run(config))
+    runtime.enable_all().build()?.block_on(run(launch))
+}
+
+/// What the process runs.
+enum Launch {
+    /// A config file: standalone, or a shard.
+    File(Config),
+    /// A sidecar, from its flags, with the drain token of the environment.
+    Sidecar {
+        config: Config,
+        token: Option<DrainToken>,
+    },
+}
+
+impl Launch {
+    fn config(&self) -> &Config {
+        match self {
+            Self::File(config) | Self::Sidecar { config, .. } => config,
+        }
+    }
+}
+
+/// The config file, with `--shard-id` over its shard id.
+fn from_file(args: &Args) -> anyhow::Result<Config> {
+    let path = args.config.as_ref().context("--config is required")?;
+    let mut config = Config::load(path).map_err(Error::from)?;
+    if let Some(id) = &args.shard_id {
+        match config.shard.as_mut() {
+            Some(shard) => shard.id.clone_from(id),
+            None => anyhow::bail!("--shard-id needs a `shard` section in the config"),
+        }
+    }
+    Ok(config)
 }
 
 /// Raises the open-files limit as far as it goes, and says so when that is
@@ -97,10 +155,14 @@ fn check_open_files(max_connections: usize) {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Serves until SIGTERM (graceful) or SIGINT (fast).
+async fn run(launch: Launch) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let server = Server::bind(config).await?;
+    let server = match launch {
+        Launch::File(config) => Server::bind(config).await?,
+        Launch::Sidecar { config, token } => Server::bind_sidecar(config, token).await?,
+    };
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => Shutdown::Graceful,

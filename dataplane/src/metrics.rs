@@ -79,6 +79,10 @@ pub struct Metrics {
     pub closes: Family<CloseLabels, Counter>,
     /// Connections drained, by cause.
     pub drains: Family<CauseLabel, Counter>,
+    /// Connections still open when a drain's time was up.
+    pub drain_cut: Counter,
+    /// Requests to `/drain` refused (403).
+    pub drain_refusals: Counter,
     /// Time from reading bytes to having written them on, sampled.
     pub relay_latency: Histogram,
     /// Connections that ended by an error, a panic or a timeout.
@@ -124,6 +128,8 @@ impl Metrics {
         let bytes = Family::<DirectionLabel, Counter>::default();
         let closes = Family::<CloseLabels, Counter>::default();
         let drains = Family::<CauseLabel, Counter>::default();
+        let drain_cut = Counter::default();
+        let drain_refusals = Counter::default();
         // 10 µs to ~10 s.
         let relay_latency = Histogram::new([
             10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25,
@@ -191,6 +197,16 @@ impl Metrics {
             drains.clone(),
         );
         registry.register(
+            "drain_cut_connections",
+            "Connections still open when a drain's time (its window and the close timeout) was up: the process's stop, or a sidecar's application's, cuts them",
+            drain_cut.clone(),
+        );
+        registry.register(
+            "drain_refusals",
+            "Requests to the admin port's /drain refused (403): not from the pod's loopback and without the drain token",
+            drain_refusals.clone(),
+        );
+        registry.register(
             "relay_latency_seconds",
             "Time from reading bytes from one side to writing them to the other (1 in 8 sampled)",
             relay_latency.clone(),
@@ -235,6 +251,8 @@ impl Metrics {
             handshakes,
             closes,
             drains,
+            drain_cut,
+            drain_refusals,
             relay_latency,
             connection_failures,
             protocol_errors,

@@ -19,7 +19,10 @@ use std::{
 
 use arc_swap::ArcSwap;
 use ringway_dataplane_api::v1;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore},
+    time::{Instant, timeout_at},
+};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
@@ -33,6 +36,7 @@ use crate::{
     routing,
     running::RunningState,
     send_queues::SendQueues,
+    sidecar::DrainToken,
 };
 
 /// This pod's identity as a shard of a gateway.
@@ -45,12 +49,33 @@ pub(crate) struct ShardIdentity {
     pub(crate) connect_timeout: Duration,
 }
 
+/// What a process run as a sidecar ([`crate::sidecar`]) adds.
+pub(crate) struct SidecarState {
+    /// Lets a request from off the pod's loopback drain it.
+    pub(crate) token: Option<DrainToken>,
+    /// The drain in place, run once whoever asks: how many connections
+    /// it had to cut.
+    drained: OnceCell<usize>,
+}
+
+impl SidecarState {
+    /// A sidecar that has not drained yet.
+    pub(crate) fn new(token: Option<DrainToken>) -> Self {
+        Self {
+            token,
+            drained: OnceCell::new(),
+        }
+    }
+}
+
 /// State shared by the listener, every connection, the admin port and the
 /// control service.
 pub struct Shared {
     pub(crate) config: Config,
     /// Set when this pod is a shard of a gateway (else standalone).
     pub(crate) shard: Option<ShardIdentity>,
+    /// Set when this process is a sidecar beside an application.
+    pub(crate) sidecar: Option<SidecarState>,
     /// What the pod runs on; swapped whole by a snapshot.
     pub(crate) running: ArcSwap<RunningState>,
     /// The process's metrics.
@@ -82,6 +107,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         shard: Option<ShardIdentity>,
+        sidecar: Option<SidecarState>,
         running: RunningState,
         tls: Option<TlsAcceptor>,
     ) -> Self {
@@ -106,6 +132,7 @@ impl Shared {
             drainer: Drainer::start(),
             apply_lock: tokio::sync::Mutex::new(()),
             shard,
+            sidecar,
             config,
         }
     }
@@ -169,6 +196,62 @@ impl Shared {
     pub(crate) async fn wait_drained(&self) {
         crate::notified_until(&self.drain_started, || self.drain_cause().is_some()).await;
         self.registry.wait_empty().await;
+    }
+
+    /// Counts and logs the connections still open when a drain's time
+    /// was up; they are cut.
+    pub(crate) fn count_cut(&self) -> usize {
+        let cut = self.registry.len();
+        if cut > 0 {
+            self.metrics.drain_cut.inc_by(cut as u64);
+            tracing::warn!(
+                connections = cut,
+                "connections still open when the drain's time was up; they are cut"
+            );
+        } else {
+            tracing::info!("drained");
+        }
+        cut
+    }
+
+    /// Sidecar only: drains every client in place, as a stop would (1001
+    /// with the reconnect hint, paced over the drain window), and stays
+    /// up, not ready and answering new clients 503, until the process is
+    /// stopped. The drain runs once, whoever asks and however often;
+    /// resolves once every client is gone or the window and the close
+    /// timeout have passed, with how many connections were cut.
+    pub(crate) async fn drain_in_place(&self, sidecar: &SidecarState) -> usize {
+        *sidecar.drained.get_or_init(|| self.drain_clients()).await
+    }
+
+    /// Whether this is a sidecar whose drain in place has finished.
+    pub(crate) fn drained_in_place(&self) -> bool {
+        self.sidecar
+            .as_ref()
+            .is_some_and(|s| s.drained.initialized())
+    }
+
+    async fn drain_clients(&self) -> usize {
+        self.start_draining(DrainCause::Shutdown);
+        let running = self.running.load_full();
+        let policy = running.drain;
+        let deadline = Instant::now() + policy.window + running.relay.close_timeout;
+        let victims = self.registry.connections();
+        tracing::info!(
+            connections = victims.len(),
+            window_seconds = policy.window.as_secs_f64(),
+            "draining beside the application; it stops once its clients are gone"
+        );
+        self.drainer
+            .submit(
+                victims,
+                DrainCause::Shutdown,
+                policy.window,
+                policy.max_closes_per_second,
+            )
+            .await;
+        let _ = timeout_at(deadline, self.registry.wait_empty()).await;
+        self.count_cut()
     }
 
     /// This pod's shard id (shards only).

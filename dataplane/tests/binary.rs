@@ -1,5 +1,5 @@
 //! The real `ringway-dataplane` binary: starts from a config file, refuses
-//! a bad one clearly, and drains on SIGTERM.
+//! a bad one (or a bad sidecar flag) clearly, and drains on SIGTERM.
 
 mod support;
 
@@ -12,44 +12,56 @@ use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringway-dataplane");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn a_bad_config_is_refused_with_a_message() {
     let dir = std::env::temp_dir().join(format!("ringway-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("bad.yaml");
     std::fs::write(&path, "listener: {address: 127.0.0.1:0}\nroutes: [{name: a, key: {source: Query}, backends: [127.0.0.1:1]}]\n").expect("write");
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(Command::new(BIN).arg("--config").arg(&path));
     assert!(
         err.contains("routes[0] (a).key: Query takes `name`"),
         "{err}"
     );
-    let missing = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.join("nope.yaml"))
-        .output()
-        .expect("run");
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.yaml"));
+    let missing = refused(Command::new(BIN).arg("--config").arg(dir.join("nope.yaml")));
+    assert!(missing.contains("nope.yaml"), "{missing}");
+}
+
+/// Runs `command`, which must fail; what it said on stderr.
+fn refused(command: &mut Command) -> String {
+    let out = command.output().expect("run");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_bad_sidecar_flag_or_drain_token_is_refused_with_its_name() {
+    let sidecar = ["sidecar", "--app-port", "8080"];
+    let err = refused(
+        Command::new(BIN)
+            .args(sidecar)
+            .args(["--max-closes-per-second", "0"]),
+    );
+    assert!(
+        err.contains("--max-closes-per-second: must be at least 1"),
+        "{err}"
+    );
+    let err = refused(
+        Command::new(BIN)
+            .args(sidecar)
+            .env(ringway_dataplane_api::sidecar::DRAIN_TOKEN_ENV, "short"),
+    );
+    assert!(
+        err.contains("RINGWAY_DRAIN_TOKEN: the drain token must be 16 to 256"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_every_connection_with_1001_then_exits() {
     let backend = support::echo_backend("b1").await;
-    let port = free_port();
-    let admin = free_port();
+    let port = support::free_port();
+    let admin = support::free_port();
     let dir = std::env::temp_dir().join(format!("ringway-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("config.yaml");

@@ -236,7 +236,7 @@ impl ShardProcess {
 }
 
 /// One backend process: `ringway-echo`, or `ringway-chat` when started by
-/// [`Fleet::add_backend_with`].
+/// [`Fleet::add_backend_with`] or [`EchoProcess::start`].
 pub struct EchoProcess {
     /// Its id (the `X-Ringway-Backend` it answers with).
     pub id: String,
@@ -246,6 +246,46 @@ pub struct EchoProcess {
 }
 
 impl EchoProcess {
+    /// Starts `binary` as the backend `id` on `listen` (port 0 picks one):
+    /// any backend that takes `--listen`, `--id` and `--workers` and first
+    /// prints a line ending in the address it listens on, as `ringway-echo`
+    /// and `ringway-chat` do. Killed when dropped.
+    pub async fn start(binary: &Path, id: &str, listen: SocketAddr) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--id",
+                id,
+                "--workers",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .with_context(|| format!("{} did not say where it listens", binary.display()))??;
+        let address = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("{} said {line:?}", binary.display()))?;
+        Ok(Self {
+            id: id.to_owned(),
+            address,
+            child,
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
@@ -319,42 +359,13 @@ impl Fleet {
         self.add_backend_with(&echo).await
     }
 
-    /// Starts one more backend, `backend-<n>`, from `binary`: any backend
-    /// that takes `--listen`, `--id` and `--workers` and first prints a line
-    /// ending in the address it listens on, as `ringway-echo` and
-    /// `ringway-chat` do.
+    /// Starts one more backend, `backend-<n>`, from `binary`
+    /// ([`EchoProcess::start`] says which binaries fit).
     pub async fn add_backend_with(&mut self, binary: &Path) -> anyhow::Result<usize> {
         let id = format!("backend-{}", self.backends.len());
         let listen = SocketAddr::new(IpAddr::V4(loopback_ip()), 0);
-        let mut child = Command::new(binary)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--id",
-                &id,
-                "--workers",
-                "1",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stdout = child.stdout.take().context("stdout is piped")?;
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .with_context(|| format!("{} did not say where it listens", binary.display()))??;
-        let address = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("{} said {line:?}", binary.display()))?;
-        self.backends.push(EchoProcess { id, address, child });
+        let backend = EchoProcess::start(binary, &id, listen).await?;
+        self.backends.push(backend);
         Ok(self.backends.len() - 1)
     }
 

@@ -91,7 +91,11 @@ impl Gateway {
             .replace("{BACKENDS}", &format!("[{list}]"))
             .replace("{ADMIN}", "admin: {address: 127.0.0.1:0}");
         let config = Config::from_yaml(&yaml).expect("test config is valid");
-        let server = Server::bind(config).await.expect("bind");
+        Self::serve(Server::bind(config).await.expect("bind"))
+    }
+
+    /// Runs a bound server (standalone, shard or sidecar) in this process.
+    pub fn serve(server: Server) -> Self {
         let addr = server.local_addr();
         let admin = server.admin_addr();
         let shared = server.shared();
@@ -138,6 +142,16 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
     }
+}
+
+/// A port that was free a moment ago, for a server that takes a port
+/// number rather than port 0.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Connects a WebSocket client; returns it with the backend id it reached.

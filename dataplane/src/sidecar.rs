@@ -1,0 +1,174 @@
+//! Sidecar mode (`ringway-dataplane sidecar`): the data plane beside one
+//! application container in its pod, in front of the application's
+//! WebSocket port on loopback. Its flags build the [`Config`] a file would
+//! give (one route `/` to `127.0.0.1:<app port>`), so that it runs through
+//! the standalone path; and its drain token lets the application's preStop
+//! hook, which the kubelet sends from the node rather than the pod's
+//! loopback, drain it ([`ringway_dataplane_api::sidecar`] is the contract
+//! with the injector that writes both into the pod).
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use ringway_dataplane_api::{defaults, sidecar};
+
+use crate::{
+    config::{
+        AdminConfig, Config, ConnectionConfig, DrainConfig, KeyConfig, ListenerConfig, RouteConfig,
+    },
+    error::ConfigError,
+    routing::{KeyKind, MissingKey},
+};
+
+/// The flags of `ringway-dataplane sidecar`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SidecarArgs {
+    /// The application's WebSocket port, on loopback (127.0.0.1).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub app_port: u16,
+    /// The port clients connect to, in place of the application's.
+    #[arg(long, default_value_t = sidecar::LISTEN_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub listen_port: u16,
+    /// The admin port: `/healthz`, `/readyz`, `/metrics` and the drain the
+    /// application's preStop hook asks for.
+    #[arg(long, default_value_t = sidecar::ADMIN_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub admin_port: u16,
+    /// Seconds the closes of the drain are spread over.
+    #[arg(long, default_value_t = f64::from(defaults::DRAIN_WINDOW_SECONDS))]
+    pub drain_window_seconds: f64,
+    /// At most this many closes per second during the drain.
+    #[arg(long, default_value_t = DEFAULT_MAX_CLOSES_PER_SECOND)]
+    pub max_closes_per_second: u32,
+    /// Most client connections held at once; more are answered 503.
+    #[arg(long, default_value_t = defaults::MAX_CONNECTIONS_PER_POD as usize)]
+    pub max_connections: usize,
+}
+
+/// The sidecar's default of `--max-closes-per-second`: one pod of a
+/// workload whose pods may all roll at once, so a tenth of the standalone
+/// default (`drain.maxClosesPerSecond`).
+pub const DEFAULT_MAX_CLOSES_PER_SECOND: u32 = 100;
+
+/// The name of the sidecar's one route, in metrics and logs.
+pub const ROUTE: &str = "app";
+
+/// The header a client may name its key in. There is one backend, so the
+/// key decides nothing; a request without it gets a random one.
+const KEY_HEADER: &str = "x-ringway-key";
+
+/// Each flag that sets a config key, for errors that name the flag.
+const FLAGS: [(&str, &str); 3] = [
+    ("drain.windowSeconds", "--drain-window-seconds"),
+    ("drain.maxClosesPerSecond", "--max-closes-per-second"),
+    ("connections.maxConnections", "--max-connections"),
+];
+
+impl SidecarArgs {
+    /// The config these flags describe, checked as a file's is; a value
+    /// refused is named by its flag.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        for (flag, port) in [
+            ("--listen-port", self.listen_port),
+            ("--admin-port", self.admin_port),
+        ] {
+            if port == self.app_port {
+                return Err(ConfigError::PortClash { flag, port });
+            }
+        }
+        if self.listen_port == self.admin_port {
+            return Err(ConfigError::PortClash {
+                flag: "--admin-port",
+                port: self.admin_port,
+            });
+        }
+        let config = self.unchecked_config();
+        config.check().map_err(|e| match e {
+            ConfigError::Value { key, problem } => ConfigError::Value {
+                key: FLAGS
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or(key, |(_, flag)| flag),
+                problem,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// The config, with the file's defaults for what no flag sets.
+    fn unchecked_config(&self) -> Config {
+        let everywhere = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        Config {
+            listener: ListenerConfig {
+                address: everywhere(self.listen_port),
+                reuse_port: false,
+                tls: None,
+            },
+            admin: Some(AdminConfig {
+                address: everywhere(self.admin_port),
+            }),
+            routes: vec![RouteConfig {
+                name: ROUTE.to_owned(),
+                path_prefix: defaults::PATH_PREFIX.to_owned(),
+                key: KeyConfig {
+                    source: KeyKind::Header,
+                    name: Some(KEY_HEADER.to_owned()),
+                    segment: None,
+                },
+                missing_key: MissingKey::Random,
+                backends: vec![SocketAddr::from((Ipv4Addr::LOCALHOST, self.app_port)).to_string()],
+            }],
+            connections: ConnectionConfig {
+                max_connections: self.max_connections,
+                ..ConnectionConfig::default()
+            },
+            drain: DrainConfig {
+                window_seconds: self.drain_window_seconds,
+                max_closes_per_second: self.max_closes_per_second,
+                ..DrainConfig::default()
+            },
+            runtime: Default::default(),
+            shard: None,
+        }
+    }
+}
+
+/// The secret that lets a request from off the pod's loopback drain the
+/// sidecar: the application's preStop hook carries it in
+/// [`sidecar::DRAIN_TOKEN_HEADER`].
+#[derive(Clone)]
+pub struct DrainToken(String);
+
+impl std::fmt::Debug for DrainToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrainToken(..)")
+    }
+}
+
+impl DrainToken {
+    /// A token: 16 to 256 visible ASCII characters (a header value), no
+    /// spaces. The injector writes 32 hex digits (128 bits).
+    pub fn new(token: &str) -> Result<Self, ConfigError> {
+        if (16..=256).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(Self(token.to_owned()))
+        } else {
+            Err(ConfigError::DrainToken)
+        }
+    }
+
+    /// The token in [`sidecar::DRAIN_TOKEN_ENV`], if it is set.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        match std::env::var(sidecar::DRAIN_TOKEN_ENV) {
+            Ok(token) => Self::new(&token).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::DrainToken),
+        }
+    }
+
+    /// Whether `offered` is the token, compared in constant time.
+    pub(crate) fn matches(&self, offered: &[u8]) -> bool {
+        crate::secret::same(self.0.as_bytes(), offered)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
