@@ -1,7 +1,7 @@
 //! The sidecar injector's decision: for a pod being created, the JSON patch
 //! that puts `ringway-dataplane sidecar` in front of the application port
 //! its `ringway.dev/sidecar` annotation names, or the [`Denial`] that says
-//! what to fix. (Its AdmissionReview wrapping comes next.)
+//! what to fix. [`admission`] wraps it in AdmissionReview v1.
 //!
 //! The design (the contract is `ringway_dataplane_api::sidecar`):
 //!
@@ -24,6 +24,7 @@
 //! This module only decides; serving it (TLS, the
 //! MutatingWebhookConfiguration, its caBundle) is not wired up yet.
 
+pub mod admission;
 mod app;
 mod denial;
 mod settings;
