@@ -10,6 +10,10 @@
 //! the children, pushes the snapshot and writes what the pure [`status`]
 //! decided. The wiring is in [`watches`] (every replica) and
 //! [`controller`] (the leader), the shared state in [`context`].
+//!
+//! Apart from gateways, [`inject`] decides what the sidecar injector (a
+//! mutating admission webhook, not served yet) does to a pod that asks
+//! for the data plane beside its application.
 
 pub mod annotations;
 pub mod budget;
@@ -21,6 +25,7 @@ mod effects;
 mod error;
 pub mod events;
 pub mod http;
+pub mod inject;
 pub mod inputs;
 pub mod leader;
 pub mod metrics;

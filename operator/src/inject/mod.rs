@@ -1,0 +1,119 @@
+//! The sidecar injector's decision: for a pod being created, the JSON patch
+//! that puts `ringway-dataplane sidecar` in front of the application port
+//! its `ringway.dev/sidecar` annotation names, or the [`Denial`] that says
+//! what to fix. [`admission`] wraps it in AdmissionReview v1.
+//!
+//! The design (the contract is `ringway_dataplane_api::sidecar`):
+//!
+//! - The sidecar is a native sidecar (an init container with
+//!   `restartPolicy: Always`, appended after the pod's own init
+//!   containers), listening on port 15080 (`sidecar::LISTEN_PORT`) under the application
+//!   port's name. The application's port keeps its number and loses its
+//!   name, so a Service whose `targetPort` is the name now reaches the
+//!   sidecar without any change to the Service; the application's probes
+//!   that named the port use its number, so they still reach it directly.
+//!   A Service that targets a number cannot be redirected (that would take
+//!   iptables), so an unnamed port is denied.
+//! - The application container gets a preStop hook, a GET of the
+//!   sidecar's drain path with a per-pod random token, which answers once
+//!   the sidecar has drained its clients: the kubelet runs it before the
+//!   application's SIGTERM, while the sidecar keeps running.
+//! - A pod that already has the sidecar is left alone, so reinvocation
+//!   never injects twice.
+//!
+//! This module only decides; serving it (TLS, the
+//! MutatingWebhookConfiguration, its caBundle) is not wired up yet.
+
+pub mod admission;
+mod app;
+mod denial;
+mod settings;
+mod sidecar;
+mod target;
+
+use std::collections::BTreeMap;
+
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use ringway_crds::annotations::SIDECAR_DRAIN_WINDOW_SECONDS;
+use ringway_dataplane_api::{defaults::DRAIN_CLOSE_TIMEOUT_SECONDS, sidecar::CONTAINER};
+
+pub use denial::Denial;
+use settings::Settings;
+pub use settings::{MAX_CLOSES_PER_SECOND, PortRef};
+
+/// The kubelet's grace period when the pod does not set one.
+const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
+
+/// What the injector does to an admitted pod.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Injection {
+    /// The changes to the pod; empty when it is admitted as it is.
+    pub patch: Patch,
+    /// Warnings for the user who created the pod (shown by `kubectl`).
+    pub warnings: Vec<String>,
+}
+
+/// Decides what happens to `pod` at creation: unchanged when it does not
+/// ask for a sidecar or already has one; otherwise the patch that injects
+/// `image` as its sidecar, with `token` (a fresh random value per pod) as
+/// the drain token, or why it cannot be done.
+pub fn decide(pod: &Pod, image: &str, token: &str) -> Result<Injection, Denial> {
+    if pod.spec.as_ref().is_some_and(has_sidecar) {
+        return Ok(Injection::default());
+    }
+    let no_annotations = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+    let Some(settings) = Settings::read(annotations)? else {
+        return Ok(Injection::default());
+    };
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(Denial::NoSuchPort {
+            port: settings.port,
+        });
+    };
+    let app = target::find(spec, &settings.port)?;
+    let mut mutated = pod.clone();
+    if let Some(spec) = mutated.spec.as_mut() {
+        app::hand_over(&mut spec.containers[app.container], &app, token);
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .push(sidecar::container(image, &settings, &app, token));
+    }
+    Ok(Injection {
+        patch: json_patch::diff(&json(pod), &json(&mutated)),
+        warnings: grace_warning(spec.termination_grace_period_seconds, &settings)
+            .into_iter()
+            .collect(),
+    })
+}
+
+fn has_sidecar(spec: &PodSpec) -> bool {
+    let mut all = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers);
+    all.any(|c| c.name == CONTAINER)
+}
+
+/// A warning when the grace period cannot hold the whole drain: the
+/// window, then the close timeout for the last clients' answers.
+fn grace_warning(grace: Option<i64>, settings: &Settings) -> Option<String> {
+    let grace = grace.unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
+    let window = i64::from(settings.drain_window_seconds);
+    let needed = window + i64::from(DRAIN_CLOSE_TIMEOUT_SECONDS);
+    (grace < needed).then(|| {
+        format!(
+            "terminationGracePeriodSeconds {grace} is shorter than the sidecar's drain ({window} s window + {DRAIN_CLOSE_TIMEOUT_SECONDS} s close timeout = {needed} s): clients still connected then are cut; raise it to {needed} or lower {SIDECAR_DRAIN_WINDOW_SECONDS}"
+        )
+    })
+}
+
+fn json(pod: &Pod) -> serde_json::Value {
+    // A k8s-openapi Pod is plain data; turning it into JSON cannot fail.
+    serde_json::to_value(pod).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

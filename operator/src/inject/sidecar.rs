@@ -1,0 +1,149 @@
+//! The injected container: `ringway-dataplane sidecar` as a native sidecar
+//! (an init container with `restartPolicy: Always`, so it starts before
+//! the application and stops after it), listening on the application
+//! port's name, locked down and small.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
+        SeccompProfile, SecurityContext,
+    },
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
+};
+use ringway_dataplane_api::sidecar::{
+    ADMIN_PORT, ADMIN_PORT_NAME, CONTAINER, DRAIN_TOKEN_ENV, LISTEN_PORT,
+};
+
+use super::{settings::Settings, target::AppPort};
+
+/// The distroless `nonroot` user and group the data-plane image runs as.
+const NONROOT: i64 = 65532;
+/// CPU the sidecar asks for: a relay of one pod's clients is light.
+const CPU_REQUEST: &str = "50m";
+/// Memory it asks for: the process and a few thousand idle connections.
+const MEMORY_REQUEST: &str = "64Mi";
+/// Its memory limit: room for the default 9,900 connections (a few KiB
+/// each when idle) and their buffers in flight.
+const MEMORY_LIMIT: &str = "256Mi";
+
+/// The sidecar container for `app`, running `image` with `settings`, with
+/// `token` as the drain token the application's preStop hook sends.
+pub fn container(image: &str, settings: &Settings, app: &AppPort, token: &str) -> Container {
+    Container {
+        name: CONTAINER.to_owned(),
+        image: Some(image.to_owned()),
+        restart_policy: Some("Always".to_owned()),
+        args: Some(args(settings, app)),
+        env: Some(vec![
+            EnvVar {
+                name: DRAIN_TOKEN_ENV.to_owned(),
+                value: Some(token.to_owned()),
+                ..EnvVar::default()
+            },
+            EnvVar {
+                name: "RINGWAY_LOG_FORMAT".to_owned(),
+                value: Some("json".to_owned()),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(vec![
+            tcp_port(&app.name, LISTEN_PORT),
+            tcp_port(ADMIN_PORT_NAME, ADMIN_PORT),
+        ]),
+        // Not ready until it serves, and from the start of its drain: the
+        // Service stops sending it clients as soon as the pod stops.
+        readiness_probe: Some(Probe {
+            http_get: Some(admin_get("/readyz")),
+            period_seconds: Some(2),
+            timeout_seconds: Some(2),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        // A restart drops every client of the pod: only a process that
+        // stopped answering at all, and after a minute.
+        liveness_probe: Some(Probe {
+            http_get: Some(admin_get("/healthz")),
+            initial_delay_seconds: Some(10),
+            period_seconds: Some(10),
+            timeout_seconds: Some(5),
+            failure_threshold: Some(6),
+            ..Probe::default()
+        }),
+        resources: Some(resources()),
+        security_context: Some(locked_down()),
+        ..Container::default()
+    }
+}
+
+fn args(settings: &Settings, app: &AppPort) -> Vec<String> {
+    let flags = [
+        ("--app-port", u32::from(app.number)),
+        ("--listen-port", u32::from(LISTEN_PORT)),
+        ("--admin-port", u32::from(ADMIN_PORT)),
+        ("--drain-window-seconds", settings.drain_window_seconds),
+        ("--max-closes-per-second", settings.max_closes_per_second),
+        ("--max-connections", settings.max_connections),
+    ];
+    std::iter::once("sidecar".to_owned())
+        .chain(
+            flags
+                .into_iter()
+                .flat_map(|(flag, value)| [flag.to_owned(), value.to_string()]),
+        )
+        .collect()
+}
+
+fn tcp_port(name: &str, number: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn admin_get(path: &str) -> HTTPGetAction {
+    HTTPGetAction {
+        path: Some(path.to_owned()),
+        port: IntOrString::Int(i32::from(ADMIN_PORT)),
+        ..HTTPGetAction::default()
+    }
+}
+
+fn resources() -> ResourceRequirements {
+    let quantity = |q: &str| Quantity(q.to_owned());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), quantity(CPU_REQUEST)),
+            ("memory".to_owned(), quantity(MEMORY_REQUEST)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            quantity(MEMORY_LIMIT),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// Its own user, no privileges, no writes: it does not depend on the
+/// application's pod security context.
+fn locked_down() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(NONROOT),
+        run_as_group: Some(NONROOT),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
