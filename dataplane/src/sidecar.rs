@@ -36,17 +36,12 @@ pub struct SidecarArgs {
     #[arg(long, default_value_t = f64::from(defaults::DRAIN_WINDOW_SECONDS))]
     pub drain_window_seconds: f64,
     /// At most this many closes per second during the drain.
-    #[arg(long, default_value_t = DEFAULT_MAX_CLOSES_PER_SECOND)]
+    #[arg(long, default_value_t = sidecar::MAX_CLOSES_PER_SECOND)]
     pub max_closes_per_second: u32,
     /// Most client connections held at once; more are answered 503.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS_PER_POD as usize)]
     pub max_connections: usize,
 }
-
-/// The sidecar's default of `--max-closes-per-second`: one pod of a
-/// workload whose pods may all roll at once, so a tenth of the standalone
-/// default (`drain.maxClosesPerSecond`).
-pub const DEFAULT_MAX_CLOSES_PER_SECOND: u32 = 100;
 
 /// The name of the sidecar's one route, in metrics and logs.
 pub const ROUTE: &str = "app";

@@ -34,3 +34,9 @@ pub const DRAIN_TOKEN_HEADER: &str = "x-ringway-drain-token";
 /// [`ADMIN_PORT`]): it starts the drain and answers once every client is
 /// gone, so that the application only gets its SIGTERM after that.
 pub const DRAIN_PATH: &str = "/drain?wait=true";
+
+/// The sidecar's closes per second while draining, when the pod does not
+/// say (`ringway.dev/sidecar-max-closes-per-second`): a tenth of a gateway
+/// pod's default, as one application pod usually holds far fewer clients
+/// than a gateway shard, and a workload's pods may all roll at once.
+pub const MAX_CLOSES_PER_SECOND: u32 = 100;

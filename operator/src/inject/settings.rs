@@ -12,9 +12,8 @@ use ringway_dataplane_api::defaults::{DRAIN_WINDOW_SECONDS, MAX_CONNECTIONS_PER_
 use super::denial::Denial;
 
 /// The sidecar's closes per second while draining, when the pod does not
-/// say: a tenth of a gateway pod's, as one application pod usually holds
-/// far fewer clients than a gateway shard.
-pub const MAX_CLOSES_PER_SECOND: u32 = 100;
+/// say (shared with the sidecar's own flag default).
+pub use ringway_dataplane_api::sidecar::MAX_CLOSES_PER_SECOND;
 
 /// The application port the sidecar fronts, as [`SIDECAR`] gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
