@@ -19,6 +19,7 @@ pub mod annotations;
 pub mod budget;
 pub mod children;
 pub mod conditions;
+pub mod container;
 pub mod context;
 pub mod controller;
 mod effects;

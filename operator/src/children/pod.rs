@@ -12,9 +12,8 @@ use k8s_openapi::{
             StatefulSetUpdateStrategy,
         },
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecurityContext, Sysctl, TopologySpreadConstraint,
+            Container, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+            PodTemplateSpec, SeccompProfile, Sysctl, TopologySpreadConstraint,
         },
     },
     apimachinery::pkg::{
@@ -27,6 +26,7 @@ use ringway_crds::{DrainSettings, Slot};
 use super::{CONFIG_DIR, CONFIG_KEY, PORT_ADMIN, PORT_CLIENT, PORT_CONTROL, PORT_PEER, volumes};
 use crate::{
     PodInputs,
+    container::{self, NONROOT, tcp_port},
     names::{
         ADMIN_PORT, ANNOTATION_CONTROL_CERT, ANNOTATION_POD_INPUTS, ANNOTATION_REVISION,
         CONTROL_PORT, GatewayRef, LABEL_SLOT, PEER_PORT, slot_label,
@@ -44,8 +44,6 @@ pub const TERMINATION_MARGIN_SECONDS: i64 = 5;
 
 /// The data-plane container's name.
 const CONTAINER: &str = "dataplane";
-/// The distroless `nonroot` user and group.
-const NONROOT: i64 = 65532;
 
 /// The termination grace period of a pod that drains with `drain`: the
 /// window over which its connections are closed, then up to twice the close
@@ -120,6 +118,7 @@ fn slot_selector(gw: &GatewayRef, slot: Slot) -> LabelSelector {
 
 fn pod_spec(gw: &GatewayRef, slot: Slot, inputs: &PodInputs) -> PodSpec {
     let (volumes, volume_mounts) = volumes::volumes(gw, slot, inputs);
+    let admin = IntOrString::String(PORT_ADMIN.to_owned());
     PodSpec {
         containers: vec![Container {
             name: CONTAINER.to_owned(),
@@ -147,44 +146,19 @@ fn pod_spec(gw: &GatewayRef, slot: Slot, inputs: &PodInputs) -> PodSpec {
                 },
             ]),
             ports: Some(vec![
-                container_port(PORT_CLIENT, inputs.listener.port),
-                container_port(PORT_PEER, PEER_PORT),
-                container_port(PORT_CONTROL, CONTROL_PORT),
-                container_port(PORT_ADMIN, ADMIN_PORT),
+                tcp_port(PORT_CLIENT, inputs.listener.port),
+                tcp_port(PORT_PEER, PEER_PORT),
+                tcp_port(PORT_CONTROL, CONTROL_PORT),
+                tcp_port(PORT_ADMIN, ADMIN_PORT),
             ]),
-            // 503 until the first snapshot and from the start of a drain:
-            // the client Service only sends clients to pods that route.
-            readiness_probe: Some(Probe {
-                http_get: Some(admin_get("/readyz")),
-                period_seconds: Some(2),
-                timeout_seconds: Some(2),
-                failure_threshold: Some(2),
-                ..Probe::default()
-            }),
-            // Only a process that stopped answering at all: a restart drops
-            // every connection the pod holds, so give it a minute.
-            liveness_probe: Some(Probe {
-                http_get: Some(admin_get("/healthz")),
-                initial_delay_seconds: Some(10),
-                period_seconds: Some(10),
-                timeout_seconds: Some(5),
-                failure_threshold: Some(6),
-                ..Probe::default()
-            }),
+            // 503 until the first snapshot and from the start of a drain.
+            readiness_probe: Some(container::readiness(&admin)),
+            liveness_probe: Some(container::liveness(&admin)),
             // No preStop hook: the kubelet's SIGTERM drains the pod, and
             // the admin port's /drain takes no request from off the pod
             // (an httpGet hook comes from the node).
             resources: inputs.resources.clone(),
-            security_context: Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                run_as_non_root: Some(true),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_owned()]),
-                    ..Capabilities::default()
-                }),
-                ..SecurityContext::default()
-            }),
+            security_context: Some(container::locked_down()),
             volume_mounts: Some(volume_mounts),
             ..Container::default()
         }],
@@ -230,29 +204,14 @@ fn low_port_sysctl(listener_port: u16) -> Option<Vec<Sysctl>> {
     })
 }
 
-fn container_port(name: &str, port: u16) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.to_owned()),
-        container_port: i32::from(port),
-        protocol: Some("TCP".to_owned()),
-        ..ContainerPort::default()
-    }
-}
-
-fn admin_get(path: &str) -> HTTPGetAction {
-    HTTPGetAction {
-        path: Some(path.to_owned()),
-        port: IntOrString::String(PORT_ADMIN.to_owned()),
-        ..HTTPGetAction::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{
         super::fixtures::{gateway, inputs},
         *,
     };
+    use k8s_openapi::api::core::v1::HTTPGetAction;
+
     use crate::names::LABEL_GATEWAY;
 
     fn pod(sts: &StatefulSet) -> (&ObjectMeta, &PodSpec) {

@@ -6,10 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{
-        Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Probe, ResourceRequirements,
-        SeccompProfile, SecurityContext,
-    },
+    api::core::v1::{Container, EnvVar, ResourceRequirements, SeccompProfile, SecurityContext},
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use ringway_dataplane_api::sidecar::{
@@ -17,9 +14,8 @@ use ringway_dataplane_api::sidecar::{
 };
 
 use super::{settings::Settings, target::AppPort};
+use crate::container::{self, NONROOT, tcp_port};
 
-/// The distroless `nonroot` user and group the data-plane image runs as.
-const NONROOT: i64 = 65532;
 /// CPU the sidecar asks for: a relay of one pod's clients is light.
 const CPU_REQUEST: &str = "50m";
 /// Memory it asks for: the process and a few thousand idle connections.
@@ -31,6 +27,7 @@ const MEMORY_LIMIT: &str = "256Mi";
 /// The sidecar container for `app`, running `image` with `settings`, with
 /// `token` as the drain token the application's preStop hook sends.
 pub fn container(image: &str, settings: &Settings, app: &AppPort, token: &str) -> Container {
+    let admin = IntOrString::Int(i32::from(ADMIN_PORT));
     Container {
         name: CONTAINER.to_owned(),
         image: Some(image.to_owned()),
@@ -54,23 +51,8 @@ pub fn container(image: &str, settings: &Settings, app: &AppPort, token: &str) -
         ]),
         // Not ready until it serves, and from the start of its drain: the
         // Service stops sending it clients as soon as the pod stops.
-        readiness_probe: Some(Probe {
-            http_get: Some(admin_get("/readyz")),
-            period_seconds: Some(2),
-            timeout_seconds: Some(2),
-            failure_threshold: Some(2),
-            ..Probe::default()
-        }),
-        // A restart drops every client of the pod: only a process that
-        // stopped answering at all, and after a minute.
-        liveness_probe: Some(Probe {
-            http_get: Some(admin_get("/healthz")),
-            initial_delay_seconds: Some(10),
-            period_seconds: Some(10),
-            timeout_seconds: Some(5),
-            failure_threshold: Some(6),
-            ..Probe::default()
-        }),
+        readiness_probe: Some(container::readiness(&admin)),
+        liveness_probe: Some(container::liveness(&admin)),
         resources: Some(resources()),
         security_context: Some(locked_down()),
         ..Container::default()
@@ -95,23 +77,6 @@ fn args(settings: &Settings, app: &AppPort) -> Vec<String> {
         .collect()
 }
 
-fn tcp_port(name: &str, number: u16) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.to_owned()),
-        container_port: i32::from(number),
-        protocol: Some("TCP".to_owned()),
-        ..ContainerPort::default()
-    }
-}
-
-fn admin_get(path: &str) -> HTTPGetAction {
-    HTTPGetAction {
-        path: Some(path.to_owned()),
-        port: IntOrString::Int(i32::from(ADMIN_PORT)),
-        ..HTTPGetAction::default()
-    }
-}
-
 fn resources() -> ResourceRequirements {
     let quantity = |q: &str| Quantity(q.to_owned());
     ResourceRequirements {
@@ -131,19 +96,12 @@ fn resources() -> ResourceRequirements {
 /// application's pod security context.
 fn locked_down() -> SecurityContext {
     SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
         run_as_user: Some(NONROOT),
         run_as_group: Some(NONROOT),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            ..Capabilities::default()
-        }),
         seccomp_profile: Some(SeccompProfile {
             type_: "RuntimeDefault".to_owned(),
             ..SeccompProfile::default()
         }),
-        ..SecurityContext::default()
+        ..container::locked_down()
     }
 }
