@@ -9,7 +9,8 @@
 //! [`budget`], [`children`], [`annotations`], [`pki`]); `effects` applies
 //! the children, pushes the snapshot and writes what the pure [`status`]
 //! decided. The wiring is in [`watches`] (every replica) and
-//! [`controller`] (the leader), the shared state in [`context`].
+//! [`controller`] (the leader), the shared state in [`context`]. Every
+//! replica serves the sidecar injector's admission [`webhook`] when asked to.
 
 pub mod annotations;
 pub mod budget;
@@ -36,6 +37,7 @@ pub mod status;
 pub mod steer;
 pub mod stores;
 pub mod watches;
+pub mod webhook;
 
 pub use error::Error;
 pub use inputs::PodInputs;
