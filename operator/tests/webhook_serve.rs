@@ -103,6 +103,10 @@ fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or("")
 }
 
+fn assert_counted(webhook: &Webhook, result: &str) {
+    assert!(counted(webhook, result), "{}", webhook.metrics.render());
+}
+
 fn counted(webhook: &Webhook, result: &str) -> bool {
     webhook
         .metrics
@@ -132,11 +136,7 @@ async fn a_review_is_answered_by_the_handler_over_tls() {
         response.ends_with(&format!("answer:{review}")),
         "{response}"
     );
-    assert!(
-        counted(&webhook, "answered"),
-        "{}",
-        webhook.metrics.render()
-    );
+    assert_counted(&webhook, "answered");
 }
 
 #[tokio::test]
@@ -188,7 +188,7 @@ async fn other_paths_methods_and_media_types_are_refused() {
     assert_eq!(status_line(&get), "HTTP/1.1 405 Method Not Allowed");
     let text = ask(post("/mutate-pods", "text/plain", "{}")).await.unwrap();
     assert_eq!(status_line(&text), "HTTP/1.1 415 Unsupported Media Type");
-    assert!(counted(&webhook, "refused"), "{}", webhook.metrics.render());
+    assert_counted(&webhook, "refused");
 }
 
 #[tokio::test]
@@ -209,11 +209,7 @@ async fn a_client_that_does_not_trust_the_ca_fails_the_handshake() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(
-        counted(&webhook, "tls_failed"),
-        "{}",
-        webhook.metrics.render()
-    );
+    assert_counted(&webhook, "tls_failed");
 }
 
 #[tokio::test]
