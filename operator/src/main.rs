@@ -213,8 +213,8 @@ async fn serve_webhook(
         secret: args.webhook_secret.clone(),
         configuration,
     };
-    // Until the injector's decision is merged, every pod is admitted
-    // unchanged; the coordinator replaces this with it.
+    // A placeholder until the injector's decision (`inject::admission::review`,
+    // built separately for issue 16) is merged: wire it in here.
     let handler: webhook::Handler = Arc::new(admit_unchanged);
     let (client, metrics) = (client.clone(), Arc::clone(metrics));
     webhook::start(
@@ -229,7 +229,8 @@ async fn serve_webhook(
     Ok(())
 }
 
-/// A placeholder admission decision: allows the reviewed pod unchanged.
+/// A placeholder admission decision: allows the reviewed pod unchanged,
+/// so that serving can run before the decision exists.
 fn admit_unchanged(review: &[u8]) -> Vec<u8> {
     let uid = serde_json::from_slice::<serde_json::Value>(review)
         .ok()

@@ -117,28 +117,31 @@ pub fn start(
     );
 }
 
-/// Every [`RESYNC`], until the process ends: [`keep_once`], failures
-/// logged and retried.
+/// Every [`RESYNC`], and at once when this replica starts or stops
+/// leading, until the process ends: [`keep_once`], failures logged and
+/// retried.
 async fn keep_certificates(
     client: kube::Client,
     config: Config,
     cert: Arc<ServingCert>,
-    leading: watch::Receiver<bool>,
+    mut leading: watch::Receiver<bool>,
 ) {
     let mut served = None;
     loop {
-        let lead = *leading.borrow();
-        match keep_once(&client, &config, &cert, &mut served, lead).await {
-            Ok(()) => {}
-            Err(e) => warn!(error = %e, "keeping the webhook's certificates; retrying"),
+        let lead = *leading.borrow_and_update();
+        if let Err(e) = keep_once(&client, &config, &cert, &mut served, lead).await {
+            warn!(error = %e, "keeping the webhook's certificates; retrying");
         }
-        tokio::time::sleep(RESYNC).await;
+        tokio::select! {
+            () = tokio::time::sleep(RESYNC) => {}
+            Ok(()) = leading.changed() => {}
+        }
     }
 }
 
 /// One round: the Secret read (or created, or renewed by the leader), its
 /// certificate served when it changed, the caBundle synced by the leader.
-pub async fn keep_once(
+async fn keep_once(
     client: &kube::Client,
     config: &Config,
     cert: &ServingCert,
