@@ -2,7 +2,7 @@
 //! mock API server (tower-test), one expected request at a time: the
 //! first replica creates the Secret and the next reads it after a
 //! conflict; the leader renews an expiring certificate and a standby
-//! keeps serving it; the leader patches the caBundle only when it differs
+//! keeps serving it; the leader replaces a damaged Secret; the leader patches the caBundle only when it differs
 //! and waits for a configuration that does not exist. Every request must
 //! be granted by `ringway_operator::rbac`'s webhook tables, by name where
 //! the chart limits it to one, and together they use every grant.
@@ -239,6 +239,38 @@ async fn renew_when_leading() -> Triples {
     api.used
 }
 
+/// A Secret without the certificates: a standby waits, the leader
+/// replaces it with a new CA.
+async fn replace_damaged() -> Triples {
+    let (client, mut api) = client();
+    let damaged = || {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "3"}})
+    };
+    let ensure = |leading: bool| {
+        let client = client.clone();
+        tokio::spawn(
+            async move { secret::ensure(&client, &at(), leading, SystemTime::now()).await },
+        )
+    };
+    let standby = ensure(false);
+    api.expect(Method::GET, &secret_path(), |_| (200, damaged()))
+        .await;
+    assert!(matches!(
+        standby.await.unwrap(),
+        Err(ringway_operator::webhook::Error::AwaitingLeader)
+    ));
+    let leader = ensure(true);
+    api.expect(Method::GET, &secret_path(), |_| (200, damaged()))
+        .await;
+    let put = api
+        .expect(Method::PUT, &secret_path(), |sent| (200, sent.clone()))
+        .await;
+    assert_eq!(put["metadata"]["resourceVersion"], "3");
+    assert_eq!(leader.await.unwrap().unwrap(), tls_of(&put));
+    api.used
+}
+
 fn configuration(ca_bundle: Option<&str>) -> Value {
     let mut hook = json!({
         "name": "sidecar.ringway.dev",
@@ -306,6 +338,11 @@ async fn the_leader_renews_an_expiring_certificate_and_a_standby_keeps_serving_i
 }
 
 #[tokio::test]
+async fn a_damaged_secret_is_replaced_by_the_leader_while_a_standby_waits() {
+    replace_damaged().await;
+}
+
+#[tokio::test]
 async fn the_ca_bundle_is_patched_only_when_it_differs() {
     ca_bundle_sync().await;
 }
@@ -314,6 +351,7 @@ async fn the_ca_bundle_is_patched_only_when_it_differs() {
 async fn every_webhook_grant_is_used() {
     let mut used = create_then_conflict().await;
     used.extend(renew_when_leading().await);
+    used.extend(replace_damaged().await);
     used.extend(ca_bundle_sync().await);
     let granted: Triples = [
         rbac::WEBHOOK_SECRET_CREATE,

@@ -26,9 +26,9 @@ pub struct SecretRef {
 }
 
 /// The certificates to serve at `now`: the stored ones, or new ones
-/// written first. A standby uses stored certificates due for renewal (they
-/// are still valid; the leader renews them), and waits for the leader when
-/// the stored ones are unusable.
+/// written first. A standby serves stored certificates due for renewal or
+/// replacement (they are still valid for months; the leader replaces
+/// them), and waits for the leader when the Secret lacks them.
 pub async fn ensure(
     client: &kube::Client,
     at: &SecretRef,
@@ -41,12 +41,13 @@ pub async fn ensure(
     let decision = certs::decide(tls.as_ref().map(Option::as_ref), &at.dns_names, now);
     match (decision, stored, tls.flatten()) {
         (Decision::Keep, _, Some(tls)) => Ok(tls),
-        (Decision::Create, _, _) | (_, None, _) => create(&api, at).await,
+        (_, None, _) => create(&api, at).await,
         (decision, Some(stored), tls) if leading => {
             renew(&api, at, decision, stored, tls.as_ref()).await
         }
-        (Decision::RenewLeaf, _, Some(tls)) => Ok(tls),
-        _ => Err(Error::AwaitingLeader),
+        // A standby serves what is stored until the leader renews it.
+        (_, Some(_), Some(tls)) => Ok(tls),
+        (_, Some(_), None) => Err(Error::AwaitingLeader),
     }
 }
 
