@@ -12,6 +12,8 @@
   server, the invalid ones refused, and the support floor.
 - rendered.py: what must hold of the objects one install creates (RBAC,
   CRD, pod security, flags, selectors, labels).
+- sidecar_injector.py: the sidecar injector's Service, webhook
+  configuration, RBAC and flags, rendered exactly when it is enabled.
 - images.py: docker/*.Dockerfile against the chart and the workspace.
 - flags.py: the operator's flags the chart's Deployment passes exist.
 """

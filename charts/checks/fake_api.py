@@ -30,6 +30,8 @@ class FakeApiServer:
             ("roles", "Role", True), ("rolebindings", "RoleBinding", True)]),
         "apiextensions.k8s.io": ("v1", [("customresourcedefinitions", "CustomResourceDefinition", False)]),
         "monitoring.coreos.com": ("v1", [("servicemonitors", "ServiceMonitor", True)]),
+        "admissionregistration.k8s.io": ("v1", [
+            ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", False)]),
     }
 
     def __init__(self, version):

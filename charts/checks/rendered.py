@@ -5,11 +5,14 @@ operator's table) and the bindings name the chart's ServiceAccount; the
 operator's pod is non-root and read-only, probed, and given its flags (its
 --operator-pod-labels select its own pods); the metrics Service and the
 ServiceMonitor select what they should; the CRD is the generated one and
-kept on uninstall; every object carries the standard labels."""
+kept on uninstall; every object carries the standard labels; the sidecar
+injector's objects are there exactly when it is enabled
+(sidecar_injector.py)."""
 
 import yaml
 
 from .chart import CHART, NONROOT, RELEASE_NAMESPACE, ROOT
+from .sidecar_injector import sidecar_injector_problems
 
 STANDARD_LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance",
                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by"]
@@ -30,24 +33,29 @@ def rendered_problems(objects, values):
         if missing:
             problems.append(f"{o['kind']} {o['metadata']['name']} lacks labels {missing}")
 
-    def one(kind):
-        found = by_kind.get(kind, [])
+    def one(kind, suffix=""):
+        found = [o for o in by_kind.get(kind, []) if o["metadata"]["name"].endswith(suffix)]
         return found[0] if len(found) == 1 else None
+
+    # The sidecar injector's own RBAC is checked in sidecar_injector.py.
+    def gateway_roles(kind):
+        return [r for r in by_kind.get(kind, []) if not r["metadata"]["name"].endswith("-sidecar-injector")]
 
     # RBAC: the rendered rules are the files, which a Rust test holds equal
     # to the operator's table; bindings name the ServiceAccount.
     namespaces = values.get("watchNamespaces") or []
     gateways, leader = rules_file("gateways.yaml"), rules_file("leader-election.yaml")
-    roles = by_kind.get("Role", [])
+    roles = gateway_roles("Role")
     if namespaces:
-        if by_kind.get("ClusterRole"):
+        if gateway_roles("ClusterRole"):
             problems.append("watchNamespaces is set but a ClusterRole was rendered")
         for ns in namespaces:
             here = [r for r in roles if r["metadata"].get("namespace") == ns]
             if len(here) != 1 or here[0]["rules"] != gateways:
                 problems.append(f"namespace {ns}: not exactly one Role with files/rbac/gateways.yaml's rules")
     else:
-        cluster_role = one("ClusterRole")
+        cluster_roles = gateway_roles("ClusterRole")
+        cluster_role = cluster_roles[0] if len(cluster_roles) == 1 else None
         if not cluster_role or cluster_role["rules"] != gateways:
             problems.append("no ClusterRole with files/rbac/gateways.yaml's rules")
     leader_roles = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
@@ -104,7 +112,7 @@ def rendered_problems(objects, values):
         problems.append("POD_NAMESPACE (the operator's namespace) is not the pod's namespace")
 
     # Metrics: the Service selects the pods; the ServiceMonitor the Service.
-    service = one("Service")
+    service = one("Service", "-metrics")
     if service and any(pod["metadata"]["labels"].get(k) != v for k, v in service["spec"]["selector"].items()):
         problems.append("the metrics Service does not select the operator's pods")
     monitor = one("ServiceMonitor")
@@ -114,6 +122,8 @@ def rendered_problems(objects, values):
     if monitor and service and any(service["metadata"]["labels"].get(k) != v
                                    for k, v in monitor["spec"]["selector"]["matchLabels"].items()):
         problems.append("the ServiceMonitor does not select the metrics Service")
+
+    problems += sidecar_injector_problems(by_kind, values, pod, args)
 
     # The CRD: the generated one, kept on uninstall.
     crds = values.get("crds", {})

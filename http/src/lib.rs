@@ -16,6 +16,10 @@
 //!   backs off for [`ACCEPT_BACKOFF`] instead of spinning;
 //! - after shutdown, connections in flight get [`SHUTDOWN_GRACE`] to finish.
 //!
+//! [`serve_with`] speaks HTTP over what a handshake (TLS, for the
+//! operator's admission webhook) makes of each connection, which must
+//! finish within [`HANDSHAKE_TIMEOUT`]; [`serve`] speaks it over plain TCP.
+//!
 //! Unknown paths get 404 `not found`; a known path asked with another
 //! method gets 405 `method not allowed` with `Allow`. Every request carries
 //! the client's address as a [`Peer`] extension.
@@ -34,7 +38,7 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::{Notify, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
@@ -44,6 +48,8 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 /// How long a client may take to send its whole request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection's handshake (for [`serve_with`]) may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to read the response once it is ready.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line and headers) read, in bytes:
@@ -75,6 +81,26 @@ pub async fn serve(
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    let plain = |tcp| std::future::ready(Ok(tcp));
+    serve_with(listener, router, max_connections, shutdown, plain).await;
+}
+
+/// Like [`serve`], speaking HTTP over what `handshake` makes of each
+/// accepted connection (a TLS acceptor's `accept`, for instance). The
+/// handshake runs in the connection's task and must finish within
+/// [`HANDSHAKE_TIMEOUT`]; a connection whose handshake fails or times out
+/// is closed. `handshake` sees every failure first, so it can count them.
+pub async fn serve_with<H, F, S>(
+    listener: TcpListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+    handshake: H,
+) where
+    H: Fn(TcpStream) -> F,
+    F: Future<Output = io::Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -102,9 +128,14 @@ pub async fn serve(
             }
         };
         let router = router.clone();
+        let shaking = handshake(stream);
         connections.spawn(
             async move {
-                connection(stream, peer, router).await;
+                match timeout(HANDSHAKE_TIMEOUT, shaking).await {
+                    Ok(Ok(stream)) => connection(stream, peer, router).await,
+                    Ok(Err(e)) => debug!(error = %e, "handshake failed"),
+                    Err(_) => debug!("no handshake within the deadline"),
+                }
                 drop(permit);
             }
             .instrument(debug_span!("http", %peer)),
@@ -137,7 +168,10 @@ async fn accept(
 }
 
 /// One connection: one request read, answered, and the connection closed.
-async fn connection(mut stream: TcpStream, peer: SocketAddr, router: Router) {
+async fn connection<S>(mut stream: S, peer: SocketAddr, router: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let answered = Notify::new();
     let outcome = {
         let router = TowerToHyperService::new(router);
@@ -194,7 +228,7 @@ fn http1() -> http1::Builder {
 /// Ends our side, then reads what the client still sends, briefly: closing
 /// with unread bytes (a body, the rest of an oversized head) would reset
 /// the connection, and the client could lose the response.
-async fn close(stream: &mut TcpStream) {
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 1024];
     let _ = timeout(LINGER, async {

@@ -276,3 +276,44 @@ async fn shutdown_closes_what_is_left_after_the_grace() {
         "{waited:?}"
     );
 }
+
+/// A server whose handshake wants a `!` before HTTP begins.
+async fn start_with_greeting() -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let router = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let greeting = |mut tcp: TcpStream| async move {
+        let mut first = [0u8];
+        tcp.read_exact(&mut first).await?;
+        match first {
+            [b'!'] => Ok(tcp),
+            _ => Err(io::Error::other("no greeting")),
+        }
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    tokio::spawn(serve_with(listener, router, 4, shutdown, greeting));
+    (address, stop)
+}
+
+#[tokio::test]
+async fn the_handshake_runs_before_http_and_a_failed_one_closes_the_connection() {
+    let (address, _stop) = start_with_greeting().await;
+    let greeted = exchange(address, b"!GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!(status_line(&greeted), "HTTP/1.1 200 OK");
+    let refused = exchange(address, b"?GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert_eq!(refused, "", "no answer without the handshake");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handshake_that_never_ends_is_cut_off_at_its_deadline() {
+    let (address, _stop) = start_with_greeting().await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(address).await.expect("connect");
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest).await;
+    assert!(rest.is_empty());
+    assert!(started.elapsed() >= HANDSHAKE_TIMEOUT);
+}

@@ -11,9 +11,9 @@
 //! decided. The wiring is in [`watches`] (every replica) and
 //! [`controller`] (the leader), the shared state in [`context`].
 //!
-//! Apart from gateways, [`inject`] decides what the sidecar injector (a
-//! mutating admission webhook, not served yet) does to a pod that asks
-//! for the data plane beside its application.
+//! Apart from gateways, [`inject`] decides what the sidecar injector does
+//! to a pod that asks for the data plane beside its application, and every
+//! replica serves it as a mutating admission [`webhook`] when asked to.
 
 pub mod annotations;
 pub mod budget;
@@ -42,6 +42,7 @@ pub mod status;
 pub mod steer;
 pub mod stores;
 pub mod watches;
+pub mod webhook;
 
 pub use error::Error;
 pub use inputs::PodInputs;

@@ -1,7 +1,9 @@
 //! `ringway-operator`: the controller binary. Parses flags, sets up
 //! logging, serves `/metrics`, starts the store-filling watches (on every
 //! replica, so a standby's stores are warm and it reports ready), takes
-//! the leader lease and runs the controllers until SIGTERM.
+//! the leader lease and runs the controllers until SIGTERM. With
+//! `--webhook-address`, every replica also serves the sidecar injector's
+//! admission webhook.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,12 +16,12 @@ use ringway_operator::{
     context::Context,
     controller,
     events::Events,
-    http,
+    http, inject,
     leader::{self, Leadership, LeaseConfig},
     metrics::Metrics,
     steer::GrpcSteer,
     stores::{self, Stores},
-    watches,
+    watches, webhook,
 };
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
@@ -60,6 +62,25 @@ struct Args {
     /// This replica's identity in the Lease and in events (default: POD_NAME, else the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Address of the sidecar injector's admission webhook (HTTPS,
+    /// `POST /mutate-pods`), served by every replica. None: no webhook.
+    #[arg(long, env = "RINGWAY_WEBHOOK_ADDRESS", requires_all = ["webhook_service", "webhook_configuration"])]
+    webhook_address: Option<SocketAddr>,
+    /// The webhook Service's name, in the operator's namespace: the serving
+    /// certificate names `<service>.<namespace>.svc`.
+    #[arg(long, env = "RINGWAY_WEBHOOK_SERVICE")]
+    webhook_service: Option<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps.
+    #[arg(long, env = "RINGWAY_WEBHOOK_CONFIGURATION")]
+    webhook_configuration: Option<String>,
+    /// The Secret, in the operator's namespace, holding the webhook's CA
+    /// and serving certificate.
+    #[arg(
+        long,
+        env = "RINGWAY_WEBHOOK_SECRET",
+        default_value = "ringway-webhook-tls"
+    )]
+    webhook_secret: String,
     /// Log format.
     #[arg(long, env = "RINGWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -111,6 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         leading: is_leading.clone(),
     };
     serve_http(args.metrics_address, &metrics, readiness, &stop).await?;
+    serve_webhook(&args, &client, &metrics, &is_leading, &stop).await?;
     // The watches run on every replica, so a standby's stores are warm.
     let (stores, scopes) = stores::stores(&args.namespaces);
     let feeds = watches::start(&client, scopes, &is_leading);
@@ -162,6 +184,51 @@ async fn serve_http(
         readiness,
         until(stop.clone()),
     ));
+    Ok(())
+}
+
+/// Serves the admission webhook when `--webhook-address` is set, on every
+/// replica, until `stop`.
+async fn serve_webhook(
+    args: &Args,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    leading: &watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (Some(address), Some(service), Some(configuration)) = (
+        args.webhook_address,
+        args.webhook_service.clone(),
+        args.webhook_configuration.clone(),
+    ) else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding --webhook-address {address}"))?;
+    info!(address = %listener.local_addr()?, "serving the sidecar injector's webhook");
+    let config = webhook::Config {
+        namespace: own_namespace(args),
+        service,
+        secret: args.webhook_secret.clone(),
+        configuration,
+    };
+    let (image, counted) = (args.image.clone(), Arc::clone(metrics));
+    let handler: webhook::Handler = Arc::new(move |review| {
+        let reviewed = inject::admission::review(review, &image);
+        counted.sidecar_injection(reviewed.outcome.label());
+        reviewed.body
+    });
+    let (client, metrics) = (client.clone(), Arc::clone(metrics));
+    webhook::start(
+        client,
+        config,
+        listener,
+        handler,
+        metrics,
+        leading.clone(),
+        until(stop.clone()),
+    );
     Ok(())
 }
 

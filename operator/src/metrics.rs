@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics, all prefixed `ringway_operator_`:
 //! reconciles and their errors and durations, snapshot pushes, the pods
-//! steered per gateway and whether this replica leads.
+//! steered per gateway, whether this replica leads, and the admission
+//! webhook's requests.
 
 use std::time::Duration;
 
@@ -24,6 +25,43 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+/// How the webhook dealt with one request (or connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// The review was handed to the admission handler and its answer sent.
+    Answered,
+    /// Refused before the handler: not JSON, too large or too slow.
+    Refused,
+    /// The TLS handshake failed (for instance, a client that does not
+    /// trust the CA).
+    TlsFailed,
+}
+
+impl WebhookResult {
+    /// The `result` label.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Refused => "refused",
+            Self::TlsFailed => "tls_failed",
+        }
+    }
+}
+
+/// Labels of the webhook requests counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    /// [`WebhookResult::label`].
+    result: &'static str,
+}
+
+/// Labels of the sidecar injections counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    /// [`crate::inject::admission::Outcome::label`].
+    outcome: &'static str,
+}
+
 /// Labels of the per-gateway gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GatewayLabel {
@@ -42,6 +80,8 @@ pub struct Metrics {
     snapshot_pushes: Counter,
     snapshot_push_failures: Counter,
     leader: Gauge,
+    webhook_requests: Family<ResultLabel, Counter>,
+    sidecar_injections: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +107,8 @@ impl Metrics {
         let snapshot_pushes = Counter::default();
         let snapshot_push_failures = Counter::default();
         let leader = Gauge::default();
+        let webhook_requests = Family::<ResultLabel, Counter>::default();
+        let sidecar_injections = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles of a gateway, finished or failed",
@@ -102,6 +144,16 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "webhook_requests",
+            "Requests to the sidecar injector's webhook, by result (answered, refused, tls_failed)",
+            webhook_requests.clone(),
+        );
+        registry.register(
+            "sidecar_injections",
+            "Pods the sidecar injector reviewed, by outcome (injected, unchanged, denied, skipped, failed)",
+            sidecar_injections.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -111,6 +163,8 @@ impl Metrics {
             snapshot_pushes,
             snapshot_push_failures,
             leader,
+            webhook_requests,
+            sidecar_injections,
         }
     }
 
@@ -156,6 +210,25 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
+    /// The webhook dealt with one request (or, for `tls_failed`, one
+    /// connection) so.
+    pub fn webhook_request(&self, result: WebhookResult) {
+        self.webhook_requests
+            .get_or_create(&ResultLabel {
+                result: result.label(),
+            })
+            .inc();
+    }
+
+    /// The sidecar injector decided `outcome` (an
+    /// [`Outcome::label`](crate::inject::admission::Outcome::label)) for one
+    /// review.
+    pub fn sidecar_injection(&self, outcome: &'static str) {
+        self.sidecar_injections
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -184,6 +257,10 @@ mod tests {
         metrics.set_pods_steered("default/echo", 4);
         metrics.set_pods_steered("prod/chat", 2);
         metrics.set_leader(true);
+        metrics.webhook_request(WebhookResult::Answered);
+        metrics.webhook_request(WebhookResult::Answered);
+        metrics.webhook_request(WebhookResult::TlsFailed);
+        metrics.sidecar_injection("injected");
 
         let text = metrics.render();
         let lines = lines(&text);
@@ -199,6 +276,9 @@ mod tests {
             "ringway_operator_pods_steered{gateway=\"default/echo\"} 4",
             "ringway_operator_pods_steered{gateway=\"prod/chat\"} 2",
             "ringway_operator_leader 1",
+            "ringway_operator_webhook_requests_total{result=\"answered\"} 2",
+            "ringway_operator_webhook_requests_total{result=\"tls_failed\"} 1",
+            "ringway_operator_sidecar_injections_total{outcome=\"injected\"} 1",
         ] {
             assert!(
                 lines.contains(&expected),

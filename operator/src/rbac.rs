@@ -94,6 +94,34 @@ pub const LEADER_ELECTION: &[Grant] = &[Grant {
     verbs: &["get", "create", "update"],
 }];
 
+/// With the sidecar injector, in the operator's own namespace: creating
+/// the webhook's certificate Secret. RBAC cannot limit `create` to a name
+/// (the object does not exist yet), so this is a rule of its own.
+pub const WEBHOOK_SECRET_CREATE: &[Grant] = &[Grant {
+    api_group: "",
+    resources: &["secrets"],
+    verbs: &["create"],
+}];
+
+/// With the sidecar injector, in the operator's own namespace, limited by
+/// `resourceNames` to the Secret `--webhook-secret` names: every replica
+/// re-reads it (a `get` each resync: no list or watch, which would need
+/// more), and the leader renews it.
+pub const WEBHOOK_SECRET: &[Grant] = &[Grant {
+    api_group: "",
+    resources: &["secrets"],
+    verbs: &["get", "update"],
+}];
+
+/// With the sidecar injector, cluster-wide, limited by `resourceNames` to
+/// the MutatingWebhookConfiguration `--webhook-configuration` names: the
+/// leader reads it and patches its caBundle.
+pub const WEBHOOK_CONFIGURATION: &[Grant] = &[Grant {
+    api_group: "admissionregistration.k8s.io",
+    resources: &["mutatingwebhookconfigurations"],
+    verbs: &["get", "patch"],
+}];
+
 /// Whether `grants` allow `verb` on `resource` of `api_group`.
 pub fn allows(grants: &[Grant], api_group: &str, resource: &str, verb: &str) -> bool {
     grants.iter().any(|g| {

@@ -4,7 +4,8 @@
 //! watches' and the controllers' lists and watches, reconciles through a
 //! canary with a bad annotation and a NetworkPolicy turned on and off,
 //! leader election — must use every grant; and the Helm chart's rules must
-//! be the table's.
+//! be the table's. (The sidecar injector's grants are used by the
+//! `webhook_api` test, which checks their resource names too.)
 
 mod support;
 
@@ -69,6 +70,15 @@ fn the_charts_rules_are_the_operators() {
     for (file, grants) in [
         ("gateways.yaml", rbac::GATEWAYS),
         ("leader-election.yaml", rbac::LEADER_ELECTION),
+        (
+            "sidecar-injector-secret-create.yaml",
+            rbac::WEBHOOK_SECRET_CREATE,
+        ),
+        ("sidecar-injector-secret.yaml", rbac::WEBHOOK_SECRET),
+        (
+            "sidecar-injector-configuration.yaml",
+            rbac::WEBHOOK_CONFIGURATION,
+        ),
     ] {
         let chart = chart_rules(file);
         let code = table(grants);

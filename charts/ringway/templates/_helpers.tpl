@@ -49,3 +49,30 @@ app.kubernetes.io/component: operator
 {{- define "ringway.image" -}}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
 {{- end -}}
+
+{{/* The sidecar injector's webhook Service (a DNS label: at most 63). */}}
+{{- define "ringway.webhookService" -}}
+{{- printf "%s-webhook" (include "ringway.operator" .) -}}
+{{- end -}}
+
+{{/* The sidecar injector's MutatingWebhookConfiguration. */}}
+{{- define "ringway.webhookConfiguration" -}}
+{{- printf "%s-sidecar-injector" (include "ringway.operator" .) -}}
+{{- end -}}
+
+{{/* The Secret holding the webhook's CA and serving certificate. */}}
+{{- define "ringway.webhookSecret" -}}
+{{- printf "%s-webhook-tls" (include "ringway.operator" .) -}}
+{{- end -}}
+
+{{/*
+The rules of a files/rbac/ file, each limited by resourceNames to one
+object: (dict "root" $ "file" "files/rbac/…" "name" "<object>").
+*/}}
+{{- define "ringway.namedRules" -}}
+{{- $rules := .root.Files.Get .file | fromYamlArray -}}
+{{- range $rules }}
+{{- $_ := set . "resourceNames" (list $.name) }}
+{{- end }}
+{{- toYaml $rules -}}
+{{- end -}}

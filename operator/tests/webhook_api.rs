@@ -1,0 +1,368 @@
+//! The sidecar injector's certificate Secret and caBundle against kube's
+//! mock API server (tower-test), one expected request at a time: the
+//! first replica creates the Secret and the next reads it after a
+//! conflict; the leader renews an expiring certificate and a standby
+//! keeps serving it; the leader replaces a damaged Secret; the leader patches the caBundle only when it differs
+//! and waits for a configuration that does not exist. Every request must
+//! be granted by `ringway_operator::rbac`'s webhook tables, by name where
+//! the chart limits it to one, and together they use every grant.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime},
+};
+
+use http::{Method, Request, Response};
+use kube::{Client, client::Body};
+use ringway_operator::{
+    rbac,
+    webhook::{
+        ca_bundle::{self, Synced},
+        certs::{Decision, LEAF_VALIDITY, RENEW_BEFORE, WebhookTls},
+        secret::{self, SecretRef},
+    },
+};
+use serde_json::{Value, json};
+use tokio::time::timeout;
+
+const NS: &str = "ringway";
+const SECRET: &str = "hook-tls";
+const CONFIGURATION: &str = "ringway-sidecar-injector";
+const SECRETS: &str = "/api/v1/namespaces/ringway/secrets";
+const CONFIGURATIONS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type Triples = BTreeSet<(String, String, String)>;
+
+/// The mock API server, answering what the test expects, and what RBAC
+/// saw of every request.
+struct Api {
+    handle: Handle,
+    used: Triples,
+}
+
+fn client() -> (Client, Api) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let api = Api {
+        handle,
+        used: Triples::new(),
+    };
+    (Client::new(service, NS), api)
+}
+
+fn at() -> SecretRef {
+    SecretRef {
+        namespace: NS.into(),
+        name: SECRET.into(),
+        dns_names: vec![
+            "hook.ringway.svc".into(),
+            "hook.ringway.svc.cluster.local".into(),
+        ],
+    }
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+fn stored(tls: &WebhookTls) -> Value {
+    let mut secret = serde_json::to_value(tls.to_secret(NS, SECRET)).unwrap();
+    secret["metadata"]["resourceVersion"] = json!("7");
+    secret
+}
+
+impl Api {
+    /// Expects `method path` next and answers what `answer` makes of the
+    /// request's body: (status code, body). Fails unless the webhook's
+    /// RBAC grants the request. Returns the request's body.
+    async fn expect(
+        &mut self,
+        method: Method,
+        path: &str,
+        answer: impl FnOnce(&Value) -> (u16, Value),
+    ) -> Value {
+        let (request, reply) = timeout(Duration::from_secs(5), self.handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+            .expect("the client is gone");
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&method, path),
+            "unexpected request"
+        );
+        self.authorize(&method, path);
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let sent = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let (code, body) = answer(&sent);
+        reply.send_response(
+            Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        sent
+    }
+
+    /// What RBAC checks of a request: its verb on its resource, granted by
+    /// the table, and the object's name where the chart limits it.
+    fn authorize(&mut self, method: &Method, path: &str) {
+        let (collection, name) = match path {
+            SECRETS | CONFIGURATIONS => (path, None),
+            _ => {
+                let (c, n) = path.rsplit_once('/').unwrap();
+                (c, Some(n))
+            }
+        };
+        let verb = match *method {
+            Method::GET => "get",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            ref other => panic!("the webhook sends no {other}"),
+        };
+        let (group, resource, grants, named) = match collection {
+            SECRETS if verb == "create" => ("", "secrets", rbac::WEBHOOK_SECRET_CREATE, None),
+            SECRETS => ("", "secrets", rbac::WEBHOOK_SECRET, Some(SECRET)),
+            CONFIGURATIONS => (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                rbac::WEBHOOK_CONFIGURATION,
+                Some(CONFIGURATION),
+            ),
+            other => panic!("the webhook has no business with {other}"),
+        };
+        assert!(
+            rbac::allows(grants, group, resource, verb),
+            "{method} {path} needs `{verb}` on {resource}, which operator/src/rbac.rs does not grant"
+        );
+        if let Some(allowed) = named {
+            assert_eq!(
+                name,
+                Some(allowed),
+                "{method} {path}: only {allowed} is granted"
+            );
+        }
+        self.used
+            .insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
+    }
+}
+
+fn secret_path() -> String {
+    format!("{SECRETS}/{SECRET}")
+}
+
+fn tls_of(secret: &Value) -> WebhookTls {
+    WebhookTls::from_secret(&serde_json::from_value(secret.clone()).unwrap()).unwrap()
+}
+
+fn not_found(_: &Value) -> (u16, Value) {
+    (404, status(404, "NotFound"))
+}
+
+/// Replica A creates the Secret; replica B, a moment later, finds none,
+/// loses the race to create it (409) and serves A's.
+async fn create_then_conflict() -> Triples {
+    let (client, mut api) = client();
+    let ensure = |client: &Client| {
+        let client = client.clone();
+        tokio::spawn(async move { secret::ensure(&client, &at(), false, SystemTime::now()).await })
+    };
+    let first = ensure(&client);
+    api.expect(Method::GET, &secret_path(), not_found).await;
+    let created = api
+        .expect(Method::POST, SECRETS, |sent| (201, sent.clone()))
+        .await;
+    assert_eq!(created["metadata"]["name"], SECRET);
+    let created = tls_of(&created);
+    assert_eq!(first.await.unwrap().unwrap(), created);
+
+    let second = ensure(&client);
+    api.expect(Method::GET, &secret_path(), not_found).await;
+    let theirs = api
+        .expect(Method::POST, SECRETS, |_| {
+            (409, status(409, "AlreadyExists"))
+        })
+        .await;
+    assert_ne!(tls_of(&theirs), created, "each replica makes its own CA");
+    api.expect(Method::GET, &secret_path(), |_| (200, stored(&created)))
+        .await;
+    assert_eq!(
+        second.await.unwrap().unwrap(),
+        created,
+        "B serves A's certificate"
+    );
+    api.used
+}
+
+/// A certificate past two thirds of its life: a standby keeps serving it;
+/// the leader replaces it (PUT, with the read resourceVersion) with one
+/// from the same CA.
+async fn renew_when_leading() -> Triples {
+    let (client, mut api) = client();
+    let old = WebhookTls::issue(Decision::Create, None, &at().dns_names).unwrap();
+    let later = SystemTime::now() + LEAF_VALIDITY - RENEW_BEFORE + Duration::from_secs(3600);
+    let ensure = |leading: bool| {
+        let client = client.clone();
+        tokio::spawn(async move { secret::ensure(&client, &at(), leading, later).await })
+    };
+    let standby = ensure(false);
+    api.expect(Method::GET, &secret_path(), |_| (200, stored(&old)))
+        .await;
+    assert_eq!(
+        standby.await.unwrap().unwrap(),
+        old,
+        "a standby does not rotate"
+    );
+
+    let leader = ensure(true);
+    api.expect(Method::GET, &secret_path(), |_| (200, stored(&old)))
+        .await;
+    let put = api
+        .expect(Method::PUT, &secret_path(), |sent| (200, sent.clone()))
+        .await;
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "7",
+        "optimistic concurrency"
+    );
+    let renewed = tls_of(&put);
+    assert_eq!(renewed.ca_cert, old.ca_cert, "the caBundle stays");
+    assert_ne!(renewed.cert, old.cert);
+    assert_eq!(leader.await.unwrap().unwrap(), renewed);
+    api.used
+}
+
+/// A Secret without the certificates: a standby waits, the leader
+/// replaces it with a new CA.
+async fn replace_damaged() -> Triples {
+    let (client, mut api) = client();
+    let damaged = || {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "3"}})
+    };
+    let ensure = |leading: bool| {
+        let client = client.clone();
+        tokio::spawn(
+            async move { secret::ensure(&client, &at(), leading, SystemTime::now()).await },
+        )
+    };
+    let standby = ensure(false);
+    api.expect(Method::GET, &secret_path(), |_| (200, damaged()))
+        .await;
+    assert!(matches!(
+        standby.await.unwrap(),
+        Err(ringway_operator::webhook::Error::AwaitingLeader)
+    ));
+    let leader = ensure(true);
+    api.expect(Method::GET, &secret_path(), |_| (200, damaged()))
+        .await;
+    let put = api
+        .expect(Method::PUT, &secret_path(), |sent| (200, sent.clone()))
+        .await;
+    assert_eq!(put["metadata"]["resourceVersion"], "3");
+    assert_eq!(leader.await.unwrap().unwrap(), tls_of(&put));
+    api.used
+}
+
+fn configuration(ca_bundle: Option<&str>) -> Value {
+    let mut hook = json!({
+        "name": "sidecar.ringway.dev",
+        "admissionReviewVersions": ["v1"],
+        "sideEffects": "None",
+        "clientConfig": {"service": {"name": "hook", "namespace": NS, "path": "/mutate-pods"}},
+    });
+    if let Some(ca) = ca_bundle {
+        hook["clientConfig"]["caBundle"] = json!(ca);
+    }
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": CONFIGURATION},
+        "webhooks": [hook],
+    })
+}
+
+/// The caBundle patched when missing, left alone when current, and a
+/// configuration that does not exist reported, not an error.
+async fn ca_bundle_sync() -> Triples {
+    let (client, mut api) = client();
+    let path = format!("{CONFIGURATIONS}/{CONFIGURATION}");
+    // base64 of "CA"
+    let ca = "Q0E=";
+    let sync = || {
+        let client = client.clone();
+        tokio::spawn(async move { ca_bundle::sync(&client, CONFIGURATION, "CA").await })
+    };
+    let patched = sync();
+    api.expect(Method::GET, &path, |_| (200, configuration(None)))
+        .await;
+    let patch = api
+        .expect(Method::PATCH, &path, |_| (200, configuration(Some(ca))))
+        .await;
+    assert_eq!(
+        patch,
+        json!({"webhooks": [{"name": "sidecar.ringway.dev", "clientConfig": {"caBundle": ca}}]})
+    );
+    assert_eq!(patched.await.unwrap().unwrap(), Synced::Patched);
+
+    let current = sync();
+    api.expect(Method::GET, &path, |_| (200, configuration(Some(ca))))
+        .await;
+    assert_eq!(
+        current.await.unwrap().unwrap(),
+        Synced::Current,
+        "no patch sent"
+    );
+
+    let missing = sync();
+    api.expect(Method::GET, &path, not_found).await;
+    assert_eq!(missing.await.unwrap().unwrap(), Synced::Missing);
+    api.used
+}
+
+#[tokio::test]
+async fn the_first_replica_creates_the_secret_and_the_next_reads_it_after_a_conflict() {
+    create_then_conflict().await;
+}
+
+#[tokio::test]
+async fn the_leader_renews_an_expiring_certificate_and_a_standby_keeps_serving_it() {
+    renew_when_leading().await;
+}
+
+#[tokio::test]
+async fn a_damaged_secret_is_replaced_by_the_leader_while_a_standby_waits() {
+    replace_damaged().await;
+}
+
+#[tokio::test]
+async fn the_ca_bundle_is_patched_only_when_it_differs() {
+    ca_bundle_sync().await;
+}
+
+#[tokio::test]
+async fn every_webhook_grant_is_used() {
+    let mut used = create_then_conflict().await;
+    used.extend(renew_when_leading().await);
+    used.extend(replace_damaged().await);
+    used.extend(ca_bundle_sync().await);
+    let granted: Triples = [
+        rbac::WEBHOOK_SECRET_CREATE,
+        rbac::WEBHOOK_SECRET,
+        rbac::WEBHOOK_CONFIGURATION,
+    ]
+    .into_iter()
+    .flat_map(rbac::triples)
+    .collect();
+    assert_eq!(
+        used, granted,
+        "operator/src/rbac.rs grants what the webhook never uses"
+    );
+}
