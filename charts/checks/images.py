@@ -58,8 +58,8 @@ def check_images(defaults):
 
     operator_main = (ROOT / "operator/src/main.rs").read_text()
     default_dataplane = re.search(r'default_value = concat!\("([^"]+):", env!\("CARGO_PKG_VERSION"\)\)', operator_main)
-    pod = (ROOT / "operator/src/children/pod.rs").read_text()
-    pod_user = re.search(r"const NONROOT: i64 = (\d+);", pod)
+    pod = (ROOT / "operator/src/container.rs").read_text()
+    pod_user = re.search(r"pub const NONROOT: i64 = (\d+);", pod)
     chat_example = ROOT / "examples/chat-gateway.yaml"
     chat_images = set(re.findall(r"image:\s*(\S+):", chat_example.read_text())) if chat_example.exists() else set()
     # Where each image's name must agree.
@@ -74,7 +74,7 @@ def check_images(defaults):
     users = {
         "charts/ringway/values.yaml podSecurityContext.runAsUser": defaults["podSecurityContext"].get("runAsUser"),
         "charts/ringway/values.yaml podSecurityContext.runAsGroup": defaults["podSecurityContext"].get("runAsGroup"),
-        "the gateway pods' user (operator/src/children/pod.rs NONROOT)": int(pod_user.group(1)) if pod_user else None,
+        "the data-plane containers' user (operator/src/container.rs NONROOT: gateway pods and sidecars)": int(pod_user.group(1)) if pod_user else None,
     }
     for where, user in users.items():
         if user == NONROOT:
