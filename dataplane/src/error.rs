@@ -119,6 +119,9 @@ pub enum ConfigError {
         /// Its port.
         port: u16,
     },
+    /// Sidecar mode: `--termination-grace-seconds` is not a duration.
+    #[error("--termination-grace-seconds: {0} is not a number of seconds above 0")]
+    BadGrace(f64),
     /// Sidecar mode: the drain token in the environment cannot be one.
     #[error(
         "{}: the drain token must be 16 to 256 visible ASCII characters without spaces",

@@ -41,6 +41,11 @@ pub struct SidecarArgs {
     /// Most client connections held at once; more are answered 503.
     #[arg(long, default_value_t = defaults::MAX_CONNECTIONS_PER_POD as usize)]
     pub max_connections: usize,
+    /// The pod's `terminationGracePeriodSeconds`: the drain is shortened,
+    /// if need be, so that it ends (and the application gets its SIGTERM)
+    /// before the kubelet's deadline.
+    #[arg(long)]
+    pub termination_grace_seconds: Option<f64>,
 }
 
 /// The name of the sidecar's one route, in metrics and logs.
@@ -74,6 +79,11 @@ impl SidecarArgs {
                 flag: "--admin-port",
                 port: self.admin_port,
             });
+        }
+        if let Some(grace) = self.termination_grace_seconds
+            && !(grace.is_finite() && grace > 0.0)
+        {
+            return Err(ConfigError::BadGrace(grace));
         }
         let config = self.unchecked_config();
         config.check().map_err(|e| match e {
@@ -116,10 +126,17 @@ impl SidecarArgs {
                 max_connections: self.max_connections,
                 ..ConnectionConfig::default()
             },
-            drain: DrainConfig {
-                window_seconds: self.drain_window_seconds,
-                max_closes_per_second: self.max_closes_per_second,
-                ..DrainConfig::default()
+            drain: {
+                let drain = DrainConfig::default();
+                DrainConfig {
+                    window_seconds: sidecar::fitted_window(
+                        self.drain_window_seconds,
+                        drain.close_timeout_seconds,
+                        self.termination_grace_seconds,
+                    ),
+                    max_closes_per_second: self.max_closes_per_second,
+                    ..drain
+                }
             },
             runtime: Default::default(),
             shard: None,

@@ -32,6 +32,7 @@ async fn sidecar(app: SocketAddr, window: f64) -> Gateway {
         drain_window_seconds: window,
         max_closes_per_second: 1_000,
         max_connections: 100,
+        termination_grace_seconds: None,
     };
     let config = args.config().expect("valid flags");
     Gateway::serve(

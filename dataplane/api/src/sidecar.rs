@@ -40,3 +40,24 @@ pub const DRAIN_PATH: &str = "/drain?wait=true";
 /// pod's default, as one application pod usually holds far fewer clients
 /// than a gateway shard, and a workload's pods may all roll at once.
 pub const MAX_CLOSES_PER_SECOND: u32 = 100;
+
+/// What the application is left of the grace period after the drain, to
+/// exit on its SIGTERM.
+pub const APPLICATION_EXIT_SECONDS: f64 = 2.0;
+
+/// The shortest drain window [`fitted_window`] shortens a drain to.
+pub const MIN_FITTED_WINDOW_SECONDS: f64 = 1.0;
+
+/// The drain window that fits `grace` (the pod's termination grace
+/// period): the window and the close timeout, plus
+/// [`APPLICATION_EXIT_SECONDS`], must end before the kubelet's deadline.
+/// The drain closes whoever is left at the window's end, so a shorter
+/// window still closes every client with 1001, only faster than the rate.
+pub fn fitted_window(window: f64, close_timeout: f64, grace: Option<f64>) -> f64 {
+    match grace {
+        // A window that is not a number stays as it is, to be refused.
+        Some(grace) if window.is_finite() => window
+            .min((grace - close_timeout - APPLICATION_EXIT_SECONDS).max(MIN_FITTED_WINDOW_SECONDS)),
+        _ => window,
+    }
+}

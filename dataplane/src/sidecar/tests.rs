@@ -89,6 +89,62 @@ fn the_flags_set_the_config_and_it_runs_as_a_standalone_config_does() {
 }
 
 #[test]
+fn the_drain_window_is_shortened_to_end_within_the_grace_period() {
+    let window = |flags: &[&str]| {
+        let flags: Vec<&str> = ["--app-port", "8080"]
+            .iter()
+            .chain(flags)
+            .copied()
+            .collect();
+        config(&flags).expect("valid").drain.window_seconds
+    };
+    // No grace period given: the window as asked.
+    assert_eq!(window(&["--drain-window-seconds", "30"]), 30.0);
+    // 30 s of grace: 30 - 5 s close timeout - 2 s for the application.
+    assert_eq!(
+        window(&[
+            "--drain-window-seconds",
+            "30",
+            "--termination-grace-seconds",
+            "30"
+        ]),
+        23.0
+    );
+    // Room enough: unchanged.
+    assert_eq!(
+        window(&[
+            "--drain-window-seconds",
+            "20",
+            "--termination-grace-seconds",
+            "60"
+        ]),
+        20.0
+    );
+    // Never below a second, however short the grace period.
+    assert_eq!(
+        window(&[
+            "--drain-window-seconds",
+            "20",
+            "--termination-grace-seconds",
+            "3"
+        ]),
+        1.0
+    );
+    // A window that is not a number is still refused, not fitted.
+    assert!(
+        config(&[
+            "--app-port",
+            "8080",
+            "--drain-window-seconds",
+            "NaN",
+            "--termination-grace-seconds",
+            "30"
+        ])
+        .is_err()
+    );
+}
+
+#[test]
 fn a_bad_value_is_named_by_its_flag() {
     for (flags, expected) in [
         (
@@ -120,6 +176,14 @@ fn a_bad_value_is_named_by_its_flag() {
             "--admin-port: port 9000 is taken",
         ),
         (&["--listen-port", "0"], "--listen-port"),
+        (
+            &["--termination-grace-seconds", "0"],
+            "--termination-grace-seconds: 0 is not a number of seconds",
+        ),
+        (
+            &["--termination-grace-seconds", "NaN"],
+            "--termination-grace-seconds: NaN",
+        ),
     ] {
         let flags: Vec<&str> = ["--app-port", "8080"]
             .iter()

@@ -36,7 +36,10 @@ use std::collections::BTreeMap;
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use ringway_crds::annotations::SIDECAR_DRAIN_WINDOW_SECONDS;
-use ringway_dataplane_api::{defaults::DRAIN_CLOSE_TIMEOUT_SECONDS, sidecar::CONTAINER};
+use ringway_dataplane_api::{
+    defaults::DRAIN_CLOSE_TIMEOUT_SECONDS,
+    sidecar::{APPLICATION_EXIT_SECONDS, CONTAINER, fitted_window},
+};
 
 pub use denial::Denial;
 use settings::Settings;
@@ -73,18 +76,19 @@ pub fn decide(pod: &Pod, image: &str, token: &str) -> Result<Injection, Denial> 
         });
     };
     let app = target::find(spec, &settings.port)?;
+    let grace = spec
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
     let mut mutated = pod.clone();
     if let Some(spec) = mutated.spec.as_mut() {
         app::hand_over(&mut spec.containers[app.container], &app, token);
         spec.init_containers
             .get_or_insert_with(Vec::new)
-            .push(sidecar::container(image, &settings, &app, token));
+            .push(sidecar::container(image, &settings, &app, token, grace));
     }
     Ok(Injection {
         patch: json_patch::diff(&json(pod), &json(&mutated)),
-        warnings: grace_warning(spec.termination_grace_period_seconds, &settings)
-            .into_iter()
-            .collect(),
+        warnings: grace_warning(grace, &settings).into_iter().collect(),
     })
 }
 
@@ -97,15 +101,20 @@ fn has_sidecar(spec: &PodSpec) -> bool {
     all.any(|c| c.name == CONTAINER)
 }
 
-/// A warning when the grace period cannot hold the whole drain: the
-/// window, then the close timeout for the last clients' answers.
-fn grace_warning(grace: Option<i64>, settings: &Settings) -> Option<String> {
-    let grace = grace.unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
-    let window = i64::from(settings.drain_window_seconds);
-    let needed = window + i64::from(DRAIN_CLOSE_TIMEOUT_SECONDS);
-    (grace < needed).then(|| {
+/// A warning when the grace period cannot hold the whole drain (the
+/// window, the close timeout, and the application's exit after it): the
+/// sidecar then shortens its window to fit ([`fitted_window`]) and closes
+/// the clients left at its end at once, over the rate.
+fn grace_warning(grace: i64, settings: &Settings) -> Option<String> {
+    let window = f64::from(settings.drain_window_seconds);
+    let close = f64::from(DRAIN_CLOSE_TIMEOUT_SECONDS);
+    // Grace periods are whole seconds, far below 2^52: exact as an f64.
+    let fitted = fitted_window(window, close, Some(grace as f64));
+    let needed = (window + close + APPLICATION_EXIT_SECONDS).ceil();
+    (fitted < window).then(|| {
         format!(
-            "terminationGracePeriodSeconds {grace} is shorter than the sidecar's drain ({window} s window + {DRAIN_CLOSE_TIMEOUT_SECONDS} s close timeout = {needed} s): clients still connected then are cut; raise it to {needed} or lower {SIDECAR_DRAIN_WINDOW_SECONDS}"
+            "terminationGracePeriodSeconds {grace} leaves the sidecar's drain {fitted} s of its {window} s window (the {close} s close timeout and {APPLICATION_EXIT_SECONDS} s for the application to exit come after it): the clients left at the window's end are closed at once, faster than {rate} per second; raise it to {needed} or lower {SIDECAR_DRAIN_WINDOW_SECONDS}",
+            rate = settings.max_closes_per_second,
         )
     })
 }

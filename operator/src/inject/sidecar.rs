@@ -25,14 +25,22 @@ const MEMORY_REQUEST: &str = "64Mi";
 const MEMORY_LIMIT: &str = "256Mi";
 
 /// The sidecar container for `app`, running `image` with `settings`, with
-/// `token` as the drain token the application's preStop hook sends.
-pub fn container(image: &str, settings: &Settings, app: &AppPort, token: &str) -> Container {
+/// `token` as the drain token the application's preStop hook sends, in a
+/// pod whose termination grace period is `grace` seconds (its drain is fit
+/// into it).
+pub fn container(
+    image: &str,
+    settings: &Settings,
+    app: &AppPort,
+    token: &str,
+    grace: i64,
+) -> Container {
     let admin = IntOrString::Int(i32::from(ADMIN_PORT));
     Container {
         name: CONTAINER.to_owned(),
         image: Some(image.to_owned()),
         restart_policy: Some("Always".to_owned()),
-        args: Some(args(settings, app)),
+        args: Some(args(settings, app, grace)),
         env: Some(vec![
             EnvVar {
                 name: DRAIN_TOKEN_ENV.to_owned(),
@@ -59,14 +67,21 @@ pub fn container(image: &str, settings: &Settings, app: &AppPort, token: &str) -
     }
 }
 
-fn args(settings: &Settings, app: &AppPort) -> Vec<String> {
+fn args(settings: &Settings, app: &AppPort, grace: i64) -> Vec<String> {
     let flags = [
-        ("--app-port", u32::from(app.number)),
-        ("--listen-port", u32::from(LISTEN_PORT)),
-        ("--admin-port", u32::from(ADMIN_PORT)),
-        ("--drain-window-seconds", settings.drain_window_seconds),
-        ("--max-closes-per-second", settings.max_closes_per_second),
-        ("--max-connections", settings.max_connections),
+        ("--app-port", i64::from(app.number)),
+        ("--listen-port", i64::from(LISTEN_PORT)),
+        ("--admin-port", i64::from(ADMIN_PORT)),
+        (
+            "--drain-window-seconds",
+            settings.drain_window_seconds.into(),
+        ),
+        (
+            "--max-closes-per-second",
+            settings.max_closes_per_second.into(),
+        ),
+        ("--max-connections", settings.max_connections.into()),
+        ("--termination-grace-seconds", grace),
     ];
     std::iter::once("sidecar".to_owned())
         .chain(

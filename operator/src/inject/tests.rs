@@ -105,7 +105,8 @@ fn a_named_port_is_handed_to_the_sidecar() {
                 "args": [
                     "sidecar", "--app-port", "8080", "--listen-port", "15080",
                     "--admin-port", "15090", "--drain-window-seconds", "30",
-                    "--max-closes-per-second", "100", "--max-connections", "9900"
+                    "--max-closes-per-second", "100", "--max-connections", "9900",
+                    "--termination-grace-seconds", "60"
                 ],
                 "env": [
                     { "name": "RINGWAY_DRAIN_TOKEN", "value": TOKEN },
@@ -441,39 +442,55 @@ fn optional_annotations_reach_the_sidecars_flags() {
             "--max-closes-per-second",
             "20",
             "--max-connections",
-            "2000"
+            "2000",
+            "--termination-grace-seconds",
+            "60"
         ]
     );
 }
 
 #[test]
 fn a_grace_period_shorter_than_the_drain_is_allowed_with_a_warning() {
+    // 60 s of grace: 60 - 5 s close timeout - 2 s for the application.
     let pod = annotated(chat_pod(), json!({ SIDECAR_DRAIN_WINDOW_SECONDS: "60" }));
     let (after, warnings) = admit(&pod).expect("admitted");
     assert!(after["spec"]["initContainers"].is_array());
     let [warning] = warnings.as_slice() else {
         panic!("one warning: {warnings:?}");
     };
-    assert!(
-        warning.contains("terminationGracePeriodSeconds 60"),
-        "{warning}"
+    for part in [
+        "terminationGracePeriodSeconds 60",
+        "53 s of its 60 s window",
+        "raise it to 67",
+    ] {
+        assert!(warning.contains(part), "{part:?} not in {warning}");
+    }
+    // The sidecar is told the grace period, so that its drain fits it.
+    let args = args_of(&after);
+    assert_eq!(
+        args[args.len() - 2..],
+        ["--termination-grace-seconds", "60"]
     );
-    assert!(warning.contains("= 65 s"), "{warning}");
 
-    // The kubelet's default of 30 s is short of the default 30 s + 5 s.
+    // The kubelet's default of 30 s is short of the default 30 s + 5 s + 2 s.
     let mut pod = chat_pod();
     pod["spec"]
         .as_object_mut()
         .expect("spec")
         .remove("terminationGracePeriodSeconds");
-    let (_, warnings) = admit(&pod).expect("admitted");
+    let (after, warnings) = admit(&pod).expect("admitted");
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].contains("terminationGracePeriodSeconds 30"));
-    assert!(warnings[0].contains("= 35 s"));
+    assert!(warnings[0].contains("23 s of its 30 s window"));
+    let args = args_of(&after);
+    assert_eq!(
+        args[args.len() - 2..],
+        ["--termination-grace-seconds", "30"]
+    );
 
     let pod = with(
         chat_pod(),
-        json!({ "spec": { "terminationGracePeriodSeconds": 35 } }),
+        json!({ "spec": { "terminationGracePeriodSeconds": 37 } }),
     );
     assert_eq!(admit(&pod).expect("admitted").1, Vec::<String>::new());
 }
