@@ -16,6 +16,11 @@
 //!   `e2e/cluster/helm_install.py`), then the operator binary as the
 //!   chart's ServiceAccount (its own token, the chart's flags): the example
 //!   gateway's children appear and no request of the operator is refused.
+//! - `the_api_server_sends_opted_in_pods_to_the_injector`: the operator's
+//!   sidecar injector called by the API server through a
+//!   MutatingWebhookConfiguration whose caBundle the operator sets: a
+//!   Deployment's pods are stored with their sidecar, other pods unchanged,
+//!   a pod asking for a port it lacks refused.
 //!
 //! Each runs only when `RINGWAY_E2E_KUBECONFIG` names a kubeconfig;
 //! otherwise it says so and passes. The data-plane image
@@ -36,6 +41,8 @@ mod kubectl;
 mod manifests;
 #[path = "cluster/operator.rs"]
 mod operator;
+#[path = "cluster/sidecar.rs"]
+mod sidecar;
 
 use std::{
     ffi::OsString,
@@ -189,6 +196,18 @@ fn the_chart_without_its_crd_runs_an_operator_confined_to_its_namespace() -> any
         release.name
     );
     as_the_charts_operator(&release, &operators, &gateways, &operator_bin)
+}
+
+#[test]
+fn the_api_server_sends_opted_in_pods_to_the_injector() -> anyhow::Result<()> {
+    let Some(kubeconfig) = cluster() else {
+        return Ok(());
+    };
+    let operator_bin = operator_binary()?;
+    let kubectl = fresh_kubectl(&kubeconfig);
+    let _namespace = kubectl.create_namespace()?;
+    let image = env_or("RINGWAY_E2E_IMAGE", DEFAULT_IMAGE);
+    sidecar::injection(&kubectl, &operator_bin, &image)
 }
 
 /// Applies `crds/websocketgateway.yaml` and waits until it is served.
