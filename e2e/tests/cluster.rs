@@ -338,23 +338,36 @@ fn as_the_charts_operator(
     let steps = readiness(&mut operator, &log, &probe)
         .and_then(|()| standby(binary, &kubeconfig, &args, operators, &scratch, &probe))
         .and_then(|()| gateway_children(gateways, &mut operator).map(drop));
-    drop(operator);
+    let who = format!("{user} (rules missing from the chart?)");
+    judge_run(operator, &log, steps, gateways, &who)
+}
 
-    let text = std::fs::read_to_string(&log)
+/// Stops `operator` once its `steps` ran: they must have passed, and its
+/// `log` must show no request the API server refused `who`. On failure,
+/// prints the log's end and what `namespace` holds.
+fn judge_run(
+    operator: Operator,
+    log: &Path,
+    steps: anyhow::Result<()>,
+    namespace: &Kubectl,
+    who: &str,
+) -> anyhow::Result<()> {
+    drop(operator);
+    let text = std::fs::read_to_string(log)
         .with_context(|| format!("reading the operator's log {}", log.display()))?;
     let refused = refused_lines(&text);
     if steps.is_ok() && refused.is_empty() {
         return Ok(());
     }
-    eprintln!("the operator's log ends:\n{}", chart::log_tail(&log, 40));
-    gateways.dump();
+    eprintln!("the operator's log ends:\n{}", chart::log_tail(log, 40));
+    namespace.dump();
     if !refused.is_empty() {
         let steps = steps
             .err()
             .map(|e| format!("\nand: {e:#}"))
             .unwrap_or_default();
         bail!(
-            "the API server refused requests of {user} (rules missing from the chart?):\n  {}{steps}",
+            "the API server refused requests of {who}:\n  {}{steps}",
             refused.join("\n  ")
         );
     }

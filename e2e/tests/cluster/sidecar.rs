@@ -18,9 +18,10 @@ use ringway_dataplane_api::sidecar::{
 use serde_json::{Value, json};
 
 use super::{
-    chart::{self, Scratch},
+    chart::Scratch,
+    judge_run,
     kubectl::{Kubectl, fresh_name, keep_for_a_look},
-    operator::{Operator, eventually, health_address, http_get, refused_lines},
+    operator::{Operator, eventually, health_address, http_get},
     repo_file,
 };
 
@@ -81,21 +82,7 @@ pub fn injection(kubectl: &Kubectl, binary: &Path, image: &str) -> anyhow::Resul
         .and_then(|()| deployment_injected(kubectl, &mut operator, &scratch, image))
         .and_then(|()| other_pods(kubectl, &scratch))
         .and_then(|()| reviews_counted(&log));
-    drop(operator);
-    let text = std::fs::read_to_string(&log)
-        .with_context(|| format!("reading the operator's log {}", log.display()))?;
-    let refused = refused_lines(&text);
-    if steps.is_ok() && refused.is_empty() {
-        return Ok(());
-    }
-    eprintln!("the operator's log ends:\n{}", chart::log_tail(&log, 40));
-    kubectl.dump();
-    ensure!(
-        refused.is_empty(),
-        "the API server refused requests of the operator:\n  {}",
-        refused.join("\n  ")
-    );
-    steps
+    judge_run(operator, &log, steps, kubectl, "the operator")
 }
 
 /// The operator's counters: the Deployment's pods and the direct opted-in
