@@ -16,6 +16,11 @@
 //!   `e2e/cluster/helm_install.py`), then the operator binary as the
 //!   chart's ServiceAccount (its own token, the chart's flags): the example
 //!   gateway's children appear and no request of the operator is refused.
+//! - `the_api_server_sends_opted_in_pods_to_the_injector`: the operator's
+//!   sidecar injector called by the API server through a
+//!   MutatingWebhookConfiguration whose caBundle the operator sets: a
+//!   Deployment's pods are stored with their sidecar, other pods unchanged,
+//!   a pod asking for a port it lacks refused.
 //!
 //! Each runs only when `RINGWAY_E2E_KUBECONFIG` names a kubeconfig;
 //! otherwise it says so and passes. The data-plane image
@@ -36,6 +41,8 @@ mod kubectl;
 mod manifests;
 #[path = "cluster/operator.rs"]
 mod operator;
+#[path = "cluster/sidecar.rs"]
+mod sidecar;
 
 use std::{
     ffi::OsString,
@@ -191,6 +198,18 @@ fn the_chart_without_its_crd_runs_an_operator_confined_to_its_namespace() -> any
     as_the_charts_operator(&release, &operators, &gateways, &operator_bin)
 }
 
+#[test]
+fn the_api_server_sends_opted_in_pods_to_the_injector() -> anyhow::Result<()> {
+    let Some(kubeconfig) = cluster() else {
+        return Ok(());
+    };
+    let operator_bin = operator_binary()?;
+    let kubectl = fresh_kubectl(&kubeconfig);
+    let _namespace = kubectl.create_namespace()?;
+    let image = env_or("RINGWAY_E2E_IMAGE", DEFAULT_IMAGE);
+    sidecar::injection(&kubectl, &operator_bin, &image)
+}
+
 /// Applies `crds/websocketgateway.yaml` and waits until it is served.
 fn install_crd(kubectl: &Kubectl) -> anyhow::Result<()> {
     kubectl
@@ -319,23 +338,36 @@ fn as_the_charts_operator(
     let steps = readiness(&mut operator, &log, &probe)
         .and_then(|()| standby(binary, &kubeconfig, &args, operators, &scratch, &probe))
         .and_then(|()| gateway_children(gateways, &mut operator).map(drop));
-    drop(operator);
+    let who = format!("{user} (rules missing from the chart?)");
+    judge_run(operator, &log, steps, gateways, &who)
+}
 
-    let text = std::fs::read_to_string(&log)
+/// Stops `operator` once its `steps` ran: they must have passed, and its
+/// `log` must show no request the API server refused `who`. On failure,
+/// prints the log's end and what `namespace` holds.
+fn judge_run(
+    operator: Operator,
+    log: &Path,
+    steps: anyhow::Result<()>,
+    namespace: &Kubectl,
+    who: &str,
+) -> anyhow::Result<()> {
+    drop(operator);
+    let text = std::fs::read_to_string(log)
         .with_context(|| format!("reading the operator's log {}", log.display()))?;
     let refused = refused_lines(&text);
     if steps.is_ok() && refused.is_empty() {
         return Ok(());
     }
-    eprintln!("the operator's log ends:\n{}", chart::log_tail(&log, 40));
-    gateways.dump();
+    eprintln!("the operator's log ends:\n{}", chart::log_tail(log, 40));
+    namespace.dump();
     if !refused.is_empty() {
         let steps = steps
             .err()
             .map(|e| format!("\nand: {e:#}"))
             .unwrap_or_default();
         bail!(
-            "the API server refused requests of {user} (rules missing from the chart?):\n  {}{steps}",
+            "the API server refused requests of {who}:\n  {}{steps}",
             refused.join("\n  ")
         );
     }

@@ -73,6 +73,15 @@ struct Args {
     /// The MutatingWebhookConfiguration whose caBundle the leader keeps.
     #[arg(long, env = "RINGWAY_WEBHOOK_CONFIGURATION")]
     webhook_configuration: Option<String>,
+    /// Another DNS name for the webhook's serving certificate, besides the
+    /// Service's: for a configuration that calls the webhook by a `url`.
+    /// Repeat for several.
+    #[arg(
+        long = "webhook-dns-name",
+        env = "RINGWAY_WEBHOOK_DNS_NAMES",
+        value_delimiter = ','
+    )]
+    webhook_dns_names: Vec<String>,
     /// The Secret, in the operator's namespace, holding the webhook's CA
     /// and serving certificate.
     #[arg(
@@ -212,6 +221,7 @@ async fn serve_webhook(
         service,
         secret: args.webhook_secret.clone(),
         configuration,
+        extra_dns_names: args.webhook_dns_names.clone(),
     };
     let (image, counted) = (args.image.clone(), Arc::clone(metrics));
     let handler: webhook::Handler = Arc::new(move |review| {

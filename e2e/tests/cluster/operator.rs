@@ -109,6 +109,12 @@ pub fn health_address(log: &Path) -> anyhow::Result<SocketAddr> {
 
 /// The status code of `GET path` on the operator's health port.
 pub fn http_status(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    http_get(address, path).map(|(status, _)| status)
+}
+
+/// The status code and the whole answer (head and body) of `GET path` on
+/// the operator's health port.
+pub fn http_get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, POLL_EVERY)?;
     stream.set_read_timeout(Some(DEADLINE))?;
     write!(
@@ -117,11 +123,12 @@ pub fn http_status(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
     )?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
-    answer
+    let status = answer
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP answer: {answer:?}"))
+        .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+    Ok((status, answer))
 }
 
 /// The operator's `--log` filter: `RUST_LOG` if set, else info with the

@@ -218,6 +218,26 @@ mod tests {
     }
 
     #[test]
+    fn extra_dns_names_reach_the_certificate_after_the_services() {
+        let config = crate::webhook::Config {
+            namespace: "ringway".into(),
+            service: "hook".into(),
+            secret: "hook-tls".into(),
+            configuration: "hook".into(),
+            extra_dns_names: vec!["localhost".into(), "hook.example.com".into()],
+        };
+        let wanted = [names(), config.extra_dns_names.clone()].concat();
+        assert_eq!(config.dns_names(), wanted);
+        let tls = WebhookTls::issue(Decision::Create, None, &config.dns_names()).expect("issue");
+        assert_eq!(dns_names_of(&tls.cert), Some(wanted));
+        assert_eq!(
+            decide(Some(Some(&fresh())), &config.dns_names(), SystemTime::now()),
+            Decision::RenewLeaf,
+            "a certificate without the extra names is renewed"
+        );
+    }
+
+    #[test]
     fn other_dns_names_renew_the_leaf() {
         let tls = fresh();
         let moved = vec!["other.ringway.svc".to_owned()];

@@ -68,16 +68,22 @@ pub struct Config {
     pub secret: String,
     /// The MutatingWebhookConfiguration whose caBundle the leader keeps.
     pub configuration: String,
+    /// More names for the certificate, for a webhook called by a `url`
+    /// rather than through the Service.
+    pub extra_dns_names: Vec<String>,
 }
 
 impl Config {
-    /// The DNS names the API server calls the Service by.
+    /// The DNS names the API server calls the webhook by: the Service's,
+    /// then the extra ones.
     pub fn dns_names(&self) -> Vec<String> {
         let (service, namespace) = (&self.service, &self.namespace);
-        vec![
+        let mut names = vec![
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.cluster.local"),
-        ]
+        ];
+        names.extend(self.extra_dns_names.iter().cloned());
+        names
     }
 
     fn secret_ref(&self) -> SecretRef {
