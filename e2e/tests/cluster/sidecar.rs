@@ -379,7 +379,7 @@ fn other_pods(kubectl: &Kubectl, scratch: &Scratch) -> anyhow::Result<()> {
 
     let single = create(&pod("single", json!({ SIDECAR: APP_PORT_NAME }))?)?;
     let said = String::from_utf8_lossy(&single.stderr);
-    let warning = "Warning: terminationGracePeriodSeconds 30 is shorter than the sidecar's drain";
+    let warning = "Warning: terminationGracePeriodSeconds 30 leaves the sidecar's drain 23 s of its 30 s window";
     ensure!(
         single.status.success() && said.contains(warning),
         "an opted-in pod: want it created with {warning:?}; kubectl said: {}",
