@@ -1,4 +1,5 @@
-//! Kubernetes events about gateways, each showing what it says now.
+//! Kubernetes events about gateways (and the sidecar audit's about
+//! workloads), each showing what it says now.
 //!
 //! kube's [`Recorder`] folds every event of one type, reason and action
 //! about one object into a series that keeps the *first* note: the weight

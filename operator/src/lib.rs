@@ -13,7 +13,9 @@
 //!
 //! Apart from gateways, [`inject`] decides what the sidecar injector does
 //! to a pod that asks for the data plane beside its application, and every
-//! replica serves it as a mutating admission [`webhook`] when asked to.
+//! replica serves it as a mutating admission [`webhook`] when asked to;
+//! with it, the leader's [`sidecar_audit`] finds and reports the pods that
+//! started without their sidecar while the webhook did not answer.
 
 pub mod annotations;
 pub mod budget;
@@ -37,6 +39,7 @@ pub mod plan;
 pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
+pub mod sidecar_audit;
 pub mod snapshot;
 pub mod status;
 pub mod steer;

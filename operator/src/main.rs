@@ -3,7 +3,8 @@
 //! replica, so a standby's stores are warm and it reports ready), takes
 //! the leader lease and runs the controllers until SIGTERM. With
 //! `--webhook-address`, every replica also serves the sidecar injector's
-//! admission webhook.
+//! admission webhook, and the leader audits the pods that started without
+//! their sidecar.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -19,6 +20,7 @@ use ringway_operator::{
     http, inject,
     leader::{self, Leadership, LeaseConfig},
     metrics::Metrics,
+    sidecar_audit::run::Auditor,
     steer::GrpcSteer,
     stores::{self, Stores},
     watches, webhook,
@@ -152,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     metrics.set_leader(true);
     leading.send_replace(true); // the watches now feed the controllers
+    audit_sidecars(&args, &client, &metrics, &identity, &term.halt);
     let context = context(&args, &client, &metrics, identity, stores);
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
     controller::run(client, feeds, context, term.halt.clone()).await;
@@ -240,6 +243,35 @@ async fn serve_webhook(
         until(stop.clone()),
     );
     Ok(())
+}
+
+/// With the injector (`--webhook-address`), finds and reports the pods
+/// that started without their sidecar, every minute until `halt`.
+fn audit_sidecars(
+    args: &Args,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    identity: &str,
+    halt: &watch::Receiver<bool>,
+) {
+    if args.webhook_address.is_none() {
+        return;
+    }
+    let auditor = Auditor {
+        client: client.clone(),
+        namespaces: args.namespaces.clone(),
+        metrics: Arc::clone(metrics),
+        events: Events::new(client.clone(), reporter(identity.to_owned())),
+    };
+    tokio::spawn(auditor.run(halt.clone()));
+}
+
+/// Who the operator's events say reported them.
+fn reporter(identity: String) -> Reporter {
+    Reporter {
+        controller: "ringway-operator".into(),
+        instance: Some(identity),
+    }
 }
 
 /// This replica's identity: `--identity`, else the host name.
@@ -357,13 +389,7 @@ fn context(
     identity: String,
     stores: Stores,
 ) -> Arc<Context<GrpcSteer>> {
-    let events = Events::new(
-        client.clone(),
-        Reporter {
-            controller: "ringway-operator".into(),
-            instance: Some(identity),
-        },
-    );
+    let events = Events::new(client.clone(), reporter(identity));
     Arc::new(Context::new(
         client.clone(),
         GrpcSteer::new(Options::default()),

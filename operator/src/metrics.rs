@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics, all prefixed `ringway_operator_`:
 //! reconciles and their errors and durations, snapshot pushes, the pods
-//! steered per gateway, whether this replica leads, and the admission
-//! webhook's requests.
+//! steered per gateway, whether this replica leads, the admission
+//! webhook's requests and the pods found running without their sidecar.
 
 use std::time::Duration;
 
@@ -69,6 +69,24 @@ struct GatewayLabel {
     gateway: String,
 }
 
+/// Labels of the sidecar audit's gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabel {
+    /// The workload's namespace.
+    namespace: String,
+    /// `kind/name`, as `kubectl` takes it.
+    workload: String,
+}
+
+impl WorkloadLabel {
+    fn new(namespace: &str, workload: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            workload: workload.to_owned(),
+        }
+    }
+}
+
 /// Every metric the operator exports. `Send + Sync`: share it as
 /// `Arc<Metrics>`.
 pub struct Metrics {
@@ -82,6 +100,7 @@ pub struct Metrics {
     leader: Gauge,
     webhook_requests: Family<ResultLabel, Counter>,
     sidecar_injections: Family<OutcomeLabel, Counter>,
+    sidecar_missing_pods: Family<WorkloadLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -109,6 +128,7 @@ impl Metrics {
         let leader = Gauge::default();
         let webhook_requests = Family::<ResultLabel, Counter>::default();
         let sidecar_injections = Family::<OutcomeLabel, Counter>::default();
+        let sidecar_missing_pods = Family::<WorkloadLabel, Gauge>::default();
         registry.register(
             "reconciles",
             "Reconciles of a gateway, finished or failed",
@@ -154,6 +174,11 @@ impl Metrics {
             "Pods the sidecar injector reviewed, by outcome (injected, unchanged, denied, skipped, failed)",
             sidecar_injections.clone(),
         );
+        registry.register(
+            "sidecar_missing_pods",
+            "Pods of a workload (namespace, kind/name) that asked for the sidecar and run without it; the leader counts them every minute",
+            sidecar_missing_pods.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -165,6 +190,7 @@ impl Metrics {
             leader,
             webhook_requests,
             sidecar_injections,
+            sidecar_missing_pods,
         }
     }
 
@@ -229,6 +255,20 @@ impl Metrics {
             .inc();
     }
 
+    /// The number of pods of one annotated workload (`kind/name`) that run
+    /// without the sidecar.
+    pub fn set_sidecar_missing_pods(&self, namespace: &str, workload: &str, pods: i64) {
+        self.sidecar_missing_pods
+            .get_or_create(&WorkloadLabel::new(namespace, workload))
+            .set(pods);
+    }
+
+    /// Forgets a workload that is gone or no longer asks for the sidecar.
+    pub fn forget_sidecar_workload(&self, namespace: &str, workload: &str) {
+        self.sidecar_missing_pods
+            .remove(&WorkloadLabel::new(namespace, workload));
+    }
+
     /// The metrics in Prometheus' text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -261,6 +301,7 @@ mod tests {
         metrics.webhook_request(WebhookResult::Answered);
         metrics.webhook_request(WebhookResult::TlsFailed);
         metrics.sidecar_injection("injected");
+        metrics.set_sidecar_missing_pods("prod", "deployment/chat", 2);
 
         let text = metrics.render();
         let lines = lines(&text);
@@ -279,6 +320,7 @@ mod tests {
             "ringway_operator_webhook_requests_total{result=\"answered\"} 2",
             "ringway_operator_webhook_requests_total{result=\"tls_failed\"} 1",
             "ringway_operator_sidecar_injections_total{outcome=\"injected\"} 1",
+            "ringway_operator_sidecar_missing_pods{namespace=\"prod\",workload=\"deployment/chat\"} 2",
         ] {
             assert!(
                 lines.contains(&expected),
@@ -299,6 +341,22 @@ mod tests {
         assert!(!text.contains("default/echo"), "{text}");
         assert!(
             lines(&text).contains(&"ringway_operator_pods_steered{gateway=\"prod/chat\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_forgotten_workload_is_no_longer_exported() {
+        let metrics = Metrics::new();
+        metrics.set_sidecar_missing_pods("prod", "deployment/chat", 1);
+        metrics.set_sidecar_missing_pods("prod", "daemonset/agent", 0);
+        metrics.forget_sidecar_workload("prod", "deployment/chat");
+        let text = metrics.render();
+        assert!(!text.contains("deployment/chat"), "{text}");
+        assert!(
+            lines(&text).contains(
+                &"ringway_operator_sidecar_missing_pods{namespace=\"prod\",workload=\"daemonset/agent\"} 0"
+            ),
             "{text}"
         );
     }

@@ -122,6 +122,23 @@ pub const WEBHOOK_CONFIGURATION: &[Grant] = &[Grant {
     verbs: &["get", "patch"],
 }];
 
+/// With the sidecar injector, in every namespace whose gateways the
+/// operator manages (beside [`GATEWAYS`]): the leader's sidecar audit
+/// lists the workloads whose pod template asks for the sidecar, and each
+/// one's pods.
+pub const SIDECAR_AUDIT: &[Grant] = &[
+    Grant {
+        api_group: "apps",
+        resources: &["deployments", "statefulsets", "daemonsets"],
+        verbs: &["list"],
+    },
+    Grant {
+        api_group: "",
+        resources: &["pods"],
+        verbs: &["list"],
+    },
+];
+
 /// Whether `grants` allow `verb` on `resource` of `api_group`.
 pub fn allows(grants: &[Grant], api_group: &str, resource: &str, verb: &str) -> bool {
     grants.iter().any(|g| {
