@@ -45,6 +45,8 @@ def rendered_problems(objects, values):
     # to the operator's table; bindings name the ServiceAccount.
     namespaces = values.get("watchNamespaces") or []
     gateways, leader = rules_file("gateways.yaml"), rules_file("leader-election.yaml")
+    if values.get("sidecarInjector", {}).get("enabled", False):
+        gateways += rules_file("sidecar-audit.yaml")  # the leader's sidecar audit
     roles = gateway_roles("Role")
     if namespaces:
         if gateway_roles("ClusterRole"):
@@ -52,12 +54,14 @@ def rendered_problems(objects, values):
         for ns in namespaces:
             here = [r for r in roles if r["metadata"].get("namespace") == ns]
             if len(here) != 1 or here[0]["rules"] != gateways:
-                problems.append(f"namespace {ns}: not exactly one Role with files/rbac/gateways.yaml's rules")
+                problems.append(f"namespace {ns}: not exactly one Role with files/rbac/gateways.yaml's rules"
+                                " (and sidecar-audit.yaml's with the injector)")
     else:
         cluster_roles = gateway_roles("ClusterRole")
         cluster_role = cluster_roles[0] if len(cluster_roles) == 1 else None
         if not cluster_role or cluster_role["rules"] != gateways:
-            problems.append("no ClusterRole with files/rbac/gateways.yaml's rules")
+            problems.append("no ClusterRole with files/rbac/gateways.yaml's rules"
+                            " (and sidecar-audit.yaml's with the injector)")
     leader_roles = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
     if values.get("leaderElection", {}).get("enabled", True):
         if len(leader_roles) != 1 or leader_roles[0]["rules"] != leader \

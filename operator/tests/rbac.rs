@@ -5,7 +5,8 @@
 //! canary with a bad annotation and a NetworkPolicy turned on and off,
 //! leader election — must use every grant; and the Helm chart's rules must
 //! be the table's. (The sidecar injector's grants are used by the
-//! `webhook_api` test, which checks their resource names too.)
+//! `webhook_api` test, which checks their resource names too, and the
+//! sidecar audit's by the `sidecar_audit_api` test.)
 
 mod support;
 
@@ -70,6 +71,7 @@ fn the_charts_rules_are_the_operators() {
     for (file, grants) in [
         ("gateways.yaml", rbac::GATEWAYS),
         ("leader-election.yaml", rbac::LEADER_ELECTION),
+        ("sidecar-audit.yaml", rbac::SIDECAR_AUDIT),
         (
             "sidecar-injector-secret-create.yaml",
             rbac::WEBHOOK_SECRET_CREATE,
