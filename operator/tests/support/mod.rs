@@ -74,7 +74,8 @@ pub fn path(kind: &str) -> String {
     }
 }
 
-fn decode(s: &str) -> String {
+/// Percent-decodes a query string.
+pub fn decode(s: &str) -> String {
     let mut out = String::new();
     let bytes = s.as_bytes();
     let mut i = 0;
