@@ -92,28 +92,28 @@ pub struct Report {
 pub const REASON: &str = "SidecarMissing";
 
 /// The workloads the audit reads: each gives its pod template and selector.
-pub trait Kind: Resource<DynamicType = ()> + Clone {
+pub trait WorkloadKind: Resource<DynamicType = ()> + Clone {
     /// The kind as `kubectl` takes it.
     const NAME: &'static str;
     /// The pod template and the pod selector.
     fn pods(&self) -> Option<(&PodTemplateSpec, &LabelSelector)>;
 }
 
-impl Kind for Deployment {
+impl WorkloadKind for Deployment {
     const NAME: &'static str = "deployment";
     fn pods(&self) -> Option<(&PodTemplateSpec, &LabelSelector)> {
         self.spec.as_ref().map(|s| (&s.template, &s.selector))
     }
 }
 
-impl Kind for StatefulSet {
+impl WorkloadKind for StatefulSet {
     const NAME: &'static str = "statefulset";
     fn pods(&self) -> Option<(&PodTemplateSpec, &LabelSelector)> {
         self.spec.as_ref().map(|s| (&s.template, &s.selector))
     }
 }
 
-impl Kind for DaemonSet {
+impl WorkloadKind for DaemonSet {
     const NAME: &'static str = "daemonset";
     fn pods(&self) -> Option<(&PodTemplateSpec, &LabelSelector)> {
         self.spec.as_ref().map(|s| (&s.template, &s.selector))
@@ -125,7 +125,7 @@ impl Kind for DaemonSet {
 /// selects everything, or an expression with an unknown operator: logged
 /// at debug and skipped). `matchExpressions` are used as the API server
 /// would.
-pub fn workload<K: Kind>(object: &K) -> Option<Workload> {
+pub fn workload<K: WorkloadKind>(object: &K) -> Option<Workload> {
     let (template, selector) = object.pods()?;
     let annotations = template.metadata.as_ref()?.annotations.as_ref()?;
     if !annotations.contains_key(SIDECAR) {

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::warn;
 
-use super::{Audit, Finding, Kind, REASON, Report, Workload, missing_pods, workload};
+use super::{Audit, Finding, REASON, Report, Workload, WorkloadKind, missing_pods, workload};
 use crate::{events::Events, metrics::Metrics};
 
 /// Time between two passes; the first runs at once.
@@ -90,7 +90,7 @@ impl Auditor {
     /// The annotated workloads of one kind in one scope.
     async fn workloads<K>(&self, namespace: Option<&str>) -> Result<Vec<Workload>, kube::Error>
     where
-        K: Kind + DeserializeOwned + std::fmt::Debug,
+        K: WorkloadKind + DeserializeOwned + std::fmt::Debug,
         K: Resource<Scope = NamespaceResourceScope>,
     {
         let api: Api<K> = match namespace {
