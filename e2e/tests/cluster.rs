@@ -160,8 +160,51 @@ fn the_chart_with_its_defaults_runs_an_operator_that_needs_nothing_more() -> any
     )?;
     wait_crd_established(&kubectl)?;
     // The chart watches all namespaces; the gateway lives in the release's.
-    as_the_charts_operator(&release, &kubectl, &kubectl, &operator_bin)
+    as_the_charts_operator(&release, &kubectl, &kubectl, &operator_bin, None)
 }
+
+#[test]
+fn the_chart_with_the_sidecar_injector_runs_an_operator_that_needs_nothing_more()
+-> anyhow::Result<()> {
+    let Some(kubeconfig) = cluster() else {
+        return Ok(());
+    };
+    chart::ensure_helm_sdkpy()?;
+    let operator_bin = operator_binary()?;
+    let kubectl = fresh_kubectl(&kubeconfig);
+    let _namespace = kubectl.create_namespace()?;
+    let release = Release::install(
+        &kubectl,
+        Install {
+            take_ownership: true,
+            set: &["sidecarInjector.enabled=true"],
+            ..Install::default()
+        },
+    )?;
+    wait_crd_established(&kubectl)?;
+    // The chart's webhook never sees the release's own namespace, so this
+    // opted-in Deployment's pods start without their sidecar: the
+    // operator's audit must report them.
+    let scratch = Scratch::new()?;
+    let deployment = sidecar::opted_in_deployment(UNINJECTED, 2);
+    let file = scratch.write("deployment.json", &deployment.to_string())?;
+    kubectl.run(
+        &["create", "--namespace", &kubectl.namespace, "-f"],
+        Some(&file),
+    )?;
+    // The webhook's Secret and caBundle, and the audit's lists of
+    // workloads and pods and its event, all as the chart's ServiceAccount.
+    as_the_charts_operator(
+        &release,
+        &kubectl,
+        &kubectl,
+        &operator_bin,
+        Some(UNINJECTED),
+    )
+}
+
+/// The Deployment whose pods start without their sidecar.
+const UNINJECTED: &str = "chat-uninjected";
 
 #[test]
 fn the_chart_without_its_crd_runs_an_operator_confined_to_its_namespace() -> anyhow::Result<()> {
@@ -195,7 +238,7 @@ fn the_chart_without_its_crd_runs_an_operator_confined_to_its_namespace() -> any
         "crds.install=false, yet release {} took the CRD",
         release.name
     );
-    as_the_charts_operator(&release, &operators, &gateways, &operator_bin)
+    as_the_charts_operator(&release, &operators, &gateways, &operator_bin, None)
 }
 
 #[test]
@@ -245,6 +288,7 @@ fn as_the_charts_operator(
     operators: &Kubectl,
     gateways: &Kubectl,
     binary: &Path,
+    audited: Option<&str>,
 ) -> anyhow::Result<()> {
     let deployment = release.deployment()?;
     let text = |pointer: &str| {
@@ -337,7 +381,13 @@ fn as_the_charts_operator(
     let probe = text("/spec/template/spec/containers/0/readinessProbe/httpGet/path")?;
     let steps = readiness(&mut operator, &log, &probe)
         .and_then(|()| standby(binary, &kubeconfig, &args, operators, &scratch, &probe))
-        .and_then(|()| gateway_children(gateways, &mut operator).map(drop));
+        .and_then(|()| gateway_children(gateways, &mut operator).map(drop))
+        .and_then(|()| injector_certificate(&mut operator, operators, &chart_args))
+        .and_then(|()| {
+            audited.map_or(Ok(()), |name| {
+                sidecar_missing(&mut operator, operators, name)
+            })
+        });
     let who = format!("{user} (rules missing from the chart?)");
     judge_run(operator, &log, steps, gateways, &who)
 }
@@ -372,6 +422,75 @@ fn judge_run(
         );
     }
     steps
+}
+
+/// With the chart's sidecar injector on: the operator made the webhook's
+/// certificate Secret and set the chart's MutatingWebhookConfiguration's
+/// caBundle to its CA (the rules that allow both are the chart's).
+fn injector_certificate(
+    operator: &mut Operator,
+    operators: &Kubectl,
+    chart_args: &[String],
+) -> anyhow::Result<()> {
+    let value = |flag: &str| {
+        chart_args
+            .iter()
+            .find_map(|a| a.strip_prefix(flag)?.strip_prefix('='))
+            .map(str::to_owned)
+    };
+    let Some(configuration) = value("--webhook-configuration") else {
+        return Ok(());
+    };
+    let secret = value("--webhook-secret").context("the chart passes no --webhook-secret")?;
+    eventually(
+        operator,
+        "the webhook's caBundle to be its Secret's CA",
+        || {
+            let ca = operators.must_get("secret", &secret)?;
+            let ca = ca
+                .pointer("/data/ca.crt")
+                .and_then(Value::as_str)
+                .context("no ca.crt in the Secret yet")?;
+            let hooks = operators.must_get("mutatingwebhookconfiguration", &configuration)?;
+            let bundles: Vec<&str> = hooks
+                .pointer("/webhooks")
+                .and_then(Value::as_array)
+                .context("no webhooks")?
+                .iter()
+                .map(|w| {
+                    w.pointer("/clientConfig/caBundle")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                })
+                .collect();
+            ensure!(
+                !bundles.is_empty() && bundles.iter().all(|b| *b == ca),
+                "caBundles {bundles:?} are not the Secret's CA yet"
+            );
+            Ok(())
+        },
+    )
+}
+
+/// The operator's sidecar audit reported the Deployment `name`'s pods,
+/// which started without their sidecar, in a Warning event on it.
+fn sidecar_missing(operator: &mut Operator, kubectl: &Kubectl, name: &str) -> anyhow::Result<()> {
+    eventually(operator, "the audit's SidecarMissing event", || {
+        let selector = format!("reason=SidecarMissing,involvedObject.name={name}");
+        let events = kubectl.json(&["get", "events", "--field-selector", &selector])?;
+        let notes: Vec<&str> = events
+            .pointer("/items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.pointer("/message").and_then(Value::as_str))
+            .collect();
+        ensure!(
+            notes.iter().any(|n| n.starts_with("2 pod(s) run without")),
+            "no SidecarMissing event about 2 pods of {name}: {notes:?}"
+        );
+        Ok(())
+    })
 }
 
 /// The chart's readiness probe passes on the operator that leads (it

@@ -226,11 +226,15 @@ pub fn operator_args(chart_args: &[String], image: &str, watch: &str) -> Vec<Str
         .filter(|a| {
             !matches!(
                 flag(a).as_str(),
-                "--metrics-address" | "--image" | "--log-format"
+                "--metrics-address" | "--image" | "--log-format" | "--webhook-address"
             )
         })
         .cloned()
         .collect();
+    // The webhook on loopback only, on a free port, as every test's port.
+    if chart_args.iter().any(|a| flag(a) == "--webhook-address") {
+        args.push("--webhook-address=127.0.0.1:0".to_owned());
+    }
     if !args.iter().any(|a| flag(a) == "--namespace") {
         args.push(format!("--namespace={watch}"));
     }
@@ -424,6 +428,20 @@ mod tests {
                 "--log-format=text",
             ]
         );
+    }
+
+    #[test]
+    fn the_webhook_is_served_on_loopback_only() {
+        let mut chart = chart_args(Some("gw"));
+        chart.push("--webhook-address=0.0.0.0:9443".to_owned());
+        chart.push("--webhook-configuration=x".to_owned());
+        let args = operator_args(&chart, "img:1", "ignored");
+        let webhook: Vec<&String> = args
+            .iter()
+            .filter(|a| a.starts_with("--webhook-address"))
+            .collect();
+        assert_eq!(webhook, ["--webhook-address=127.0.0.1:0"]);
+        assert!(args.contains(&"--webhook-configuration=x".to_owned()));
     }
 
     #[test]

@@ -247,6 +247,20 @@ fn app_pod(app: &str, annotations: Value) -> Value {
     })
 }
 
+/// A Deployment `name` of `replicas` pods that ask for the sidecar.
+pub fn opted_in_deployment(name: &str, replicas: usize) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": app_pod(name, json!({ SIDECAR: APP_PORT_NAME })),
+        },
+    })
+}
+
 /// A Deployment of opted-in pods: the ReplicaSet controller's pods are
 /// stored injected, each with its own drain token.
 fn deployment_injected(
@@ -255,16 +269,7 @@ fn deployment_injected(
     scratch: &Scratch,
     image: &str,
 ) -> anyhow::Result<()> {
-    let deployment = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": APP },
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": { "matchLabels": { "app": APP } },
-            "template": app_pod(APP, json!({ SIDECAR: APP_PORT_NAME })),
-        },
-    });
+    let deployment = opted_in_deployment(APP, REPLICAS);
     let file = scratch.write("deployment.json", &deployment.to_string())?;
     kubectl.run(
         &["create", "--namespace", &kubectl.namespace, "-f"],
