@@ -144,23 +144,31 @@ fn the_chart_with_its_defaults_runs_an_operator_that_needs_nothing_more() -> any
     let Some(kubeconfig) = cluster() else {
         return Ok(());
     };
-    chart::ensure_helm_sdkpy()?;
     let operator_bin = operator_binary()?;
     let kubectl = fresh_kubectl(&kubeconfig);
     let _namespace = kubectl.create_namespace()?;
+    let release = install_with_crd(&kubectl, &[])?;
+    // The chart watches all namespaces; the gateway lives in the release's.
+    as_the_charts_operator(&release, &kubectl, &kubectl, &operator_bin, None)
+}
+
+/// Installs the chart with its CRD and `set`, and waits for the CRD to be
+/// served.
+fn install_with_crd<'a>(kubectl: &'a Kubectl, set: &'a [&'a str]) -> anyhow::Result<Release<'a>> {
+    chart::ensure_helm_sdkpy()?;
     // The chart installs the CRD as a template. Other tests apply it too and
     // leave it installed, so it may exist without Helm's ownership labels,
     // which Helm refuses unless told to adopt it.
     let release = Release::install(
-        &kubectl,
+        kubectl,
         Install {
             take_ownership: true,
+            set,
             ..Install::default()
         },
     )?;
-    wait_crd_established(&kubectl)?;
-    // The chart watches all namespaces; the gateway lives in the release's.
-    as_the_charts_operator(&release, &kubectl, &kubectl, &operator_bin, None)
+    wait_crd_established(kubectl)?;
+    Ok(release)
 }
 
 #[test]
@@ -169,19 +177,10 @@ fn the_chart_with_the_sidecar_injector_runs_an_operator_that_needs_nothing_more(
     let Some(kubeconfig) = cluster() else {
         return Ok(());
     };
-    chart::ensure_helm_sdkpy()?;
     let operator_bin = operator_binary()?;
     let kubectl = fresh_kubectl(&kubeconfig);
     let _namespace = kubectl.create_namespace()?;
-    let release = Release::install(
-        &kubectl,
-        Install {
-            take_ownership: true,
-            set: &["sidecarInjector.enabled=true"],
-            ..Install::default()
-        },
-    )?;
-    wait_crd_established(&kubectl)?;
+    let release = install_with_crd(&kubectl, &["sidecarInjector.enabled=true"])?;
     // The chart's webhook never sees the release's own namespace, so this
     // opted-in Deployment's pods start without their sidecar: the
     // operator's audit must report them.

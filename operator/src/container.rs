@@ -3,12 +3,21 @@
 //! a security context that needs nothing of the pod's.
 
 use k8s_openapi::{
-    api::core::v1::{Capabilities, ContainerPort, HTTPGetAction, Probe, SecurityContext},
+    api::core::v1::{Capabilities, ContainerPort, EnvVar, HTTPGetAction, Probe, SecurityContext},
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
 /// The distroless `nonroot` user and group the data-plane image runs as.
 pub const NONROOT: i64 = 65532;
+
+/// JSON logs, one object per line, for a cluster's log pipeline.
+pub fn json_logs() -> EnvVar {
+    EnvVar {
+        name: "RINGWAY_LOG_FORMAT".to_owned(),
+        value: Some("json".to_owned()),
+        ..EnvVar::default()
+    }
+}
 
 /// A TCP container port.
 pub fn tcp_port(name: &str, number: u16) -> ContainerPort {

@@ -139,11 +139,7 @@ fn pod_spec(gw: &GatewayRef, slot: Slot, inputs: &PodInputs) -> PodSpec {
                     }),
                     ..EnvVar::default()
                 },
-                EnvVar {
-                    name: "RINGWAY_LOG_FORMAT".to_owned(),
-                    value: Some("json".to_owned()),
-                    ..EnvVar::default()
-                },
+                container::json_logs(),
             ]),
             ports: Some(vec![
                 tcp_port(PORT_CLIENT, inputs.listener.port),

@@ -47,11 +47,7 @@ pub fn container(
                 value: Some(token.to_owned()),
                 ..EnvVar::default()
             },
-            EnvVar {
-                name: "RINGWAY_LOG_FORMAT".to_owned(),
-                value: Some("json".to_owned()),
-                ..EnvVar::default()
-            },
+            container::json_logs(),
         ]),
         ports: Some(vec![
             tcp_port(&app.name, LISTEN_PORT),
