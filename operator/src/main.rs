@@ -297,11 +297,30 @@ fn own_namespace(args: &Args) -> String {
 /// not.
 fn report_synced(stores: Stores, ready: watch::Sender<bool>) {
     tokio::spawn(async move {
-        if stores.wait_until_ready().await.is_ok() {
-            let _ = ready.send(true); // readiness: synced
+        let synced = stores.wait_until_ready();
+        tokio::pin!(synced);
+        let result = match tokio::time::timeout(SYNC_WARNING, &mut synced).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(
+                    after_seconds = SYNC_WARNING.as_secs(),
+                    "the watches of gateways, pods and EndpointSlices have not listed everything yet; /readyz answers 503 until they have (look for watch errors above)"
+                );
+                synced.await
+            }
+        };
+        match result {
+            Ok(()) => {
+                info!("watches synced");
+                let _ = ready.send(true); // readiness: synced
+            }
+            Err(e) => warn!(error = %e, "a watch ended before it synced; /readyz stays 503"),
         }
     });
 }
+
+/// How long the watches may take to list everything before that is logged.
+const SYNC_WARNING: Duration = Duration::from_secs(30);
 
 /// Waits for the leader lease (when `--leader-election`); `None` when
 /// stopped before it was taken.
