@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read,
     time::{Duration, SystemTime},
 };
 
@@ -163,13 +162,25 @@ fn secret<const N: usize>(gw: &GatewayRef, name: String, data: [(&str, String); 
     }
 }
 
-/// 32 random bytes from the kernel, hex: the peer hand-off token.
+/// The peer hand-off token.
 fn new_token() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::Malformed(format!("reading /dev/urandom for the peer token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    random_token().ok_or_else(|| Error::Malformed("no random bytes for the peer token".to_owned()))
+}
+
+/// Random bytes in a secret token (256 bits).
+pub(crate) const TOKEN_BYTES: usize = 32;
+
+/// A secret token: [`TOKEN_BYTES`] from the operating system's secure random
+/// generator (through ring, the TLS stack's provider), in hex. `None` when
+/// the generator fails. The peer hand-off token and the sidecar's drain
+/// token are both made here.
+pub(crate) fn random_token() -> Option<String> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

@@ -13,9 +13,6 @@ use serde_json::Value;
 
 use super::{Injection, decide};
 
-/// Random bytes in a drain token (256 bits).
-const TOKEN_BYTES: usize = 32;
-
 /// What the injector did with one review, for its metrics and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -89,9 +86,9 @@ fn respond(request: &AdmissionRequest<DynamicObject>, image: &str) -> (Admission
             return (deny(allowed, &message), Outcome::Denied);
         }
     };
-    let token = match new_token() {
-        Ok(token) => token,
-        Err(message) => return (fail(allowed, &message), Outcome::Failed),
+    let Some(token) = crate::pki::random_token() else {
+        let message = "no random bytes for the sidecar's drain token";
+        return (fail(allowed, message), Outcome::Failed);
     };
     match decide(&pod, image, &token) {
         Ok(injection) => with_injection(allowed, injection),
@@ -154,17 +151,6 @@ fn encode(mut response: AdmissionResponse) -> Vec<u8> {
         fields.insert("patch".to_owned(), encoded);
     }
     serde_json::to_vec(&review).unwrap_or_default()
-}
-
-/// A fresh drain token: random bytes from the TLS stack's secure random
-/// source (ring's, the operating system's generator), in hex.
-fn new_token() -> Result<String, String> {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| "no random bytes for the sidecar's drain token".to_owned())?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use ringway_crds::annotations::SIDECAR;
 use ringway_dataplane_api::sidecar::{DRAIN_TOKEN_ENV, DRAIN_TOKEN_HEADER};
 use serde_json::{Value, json};
 
+use crate::pki::TOKEN_BYTES;
+
 use super::{
     super::tests::{IMAGE, chat_pod},
     *,
