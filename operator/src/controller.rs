@@ -52,10 +52,7 @@ pub async fn run<S: Steer>(
             "controller",
             namespace = feed.namespace.as_deref().unwrap_or("*")
         );
-        let mut halt = halt.clone();
-        let shutdown = async move {
-            let _ = halt.wait_for(|h| *h).await;
-        };
+        let shutdown = crate::until(halt.clone());
         run_scope(client.clone(), feed, Arc::clone(&context), shutdown).instrument(span)
     });
     join_all(runs).await;

@@ -48,4 +48,10 @@ pub mod watches;
 pub mod webhook;
 
 pub use error::Error;
+
+/// Resolves once `flag` is true, or can no longer become true (its sender
+/// is gone): how the operator's tasks wait for a stop or a halt.
+pub async fn until(mut flag: tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|f| *f).await;
+}
 pub use inputs::PodInputs;

@@ -23,7 +23,7 @@ use ringway_operator::{
     sidecar_audit::run::Auditor,
     steer::GrpcSteer,
     stores::{self, Stores},
-    watches, webhook,
+    until, watches, webhook,
 };
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
@@ -172,11 +172,6 @@ fn stop_on_signal() -> watch::Receiver<bool> {
         let _ = stop.send(true);
     });
     stopped
-}
-
-/// Resolves once `flag` is true, or can no longer become true.
-async fn until(mut flag: watch::Receiver<bool>) {
-    let _ = flag.wait_for(|f| *f).await;
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `stop`.

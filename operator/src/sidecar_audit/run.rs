@@ -38,14 +38,14 @@ pub struct Auditor {
 
 impl Auditor {
     /// Runs a pass now and then every [`EVERY`] until `halt` turns true.
-    pub async fn run(self, mut halt: watch::Receiver<bool>) {
+    pub async fn run(self, halt: watch::Receiver<bool>) {
         let mut audit = Audit::default();
         let mut ticks = tokio::time::interval(EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticks.tick() => self.pass(&mut audit).await,
-                () = halted(&mut halt) => return,
+                () = crate::until(halt.clone()) => return,
             }
         }
     }
@@ -121,9 +121,4 @@ impl Auditor {
             }
         }
     }
-}
-
-/// Resolves once `halt` is true, or can no longer become true.
-async fn halted(halt: &mut watch::Receiver<bool>) {
-    let _ = halt.wait_for(|h| *h).await;
 }
