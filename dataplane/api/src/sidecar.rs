@@ -61,3 +61,49 @@ pub fn fitted_window(window: f64, close_timeout: f64, grace: Option<f64>) -> f64
         _ => window,
     }
 }
+
+/// The label the injector puts on every pod it injects, so that the
+/// operator can watch exactly those pods (annotations cannot be selected).
+pub const INJECTED_LABEL: &str = "ringway.dev/sidecar-injected";
+
+/// The value of [`INJECTED_LABEL`].
+pub const INJECTED_LABEL_VALUE: &str = "true";
+
+/// The sidecar's control port: the `ringway.control.v1` service over
+/// mutual TLS, through which the operator paces the drains of one
+/// workload's pods within the workload's shared reconnect budget.
+pub const CONTROL_PORT: u16 = 15091;
+
+/// The name of the control port in the pod spec.
+pub const CONTROL_PORT_NAME: &str = "ringway-control";
+
+/// The Secret, in each namespace with injected pods, that holds the
+/// sidecars' control-port certificate: [`CONTROL_CA_FILE`],
+/// [`CONTROL_CERT_FILE`] and [`CONTROL_KEY_FILE`]. The operator creates
+/// and renews it; the injected pods mount it, optionally, at
+/// [`CONTROL_TLS_DIR`].
+pub const CONTROL_SECRET: &str = "ringway-sidecar-control";
+
+/// Where the injected sidecar finds [`CONTROL_SECRET`]'s files.
+pub const CONTROL_TLS_DIR: &str = "/var/run/ringway/sidecar-control";
+
+/// The CA a client's certificate (the operator's) must chain to, PEM.
+pub const CONTROL_CA_FILE: &str = "ca.crt";
+
+/// The sidecar's server certificate, PEM; it names [`server_name`].
+pub const CONTROL_CERT_FILE: &str = "tls.crt";
+
+/// Its private key, PEM.
+pub const CONTROL_KEY_FILE: &str = "tls.key";
+
+/// How long a sidecar whose control port is serving waits, once asked to
+/// drain, for the operator to pace it, before it drains at its own rate.
+pub const OPERATOR_WAIT_SECONDS: f64 = 2.0;
+
+/// The DNS name the control-port certificate of the sidecars in
+/// `namespace` carries, and that the operator checks when it dials them:
+/// one per namespace, so that a key read from one namespace's Secret
+/// cannot answer for another namespace's pods.
+pub fn server_name(namespace: &str) -> String {
+    format!("{namespace}.sidecar.ringway.internal")
+}
