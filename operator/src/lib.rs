@@ -40,6 +40,7 @@ pub mod rbac;
 pub mod reconcile;
 pub mod rollout;
 pub mod sidecar_audit;
+pub mod sidecar_drain;
 pub mod snapshot;
 pub mod status;
 pub mod steer;

@@ -101,6 +101,9 @@ pub struct Metrics {
     webhook_requests: Family<ResultLabel, Counter>,
     sidecar_injections: Family<OutcomeLabel, Counter>,
     sidecar_missing_pods: Family<WorkloadLabel, Gauge>,
+    sidecar_draining_pods: Family<WorkloadLabel, Gauge>,
+    sidecar_draining_connections: Family<WorkloadLabel, Gauge>,
+    sidecar_drains: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +132,9 @@ impl Metrics {
         let webhook_requests = Family::<ResultLabel, Counter>::default();
         let sidecar_injections = Family::<OutcomeLabel, Counter>::default();
         let sidecar_missing_pods = Family::<WorkloadLabel, Gauge>::default();
+        let sidecar_draining_pods = Family::<WorkloadLabel, Gauge>::default();
+        let sidecar_draining_connections = Family::<WorkloadLabel, Gauge>::default();
+        let sidecar_drains = Family::<OutcomeLabel, Counter>::default();
         registry.register(
             "reconciles",
             "Reconciles of a gateway, finished or failed",
@@ -179,6 +185,21 @@ impl Metrics {
             "Pods of a workload (namespace, kind/name) that asked for the sidecar and run without it; the leader counts them every minute",
             sidecar_missing_pods.clone(),
         );
+        registry.register(
+            "sidecar_draining_pods",
+            "Terminating pods of a workload (namespace, kind/name) whose sidecar drain the leader paces within the workload's budget",
+            sidecar_draining_pods.clone(),
+        );
+        registry.register(
+            "sidecar_draining_connections",
+            "Clients those pods had left when last asked",
+            sidecar_draining_connections.clone(),
+        );
+        registry.register(
+            "sidecar_drains",
+            "Sidecar drains the leader paced, by outcome (paced: started; drained; unfinished: the pod went away with clients left; unreachable: given up, it paced itself)",
+            sidecar_drains.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -191,6 +212,9 @@ impl Metrics {
             webhook_requests,
             sidecar_injections,
             sidecar_missing_pods,
+            sidecar_draining_pods,
+            sidecar_draining_connections,
+            sidecar_drains,
         }
     }
 
@@ -267,6 +291,31 @@ impl Metrics {
     pub fn forget_sidecar_workload(&self, namespace: &str, workload: &str) {
         self.sidecar_missing_pods
             .remove(&WorkloadLabel::new(namespace, workload));
+    }
+
+    /// The pods of one workload (`kind/name`) whose drain the leader paces,
+    /// and their clients left.
+    pub fn set_sidecar_draining(&self, namespace: &str, workload: &str, pods: i64, clients: i64) {
+        let label = WorkloadLabel::new(namespace, workload);
+        self.sidecar_draining_pods.get_or_create(&label).set(pods);
+        self.sidecar_draining_connections
+            .get_or_create(&label)
+            .set(clients);
+    }
+
+    /// Forgets a workload none of whose pods drains any more.
+    pub fn forget_sidecar_drain(&self, namespace: &str, workload: &str) {
+        let label = WorkloadLabel::new(namespace, workload);
+        self.sidecar_draining_pods.remove(&label);
+        self.sidecar_draining_connections.remove(&label);
+    }
+
+    /// A paced sidecar drain reached `outcome` (`paced`, `drained`,
+    /// `unfinished`, `unreachable`).
+    pub fn sidecar_drain(&self, outcome: &'static str) {
+        self.sidecar_drains
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// The metrics in Prometheus' text exposition format.

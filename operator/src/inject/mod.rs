@@ -42,8 +42,7 @@ use ringway_dataplane_api::{
 };
 
 pub use denial::Denial;
-use settings::Settings;
-pub use settings::{MAX_CLOSES_PER_SECOND, PortRef};
+pub use settings::{MAX_CLOSES_PER_SECOND, PortRef, Settings};
 
 /// The kubelet's grace period when the pod does not set one.
 const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;

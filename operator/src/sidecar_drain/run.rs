@@ -1,0 +1,230 @@
+//! The leader's pacing loop: watches the injected pods (by
+//! [`INJECTED_LABEL`]), runs a [`round`] whenever they change and, while
+//! any drains, every [`TICK`], and reports as gauges, counters, logs and
+//! events on each pod's workload (`kubectl describe deployment chat`). It
+//! uses the grants of [`crate::rbac::SIDECAR_DRAIN`].
+
+use std::{collections::BTreeSet, pin::pin, sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream::select_all};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
+    core::v1::{ObjectReference, Pod},
+};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt, events::EventType, reflector, watcher},
+};
+use ringway_dataplane_api::sidecar::{INJECTED_LABEL, INJECTED_LABEL_VALUE};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::{
+    DrainEvent, Fleet, Report,
+    pace::{Credentials, Dialer, round},
+    pods,
+};
+use crate::{events::Events, metrics::Metrics, sidecar_audit::WorkloadKey};
+
+/// Time between rounds while a pod drains: how soon a finished pod's share
+/// goes to the others, and how often the draining pods are asked how far
+/// they got.
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// What the loop needs.
+pub struct Pacer {
+    /// The API client.
+    pub client: Client,
+    /// The watched namespaces; empty: all of them.
+    pub namespaces: Vec<String>,
+    /// Where the gauges and counters go.
+    pub metrics: Arc<Metrics>,
+    /// Publishes the events.
+    pub events: Events,
+    /// The operator's client certificate and the sidecars' CA; `None`
+    /// until the webhook's certificates are read.
+    pub credentials: watch::Receiver<Option<Credentials>>,
+}
+
+impl Pacer {
+    /// Paces the drains of injected pods until `halt` turns true.
+    pub async fn run(self, halt: watch::Receiver<bool>) {
+        let selector = format!("{INJECTED_LABEL}={INJECTED_LABEL_VALUE}");
+        let mut stores = Vec::new();
+        let mut watches = Vec::new();
+        for namespace in self.scopes() {
+            let (store, writer) = reflector::store::<Pod>();
+            let api = crate::watches::api::<Pod>(&self.client, namespace);
+            let config = watcher::Config::default().labels(&selector);
+            watches.push(
+                watcher(api, config)
+                    .default_backoff()
+                    .reflect(writer)
+                    .boxed(),
+            );
+            stores.push(store);
+        }
+        let mut changes = pin!(select_all(watches));
+        let mut fleet = Fleet::default();
+        let mut dialer: Option<Dialer> = None;
+        let mut gauges = BTreeSet::new();
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                next = changes.next() => match next {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => warn!(error = %e, "watching injected pods failed; retrying"),
+                    None => return,
+                },
+                _ = ticks.tick(), if fleet.busy() => {}
+                () = crate::until(halt.clone()) => return,
+            }
+            let Some(dial) = self.dialer(&mut dialer) else {
+                continue;
+            };
+            let draining: Vec<_> = stores
+                .iter()
+                .flat_map(|s| s.state())
+                .filter_map(|p| pods::draining(&p))
+                .collect();
+            let reports = round(&mut fleet, &draining, dial).await;
+            self.report(reports).await;
+            self.gauges(&fleet, &mut gauges);
+        }
+    }
+
+    /// The namespaces to watch: each watched one, or `None` for all.
+    fn scopes(&self) -> Vec<Option<&str>> {
+        if self.namespaces.is_empty() {
+            return vec![None];
+        }
+        self.namespaces.iter().map(|n| Some(n.as_str())).collect()
+    }
+
+    /// The dialer for the current credentials, made anew when they change;
+    /// `None` while there are none (the sidecars then pace themselves).
+    fn dialer<'d>(&self, dialer: &'d mut Option<Dialer>) -> Option<&'d Dialer> {
+        let current = self.credentials.borrow().clone()?;
+        if dialer.as_ref().map(Dialer::credentials) != Some(&current) {
+            *dialer = Some(Dialer::new(current));
+        }
+        dialer.as_ref()
+    }
+
+    /// Sets the gauges of the workloads with draining pods, and removes
+    /// those of workloads that have none any more.
+    fn gauges(&self, fleet: &Fleet, shown: &mut BTreeSet<WorkloadKey>) {
+        let progress = fleet.progress();
+        for key in shown.iter().filter(|k| !progress.contains_key(*k)) {
+            self.metrics
+                .forget_sidecar_drain(&key.namespace, &key.workload);
+        }
+        for (key, (pods, connections)) in &progress {
+            self.metrics
+                .set_sidecar_draining(&key.namespace, &key.workload, *pods, *connections);
+        }
+        *shown = progress.into_keys().collect();
+    }
+
+    /// Logs, counts and publishes each report as an event on its workload.
+    async fn report(&self, reports: Vec<Report>) {
+        for report in reports {
+            let (type_, reason, note) = describe(&report);
+            info!(pod = %report.pod, workload = %report.workload.workload, reason, "{note}");
+            self.metrics.sidecar_drain(outcome(&report.event));
+            let regarding = self.regarding(&report).await;
+            if let Err(e) = self.events.publish(&regarding, type_, reason, note).await {
+                warn!(error = %e, pod = %report.pod, "publishing a sidecar drain's event");
+            }
+        }
+    }
+
+    /// The workload's object (its uid, so that `kubectl describe` shows
+    /// the event), or the pod when the workload is not a kind read here
+    /// or cannot be read.
+    async fn regarding(&self, report: &Report) -> ObjectReference {
+        let key = &report.workload;
+        let Some((kind, name)) = key.workload.split_once('/') else {
+            return report.reference.clone();
+        };
+        let found = match kind {
+            "deployment" => self.reference::<Deployment>(&key.namespace, name).await,
+            "statefulset" => self.reference::<StatefulSet>(&key.namespace, name).await,
+            "daemonset" => self.reference::<DaemonSet>(&key.namespace, name).await,
+            _ => None,
+        };
+        found.unwrap_or_else(|| report.reference.clone())
+    }
+
+    async fn reference<K>(&self, namespace: &str, name: &str) -> Option<ObjectReference>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(found) => found.map(|o| o.object_ref(&())),
+            Err(e) => {
+                warn!(error = %e, namespace, name, "reading a workload for its drain event");
+                None
+            }
+        }
+    }
+}
+
+/// The `outcome` label of `ringway_operator_sidecar_drains_total`.
+fn outcome(event: &DrainEvent) -> &'static str {
+    match event {
+        DrainEvent::Started { .. } => "paced",
+        DrainEvent::Drained { .. } => "drained",
+        DrainEvent::Gone { .. } => "unfinished",
+        DrainEvent::Unreachable { .. } => "unreachable",
+    }
+}
+
+/// The event for `report`: its type, reason and note.
+pub fn describe(report: &Report) -> (EventType, &'static str, String) {
+    let pod = &report.pod.name;
+    match &report.event {
+        DrainEvent::Started {
+            connections,
+            rate,
+            sharing,
+            budget,
+        } => (
+            EventType::Normal,
+            "SidecarDrainPaced",
+            format!(
+                "pod {pod}: draining {connections} client(s) at {rate}/s, its share of the \
+                 workload's budget of {budget}/s with {sharing} pod(s) draining"
+            ),
+        ),
+        DrainEvent::Drained { connections, took } => (
+            EventType::Normal,
+            "SidecarDrained",
+            format!(
+                "pod {pod}: all {connections} client(s) drained in {:.1} s",
+                took.as_secs_f64()
+            ),
+        ),
+        DrainEvent::Gone { left, connections } => (
+            EventType::Warning,
+            "SidecarDrainUnfinished",
+            format!(
+                "pod {pod} stopped with {left} of its {connections} client(s) still open when \
+                 last asked: they were closed at its drain's deadline, faster than the budget, \
+                 or cut. Raise terminationGracePeriodSeconds, or the budget \
+                 (ringway.dev/sidecar-max-closes-per-second)"
+            ),
+        ),
+        DrainEvent::Unreachable { error } => (
+            EventType::Warning,
+            "SidecarDrainUnpaced",
+            format!(
+                "pod {pod}: its sidecar's control port did not answer ({error}); it drains at \
+                 its own rate, and the workload may go over its budget"
+            ),
+        ),
+    }
+}
