@@ -19,6 +19,7 @@ use ringway_control::{
     pki::{Ca, SERVER_NAME, Usage},
     proto as v1,
 };
+use ringway_dataplane_api::sidecar;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
@@ -111,26 +112,48 @@ impl Pki {
     /// A new CA, one server certificate for every pod, one client
     /// certificate for the operator.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        Self::write(dir, SERVER_NAME, ["ca.pem", "server.pem", "server.key"])
+    }
+
+    /// The same for the sidecars of `namespace`, in the files the injected
+    /// sidecar reads from its control directory (`dir`).
+    pub fn sidecars(dir: &Path, namespace: &str) -> anyhow::Result<Self> {
+        Self::write(
+            dir,
+            &sidecar::server_name(namespace),
+            [
+                sidecar::CONTROL_CA_FILE,
+                sidecar::CONTROL_CERT_FILE,
+                sidecar::CONTROL_KEY_FILE,
+            ],
+        )
+    }
+
+    /// A CA, a server certificate naming `server_name`, written to `files`
+    /// (CA certificate, server certificate, key) in `dir`, and a client
+    /// certificate for the operator.
+    fn write(dir: &Path, server_name: &str, files: [&str; 3]) -> anyhow::Result<Self> {
         let year = Duration::from_secs(365 * 86_400);
         let ca = Ca::generate("ringway e2e", year)?;
-        let server = ca.issue("shard", Usage::Server, &[SERVER_NAME], year)?;
+        let server = ca.issue("shard", Usage::Server, &[server_name], year)?;
         let client = ca.issue("operator", Usage::Client, &[], year)?;
         let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
             Ok(path)
         };
+        let [ca_file, cert_file, key_file] = files;
         Ok(Self {
-            ca_file: write("ca.pem", ca.cert_pem())?,
+            ca_file: write(ca_file, ca.cert_pem())?,
             server: (
-                write("server.pem", &server.cert_pem)?,
-                write("server.key", &server.key_pem)?,
+                write(cert_file, &server.cert_pem)?,
+                write(key_file, &server.key_pem)?,
             ),
             operator: TlsIdentity {
                 ca_pem: ca.cert_pem().to_owned(),
                 cert_pem: client.cert_pem,
                 key_pem: client.key_pem,
-                server_name: SERVER_NAME.to_owned(),
+                server_name: server_name.to_owned(),
             },
             ca,
         })

@@ -17,7 +17,8 @@
 //! - [`process`]: the backends' listening socket and shutdown signal;
 //! - [`fleet`]: shard processes, echo (or chat) backends and the control
 //!   client of a gateway on one machine, for the sharding and browser tests;
-//! - [`keyed`]: keyed clients that see which shard and backend serve them.
+//! - [`keyed`]: keyed clients that see which shard and backend serve them;
+//! - [`sidecar`]: `ringway-dataplane sidecar` as a process, and its preStop hook.
 //!
 //! This is test tooling, not a library for users: errors are `anyhow`
 //! throughout, as in binaries and tests.
@@ -29,6 +30,7 @@ pub mod keyed;
 pub mod limits;
 pub mod load;
 pub mod process;
+pub mod sidecar;
 pub mod sources;
 pub mod stamp;
 pub mod target;

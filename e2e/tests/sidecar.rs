@@ -8,16 +8,17 @@
 //! the sidecar refuses new clients (503) until its SIGTERM, on which it
 //! exits at once.
 
-use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
-use ringway_dataplane_api::sidecar::{DRAIN_PATH, DRAIN_TOKEN_ENV, DRAIN_TOKEN_HEADER};
-use ringway_e2e::fleet::{Binaries, EchoProcess};
+use ringway_e2e::{
+    fleet::{Binaries, EchoProcess},
+    sidecar::SidecarProcess,
+};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    process::{Child, Command},
+    process::Command,
     sync::watch,
     time::{Instant, timeout},
 };
@@ -25,77 +26,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The drain token the injector would write into the pod.
-const TOKEN: &str = "5f0c6a1e9b2d4c7a8e3f1b6d2a9c4e70";
-
 /// The room every client joins.
 const ROOM: &str = "lobby";
 
 /// Clients that chat through the sidecar.
 const CLIENTS: usize = 6;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// `ringway-dataplane sidecar` in front of the application on `app_port`.
-struct Sidecar {
-    child: Child,
-    client: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Sidecar {
-    async fn start(dataplane: &Path, app_port: u16) -> Self {
-        let (client, admin) = (free_port(), free_port());
-        let child = Command::new(dataplane)
-            .args(["sidecar", "--app-port", &app_port.to_string()])
-            .args(["--listen-port", &client.to_string()])
-            .args(["--admin-port", &admin.to_string()])
-            .args([
-                "--drain-window-seconds",
-                "1",
-                "--max-closes-per-second",
-                "100",
-            ])
-            .env(DRAIN_TOKEN_ENV, TOKEN)
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the sidecar starts");
-        let sidecar = Self {
-            child,
-            client: SocketAddr::from(([127, 0, 0, 1], client)),
-            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
-        };
-        let up = Instant::now();
-        while !sidecar.get("/readyz", "").await.starts_with("HTTP/1.1 200") {
-            assert!(
-                up.elapsed() < Duration::from_secs(10),
-                "the sidecar did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        sidecar
-    }
-
-    /// `GET path` on the admin port with `headers`; the whole answer, or
-    /// nothing when the port does not answer.
-    async fn get(&self, path: &str, headers: &str) -> String {
-        let Ok(mut stream) = TcpStream::connect(self.admin).await else {
-            return String::new();
-        };
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut out = Vec::new();
-        let _ = timeout(Duration::from_secs(30), stream.read_to_end(&mut out)).await;
-        String::from_utf8_lossy(&out).into_owned()
-    }
-}
 
 /// Joins the room at `address` (the sidecar or the application itself)
 /// and reads the welcome.
@@ -197,7 +132,16 @@ async fn the_prestop_drain_closes_every_client_without_loss_while_the_applicatio
     let app = EchoProcess::start(chat, "app", SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .expect("the chat application starts");
-    let mut sidecar = Sidecar::start(&binaries.dataplane, app.address.port()).await;
+    let window = [
+        "--drain-window-seconds",
+        "1",
+        "--max-closes-per-second",
+        "100",
+    ];
+    let window: Vec<String> = window.map(str::to_owned).to_vec();
+    let mut sidecar = SidecarProcess::start(&binaries.dataplane, app.address.port(), &window)
+        .await
+        .expect("the sidecar starts");
 
     // Clients chat through the sidecar: each hears everyone.
     let direct = join(app.address).await;
@@ -233,9 +177,7 @@ async fn the_prestop_drain_closes_every_client_without_loss_while_the_applicatio
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let answer = sidecar
-        .get(DRAIN_PATH, &format!("{DRAIN_TOKEN_HEADER}: {TOKEN}\r\n"))
-        .await;
+    let answer = sidecar.pre_stop().await;
     let answered = Instant::now();
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("drained\n"),
