@@ -35,8 +35,11 @@ pub const SIDECAR: &str = "ringway.dev/sidecar";
 /// close timeout (5 s).
 pub const SIDECAR_DRAIN_WINDOW_SECONDS: &str = "ringway.dev/sidecar-drain-window-seconds";
 
-/// On a pod with [`SIDECAR`]: the most clients the sidecar closes per
-/// second while draining, a whole number of at least 1 (default 100).
+/// On a pod with [`SIDECAR`]: the workload's reconnect budget, the most
+/// clients its draining pods close per second together, a whole number of
+/// at least 1 (default 100). The operator's leader splits it among the
+/// pods that drain at the same time; a pod draining alone, or one the
+/// operator does not reach, uses it whole.
 pub const SIDECAR_MAX_CLOSES_PER_SECOND: &str = "ringway.dev/sidecar-max-closes-per-second";
 
 /// On a pod with [`SIDECAR`]: the most client connections the sidecar
