@@ -8,6 +8,7 @@
 
 pub mod ca_bundle;
 pub mod certs;
+pub mod control_tls;
 pub mod secret;
 pub mod serve;
 
