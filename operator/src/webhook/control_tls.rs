@@ -146,6 +146,7 @@ fn serves(tls: &ControlTls, namespace: &str, now: SystemTime) -> Option<()> {
     let key = PrivateKeyDer::from_pem_slice(tls.key.as_bytes()).ok()?;
     let provider = ring::default_provider();
     let certified = CertifiedKey::from_der(chain.clone(), key, &provider).ok()?;
+    // `from_der` lets a key whose match it cannot tell pass; this does not.
     certified.keys_match().ok()?;
     let mut roots = RootCertStore::empty();
     roots
