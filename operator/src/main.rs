@@ -197,8 +197,9 @@ async fn serve_http(
 }
 
 /// Serves the admission webhook when `--webhook-address` is set, on every
-/// replica, until `stop`; then returns the webhook's CA as it is read (the
-/// sidecars' control channel is signed by it).
+/// replica, until `stop`. Returns at once with the webhook's CA as this
+/// replica reads it (it signs the sidecars' control channel); `None`
+/// without the webhook.
 async fn serve_webhook(
     args: &Args,
     client: &kube::Client,
