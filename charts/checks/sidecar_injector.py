@@ -5,7 +5,9 @@ webhook port; one MutatingWebhookConfiguration calling it for pod
 creations of annotated pods only, never kube-system's or the release's
 namespace's, with the value's failurePolicy; the operator given the
 matching --webhook-* flags; RBAC that is files/rbac/sidecar-injector-*.yaml,
-limited by name to that configuration and that Secret wherever RBAC can.
+limited by name to that configuration and that Secret wherever RBAC can,
+and, cluster-wide, sidecar-control-secret*.yaml (the sidecars' control
+Secret, by name where RBAC can) and sidecar-drain.yaml (the drain pacer).
 When disabled, none of it."""
 
 import yaml
@@ -13,6 +15,8 @@ import yaml
 from .chart import CHART, RELEASE_NAMESPACE
 
 SUFFIX = "-sidecar-injector"
+# sidecar::CONTROL_SECRET (dataplane/api/src/sidecar.rs).
+CONTROL_SECRET = "ringway-sidecar-control"
 FLAGS = ["--webhook-address", "--webhook-service", "--webhook-configuration", "--webhook-secret"]
 
 
@@ -101,7 +105,10 @@ def sidecar_injector_problems(by_kind, values, pod, args):
     if not values.get("rbac", {}).get("create", True):
         return problems
     cluster_roles, ns_roles = named(by_kind, "ClusterRole", SUFFIX), named(by_kind, "Role", SUFFIX)
-    want_cluster = rules_file("sidecar-injector-configuration.yaml", config["metadata"]["name"])
+    want_cluster = (rules_file("sidecar-injector-configuration.yaml", config["metadata"]["name"])
+                    + rules_file("sidecar-control-secret-create.yaml")
+                    + rules_file("sidecar-control-secret.yaml", CONTROL_SECRET)
+                    + rules_file("sidecar-drain.yaml"))
     if len(cluster_roles) != 1 or cluster_roles[0]["rules"] != want_cluster:
         problems.append(f"no ClusterRole{SUFFIX} with exactly {want_cluster}")
     want_ns = rules_file("sidecar-injector-secret-create.yaml") + rules_file("sidecar-injector-secret.yaml", secret)

@@ -17,7 +17,7 @@ use ringway_operator::{
     context::Context,
     controller,
     events::Events,
-    http, inject,
+    http,
     leader::{self, Leadership, LeaseConfig},
     metrics::Metrics,
     sidecar_audit::run::Auditor,
@@ -143,7 +143,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         leading: is_leading.clone(),
     };
     serve_http(args.metrics_address, &metrics, readiness, &stop).await?;
-    serve_webhook(&args, &client, &metrics, &is_leading, &stop).await?;
+    // The pacer of the sidecars' drains dials them with a client
+    // certificate from this CA.
+    let _webhook_ca = serve_webhook(&args, &client, &metrics, &is_leading, &stop).await?;
     // The watches run on every replica, so a standby's stores are warm.
     let (stores, scopes) = stores::stores(&args.namespaces);
     let feeds = watches::start(&client, scopes, &is_leading);
@@ -195,20 +197,22 @@ async fn serve_http(
 }
 
 /// Serves the admission webhook when `--webhook-address` is set, on every
-/// replica, until `stop`.
+/// replica, until `stop`. Returns at once with the webhook's CA as this
+/// replica reads it (it signs the sidecars' control channel); `None`
+/// without the webhook.
 async fn serve_webhook(
     args: &Args,
     client: &kube::Client,
     metrics: &Arc<Metrics>,
     leading: &watch::Receiver<bool>,
     stop: &watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<webhook::CaWatch>> {
     let (Some(address), Some(service), Some(configuration)) = (
         args.webhook_address,
         args.webhook_service.clone(),
         args.webhook_configuration.clone(),
     ) else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -221,23 +225,16 @@ async fn serve_webhook(
         configuration,
         extra_dns_names: args.webhook_dns_names.clone(),
     };
-    let (image, counted) = (args.image.clone(), Arc::clone(metrics));
-    let handler: webhook::Handler = Arc::new(move |review| {
-        let reviewed = inject::admission::review(review, &image);
-        counted.sidecar_injection(reviewed.outcome.label());
-        reviewed.body
-    });
-    let (client, metrics) = (client.clone(), Arc::clone(metrics));
-    webhook::start(
-        client,
+    let ca = webhook::start(
+        client.clone(),
         config,
         listener,
-        handler,
-        metrics,
+        args.image.clone(),
+        Arc::clone(metrics),
         leading.clone(),
         until(stop.clone()),
     );
-    Ok(())
+    Ok(Some(ca))
 }
 
 /// With the injector (`--webhook-address`), finds and reports the pods

@@ -1,7 +1,8 @@
 //! The operator's Prometheus metrics, all prefixed `ringway_operator_`:
 //! reconciles and their errors and durations, snapshot pushes, the pods
 //! steered per gateway, whether this replica leads, the admission
-//! webhook's requests and the pods found running without their sidecar.
+//! webhook's requests, the sidecars' control Secrets it writes and the pods
+//! found running without their sidecar.
 
 use std::time::Duration;
 
@@ -44,6 +45,28 @@ impl WebhookResult {
             Self::Answered => "answered",
             Self::Refused => "refused",
             Self::TlsFailed => "tls_failed",
+        }
+    }
+}
+
+/// What became of one write of a namespace's sidecar control Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlSecretResult {
+    /// Created, at admission or by the leader.
+    Created,
+    /// Replaced by the leader: expiring, from another CA, or damaged.
+    Renewed,
+    /// Reading or writing it failed, or timed out at admission.
+    Failed,
+}
+
+impl ControlSecretResult {
+    /// The `result` label.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Renewed => "renewed",
+            Self::Failed => "failed",
         }
     }
 }
@@ -100,6 +123,7 @@ pub struct Metrics {
     leader: Gauge,
     webhook_requests: Family<ResultLabel, Counter>,
     sidecar_injections: Family<OutcomeLabel, Counter>,
+    sidecar_control_secrets: Family<ResultLabel, Counter>,
     sidecar_missing_pods: Family<WorkloadLabel, Gauge>,
     sidecar_draining_pods: Family<WorkloadLabel, Gauge>,
     sidecar_draining_connections: Family<WorkloadLabel, Gauge>,
@@ -131,6 +155,7 @@ impl Metrics {
         let leader = Gauge::default();
         let webhook_requests = Family::<ResultLabel, Counter>::default();
         let sidecar_injections = Family::<OutcomeLabel, Counter>::default();
+        let sidecar_control_secrets = Family::<ResultLabel, Counter>::default();
         let sidecar_missing_pods = Family::<WorkloadLabel, Gauge>::default();
         let sidecar_draining_pods = Family::<WorkloadLabel, Gauge>::default();
         let sidecar_draining_connections = Family::<WorkloadLabel, Gauge>::default();
@@ -181,6 +206,11 @@ impl Metrics {
             sidecar_injections.clone(),
         );
         registry.register(
+            "sidecar_control_secrets",
+            "Writes of the sidecars' control Secrets (one per namespace with injected pods), by result (created, renewed, failed)",
+            sidecar_control_secrets.clone(),
+        );
+        registry.register(
             "sidecar_missing_pods",
             "Pods of a workload (namespace, kind/name) that asked for the sidecar and run without it; the leader counts them every minute",
             sidecar_missing_pods.clone(),
@@ -211,6 +241,7 @@ impl Metrics {
             leader,
             webhook_requests,
             sidecar_injections,
+            sidecar_control_secrets,
             sidecar_missing_pods,
             sidecar_draining_pods,
             sidecar_draining_connections,
@@ -276,6 +307,15 @@ impl Metrics {
     pub fn sidecar_injection(&self, outcome: &'static str) {
         self.sidecar_injections
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// A namespace's sidecar control Secret was written so, or failed to be.
+    pub fn sidecar_control_secret(&self, result: ControlSecretResult) {
+        self.sidecar_control_secrets
+            .get_or_create(&ResultLabel {
+                result: result.label(),
+            })
             .inc();
     }
 
@@ -350,6 +390,7 @@ mod tests {
         metrics.webhook_request(WebhookResult::Answered);
         metrics.webhook_request(WebhookResult::TlsFailed);
         metrics.sidecar_injection("injected");
+        metrics.sidecar_control_secret(ControlSecretResult::Failed);
         metrics.set_sidecar_missing_pods("prod", "deployment/chat", 2);
 
         let text = metrics.render();
@@ -369,6 +410,7 @@ mod tests {
             "ringway_operator_webhook_requests_total{result=\"answered\"} 2",
             "ringway_operator_webhook_requests_total{result=\"tls_failed\"} 1",
             "ringway_operator_sidecar_injections_total{outcome=\"injected\"} 1",
+            "ringway_operator_sidecar_control_secrets_total{result=\"failed\"} 1",
             "ringway_operator_sidecar_missing_pods{namespace=\"prod\",workload=\"deployment/chat\"} 2",
         ] {
             assert!(

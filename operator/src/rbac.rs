@@ -139,6 +139,51 @@ pub const SIDECAR_AUDIT: &[Grant] = &[
     },
 ];
 
+/// With the sidecar injector, cluster-wide: creating the sidecars'
+/// control Secret (`sidecar::CONTROL_SECRET`) in a namespace whose pods
+/// are injected, at admission (any replica) and by the leader. RBAC cannot
+/// limit `create` to a name (the object does not exist yet), so this is a
+/// rule of its own; it lets the operator create any Secret in any
+/// namespace, though its code creates only that one.
+pub const SIDECAR_CONTROL_SECRET_CREATE: &[Grant] = &[Grant {
+    api_group: "",
+    resources: &["secrets"],
+    verbs: &["create"],
+}];
+
+/// With the sidecar injector, cluster-wide, limited by `resourceNames` to
+/// `sidecar::CONTROL_SECRET`: the leader reads each namespace's control
+/// Secret and renews it (no list or watch, which would read every
+/// Secret).
+pub const SIDECAR_CONTROL_SECRET: &[Grant] = &[Grant {
+    api_group: "",
+    resources: &["secrets"],
+    verbs: &["get", "update"],
+}];
+
+/// With the sidecar injector, cluster-wide: the leader paces the drains of
+/// the injected pods (which it lists and watches by their
+/// `sidecar::INJECTED_LABEL`; the same list finds the namespaces whose
+/// control Secrets it keeps), reads their workloads (their uid, for the
+/// events), and reports each workload's drain as events on it.
+pub const SIDECAR_DRAIN: &[Grant] = &[
+    Grant {
+        api_group: "",
+        resources: &["pods"],
+        verbs: &["list", "watch"],
+    },
+    Grant {
+        api_group: "apps",
+        resources: &["deployments", "statefulsets", "daemonsets"],
+        verbs: &["get"],
+    },
+    Grant {
+        api_group: "events.k8s.io",
+        resources: &["events"],
+        verbs: &["create", "patch"],
+    },
+];
+
 /// Whether `grants` allow `verb` on `resource` of `api_group`.
 pub fn allows(grants: &[Grant], api_group: &str, resource: &str, verb: &str) -> bool {
     grants.iter().any(|g| {

@@ -6,7 +6,8 @@
 //! leader election — must use every grant; and the Helm chart's rules must
 //! be the table's. (The sidecar injector's grants are used by the
 //! `webhook_api` test, which checks their resource names too, and the
-//! sidecar audit's by the `sidecar_audit_api` test.)
+//! sidecar audit's by the `sidecar_audit_api` test; of the drain pacer's,
+//! the webhook uses the pods' list, and the pacer's own tests the rest.)
 
 mod support;
 
@@ -81,6 +82,12 @@ fn the_charts_rules_are_the_operators() {
             "sidecar-injector-configuration.yaml",
             rbac::WEBHOOK_CONFIGURATION,
         ),
+        (
+            "sidecar-control-secret-create.yaml",
+            rbac::SIDECAR_CONTROL_SECRET_CREATE,
+        ),
+        ("sidecar-control-secret.yaml", rbac::SIDECAR_CONTROL_SECRET),
+        ("sidecar-drain.yaml", rbac::SIDECAR_DRAIN),
     ] {
         let chart = chart_rules(file);
         let code = table(grants);
@@ -92,6 +99,25 @@ fn the_charts_rules_are_the_operators() {
             describe(&code.difference(&chart).cloned().collect()),
         );
     }
+}
+
+#[test]
+fn the_charts_control_secret_name_is_the_sidecars() {
+    let path = PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests"),
+    )
+    .join("../charts/ringway/templates/_helpers.tpl");
+    let helpers = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let wanted = format!(
+        "{{{{- define \"ringway.sidecarControlSecret\" -}}}}\n{}\n{{{{- end -}}}}",
+        ringway_dataplane_api::sidecar::CONTROL_SECRET
+    );
+    assert!(
+        helpers.contains(&wanted),
+        "{} must define ringway.sidecarControlSecret as sidecar::CONTROL_SECRET:\n{wanted}",
+        path.display()
+    );
 }
 
 #[tokio::test]

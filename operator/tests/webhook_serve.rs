@@ -8,6 +8,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use axum::body::Bytes;
 use ringway_operator::{
     metrics::Metrics,
     webhook::{
@@ -47,7 +48,9 @@ async fn start(tls: &WebhookTls) -> Webhook {
     let cert = Arc::new(ServingCert::default());
     cert.store(&tls.cert, &tls.key).unwrap();
     let metrics = Arc::new(Metrics::new());
-    let handler: Handler = Arc::new(|review: &[u8]| [b"answer:".as_slice(), review].concat());
+    let handler: Handler = Arc::new(|review: Bytes| {
+        Box::pin(async move { [b"answer:".as_slice(), &review].concat() })
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(serve::serve(
         listener,

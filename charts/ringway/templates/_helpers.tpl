@@ -66,6 +66,15 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/*
+The sidecars' control Secret, one per namespace with injected pods
+(sidecar::CONTROL_SECRET in dataplane/api/src/sidecar.rs; the operator's
+`rbac` test checks that they are equal).
+*/}}
+{{- define "ringway.sidecarControlSecret" -}}
+ringway-sidecar-control
+{{- end -}}
+
+{{/*
 The rules of a files/rbac/ file, each limited by resourceNames to one
 object: (dict "root" $ "file" "files/rbac/…" "name" "<object>").
 */}}

@@ -49,18 +49,27 @@ pub struct Reviewed {
     pub body: Vec<u8>,
     /// What was decided.
     pub outcome: Outcome,
+    /// The namespace of the pod given its sidecar (`Injected` only): its
+    /// control Secret must be there for the sidecar to serve its control
+    /// port.
+    pub injected_into: Option<String>,
 }
 
 /// Answers the AdmissionReview in `body`, injecting `image` as the
 /// sidecar of pods that ask for it.
 pub fn review(body: &[u8], image: &str) -> Reviewed {
-    let (response, outcome) = match parse(body) {
-        Ok(request) => respond(&request, image),
-        Err(message) => (invalid(message), Outcome::Failed),
+    let (response, outcome, injected_into) = match parse(body) {
+        Ok(request) => {
+            let (response, outcome) = respond(&request, image);
+            let injected = outcome == Outcome::Injected;
+            (response, outcome, request.namespace.filter(|_| injected))
+        }
+        Err(message) => (invalid(message), Outcome::Failed, None),
     };
     Reviewed {
         body: encode(response),
         outcome,
+        injected_into,
     }
 }
 

@@ -3,9 +3,9 @@
 //! change.
 
 use ringway_crds::annotations::SIDECAR;
-use ringway_dataplane_api::sidecar::{ADMIN_PORT, ADMIN_PORT_NAME, LISTEN_PORT};
+use ringway_dataplane_api::sidecar::{ADMIN_PORT, CONTROL_PORT, LISTEN_PORT};
 
-use super::settings::PortRef;
+use super::{settings::PortRef, sidecar::CONTROL_VOLUME};
 
 /// A pod the injector refuses, with what to fix.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +80,7 @@ pub enum Denial {
     },
     /// A container already uses one of the sidecar's port numbers.
     #[error(
-        "container {container:?} uses port {number}, which the sidecar needs ({LISTEN_PORT} for clients, {ADMIN_PORT} for its admin port); move the container to another port"
+        "container {container:?} uses port {number}, which the sidecar needs ({LISTEN_PORT} for clients, {ADMIN_PORT} for its admin port, {CONTROL_PORT} for its control port); move the container to another port"
     )]
     PortNumberTaken {
         /// The container using it.
@@ -88,12 +88,21 @@ pub enum Denial {
         /// The port number.
         number: u16,
     },
-    /// A container already uses the sidecar's admin port name.
+    /// A container already uses the name of one of the sidecar's own
+    /// ports (its admin or control port).
     #[error(
-        "container {container:?} has a port named {ADMIN_PORT_NAME:?}, the name of the sidecar's admin port; rename that port"
+        "container {container:?} has a port named {name:?}, the name of one of the sidecar's ports; rename that port"
     )]
     PortNameTaken {
         /// The container using it.
         container: String,
+        /// The name.
+        name: &'static str,
     },
+    /// The pod already has a volume of the name the sidecar's control
+    /// certificate is mounted from.
+    #[error(
+        "the pod has a volume named {CONTROL_VOLUME:?}, the name of the volume the sidecar mounts its control certificate from; rename that volume"
+    )]
+    VolumeNameTaken,
 }

@@ -18,11 +18,15 @@
 //!   sidecar's drain path with a per-pod random token, which answers once
 //!   the sidecar has drained its clients: the kubelet runs it before the
 //!   application's SIGTERM, while the sidecar keeps running.
+//! - The pod gets the label `sidecar::INJECTED_LABEL`, so that the
+//!   operator can watch exactly the injected pods and pace their drains,
+//!   and an optional volume of the namespace's `sidecar::CONTROL_SECRET`,
+//!   mounted read-only in the sidecar, which serves its control port with
+//!   it when the Secret's files are there.
 //! - A pod that already has the sidecar is left alone, so reinvocation
 //!   never injects twice.
 //!
-//! This module only decides; serving it (TLS, the
-//! MutatingWebhookConfiguration, its caBundle) is not wired up yet.
+//! This module only decides; the operator's `webhook` serves it.
 
 pub mod admission;
 mod app;
@@ -38,7 +42,9 @@ use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use ringway_crds::annotations::SIDECAR_DRAIN_WINDOW_SECONDS;
 use ringway_dataplane_api::{
     defaults::DRAIN_CLOSE_TIMEOUT_SECONDS,
-    sidecar::{APPLICATION_EXIT_SECONDS, CONTAINER, fitted_window},
+    sidecar::{
+        APPLICATION_EXIT_SECONDS, CONTAINER, INJECTED_LABEL, INJECTED_LABEL_VALUE, fitted_window,
+    },
 };
 
 pub use denial::Denial;
@@ -79,11 +85,19 @@ pub fn decide(pod: &Pod, image: &str, token: &str) -> Result<Injection, Denial> 
         .termination_grace_period_seconds
         .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
     let mut mutated = pod.clone();
+    mutated
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_LABEL.to_owned(), INJECTED_LABEL_VALUE.to_owned());
     if let Some(spec) = mutated.spec.as_mut() {
         app::hand_over(&mut spec.containers[app.container], &app, token);
         spec.init_containers
             .get_or_insert_with(Vec::new)
             .push(sidecar::container(image, &settings, &app, token, grace));
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .push(sidecar::control_volume());
     }
     Ok(Injection {
         patch: json_patch::diff(&json(pod), &json(&mutated)),

@@ -1,16 +1,21 @@
 //! The injected container: `ringway-dataplane sidecar` as a native sidecar
 //! (an init container with `restartPolicy: Always`, so it starts before
 //! the application and stops after it), listening on the application
-//! port's name, locked down and small.
+//! port's name, locked down and small; and the volume of its control-port
+//! certificate, through which the operator paces its drain.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
-    api::core::v1::{Container, EnvVar, ResourceRequirements, SeccompProfile, SecurityContext},
+    api::core::v1::{
+        Container, EnvVar, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+        SecurityContext, Volume, VolumeMount,
+    },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use ringway_dataplane_api::sidecar::{
-    ADMIN_PORT, ADMIN_PORT_NAME, CONTAINER, DRAIN_TOKEN_ENV, LISTEN_PORT,
+    ADMIN_PORT, ADMIN_PORT_NAME, CONTAINER, CONTROL_PORT, CONTROL_PORT_NAME, CONTROL_SECRET,
+    CONTROL_TLS_DIR, DRAIN_TOKEN_ENV, LISTEN_PORT,
 };
 
 use super::{settings::Settings, target::AppPort};
@@ -23,6 +28,24 @@ const MEMORY_REQUEST: &str = "64Mi";
 /// Its memory limit: room for the default 9,900 connections (a few KiB
 /// each when idle) and their buffers in flight.
 const MEMORY_LIMIT: &str = "256Mi";
+
+/// The pod volume that holds the sidecar's control-port certificate.
+pub const CONTROL_VOLUME: &str = "ringway-sidecar-control";
+
+/// The volume of [`CONTROL_SECRET`], optional: a pod whose namespace has
+/// no such Secret (yet) starts all the same, with an empty directory, and
+/// its sidecar then paces its drain by itself.
+pub fn control_volume() -> Volume {
+    Volume {
+        name: CONTROL_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(CONTROL_SECRET.to_owned()),
+            optional: Some(true),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
 
 /// The sidecar container for `app`, running `image` with `settings`, with
 /// `token` as the drain token the application's preStop hook sends, in a
@@ -52,7 +75,14 @@ pub fn container(
         ports: Some(vec![
             tcp_port(&app.name, LISTEN_PORT),
             tcp_port(ADMIN_PORT_NAME, ADMIN_PORT),
+            tcp_port(CONTROL_PORT_NAME, CONTROL_PORT),
         ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: CONTROL_VOLUME.to_owned(),
+            mount_path: CONTROL_TLS_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         // Not ready until it serves, and from the start of its drain: the
         // Service stops sending it clients as soon as the pod stops.
         readiness_probe: Some(container::readiness(&admin)),
@@ -78,6 +108,7 @@ fn args(settings: &Settings, app: &AppPort, grace: i64) -> Vec<String> {
         ),
         ("--max-connections", settings.max_connections.into()),
         ("--termination-grace-seconds", grace),
+        ("--control-port", i64::from(CONTROL_PORT)),
     ];
     std::iter::once("sidecar".to_owned())
         .chain(
@@ -85,6 +116,7 @@ fn args(settings: &Settings, app: &AppPort, grace: i64) -> Vec<String> {
                 .into_iter()
                 .flat_map(|(flag, value)| [flag.to_owned(), value.to_string()]),
         )
+        .chain(["--control-tls-dir".to_owned(), CONTROL_TLS_DIR.to_owned()])
         .collect()
 }
 

@@ -3,9 +3,11 @@
 //! port, a preStop hook of its own, the sidecar's ports already in use).
 
 use k8s_openapi::api::core::v1::{Container, ContainerPort, PodSpec};
-use ringway_dataplane_api::sidecar::{ADMIN_PORT, ADMIN_PORT_NAME, LISTEN_PORT};
+use ringway_dataplane_api::sidecar::{
+    ADMIN_PORT, ADMIN_PORT_NAME, CONTROL_PORT, CONTROL_PORT_NAME, LISTEN_PORT,
+};
 
-use super::{denial::Denial, settings::PortRef};
+use super::{denial::Denial, settings::PortRef, sidecar::CONTROL_VOLUME};
 
 /// The application port the sidecar fronts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +24,7 @@ pub struct AppPort {
 
 /// The application port of `spec` that `wanted` names, checked to be one
 /// TCP port of one container, with a name, on a container without a
-/// preStop hook; and no port of the pod in the sidecar's way.
+/// preStop hook; and no port or volume of the pod in the sidecar's way.
 pub fn find(spec: &PodSpec, wanted: &PortRef) -> Result<AppPort, Denial> {
     let (c, p) = the_tcp_port(spec, wanted)?;
     let container = &spec.containers[c];
@@ -45,6 +47,7 @@ pub fn find(spec: &PodSpec, wanted: &PortRef) -> Result<AppPort, Denial> {
         });
     }
     check_sidecar_ports_free(spec)?;
+    check_control_volume_free(spec)?;
     Ok(AppPort {
         container: c,
         port: p,
@@ -93,7 +96,7 @@ fn the_tcp_port(spec: &PodSpec, wanted: &PortRef) -> Result<(usize, usize), Deni
 }
 
 /// Every container of the pod (init containers too) must leave the
-/// sidecar's port numbers and its admin port's name alone: they share the
+/// sidecar's port numbers and its own ports' names alone: they share the
 /// pod's network namespace and its port names.
 fn check_sidecar_ports_free(spec: &PodSpec) -> Result<(), Denial> {
     let all = spec
@@ -104,18 +107,36 @@ fn check_sidecar_ports_free(spec: &PodSpec) -> Result<(), Denial> {
     for container in all {
         for port in ports(container) {
             let number = u16::try_from(port.container_port).unwrap_or_default();
-            if number == LISTEN_PORT || number == ADMIN_PORT {
+            if [LISTEN_PORT, ADMIN_PORT, CONTROL_PORT].contains(&number) {
                 return Err(Denial::PortNumberTaken {
                     container: container.name.clone(),
                     number,
                 });
             }
-            if port.name.as_deref() == Some(ADMIN_PORT_NAME) {
+            let taken = [ADMIN_PORT_NAME, CONTROL_PORT_NAME]
+                .into_iter()
+                .find(|&name| port.name.as_deref() == Some(name));
+            if let Some(name) = taken {
                 return Err(Denial::PortNameTaken {
                     container: container.name.clone(),
+                    name,
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// The pod must not have a volume of the name the sidecar's control
+/// certificate is mounted from.
+fn check_control_volume_free(spec: &PodSpec) -> Result<(), Denial> {
+    let taken = spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == CONTROL_VOLUME);
+    if taken {
+        return Err(Denial::VolumeNameTaken);
     }
     Ok(())
 }

@@ -84,7 +84,12 @@ fn args_of(pod: &Value) -> Vec<&str> {
 fn a_named_port_is_handed_to_the_sidecar() {
     let expected = with(
         chat_pod(),
-        json!({ "spec": {
+        json!({ "metadata": { "labels": { "ringway.dev/sidecar-injected": "true" } },
+        "spec": {
+            "volumes": [{
+                "name": "ringway-sidecar-control",
+                "secret": { "secretName": "ringway-sidecar-control", "optional": true }
+            }],
             "containers": [{
                 "name": "chat",
                 "image": "chat:1",
@@ -106,7 +111,8 @@ fn a_named_port_is_handed_to_the_sidecar() {
                     "sidecar", "--app-port", "8080", "--listen-port", "15080",
                     "--admin-port", "15090", "--drain-window-seconds", "30",
                     "--max-closes-per-second", "100", "--max-connections", "9900",
-                    "--termination-grace-seconds", "60"
+                    "--termination-grace-seconds", "60", "--control-port", "15091",
+                    "--control-tls-dir", "/var/run/ringway/sidecar-control"
                 ],
                 "env": [
                     { "name": "RINGWAY_DRAIN_TOKEN", "value": TOKEN },
@@ -114,8 +120,14 @@ fn a_named_port_is_handed_to_the_sidecar() {
                 ],
                 "ports": [
                     { "name": "ws", "containerPort": 15080, "protocol": "TCP" },
-                    { "name": "ringway-admin", "containerPort": 15090, "protocol": "TCP" }
+                    { "name": "ringway-admin", "containerPort": 15090, "protocol": "TCP" },
+                    { "name": "ringway-control", "containerPort": 15091, "protocol": "TCP" }
                 ],
+                "volumeMounts": [{
+                    "name": "ringway-sidecar-control",
+                    "mountPath": "/var/run/ringway/sidecar-control",
+                    "readOnly": true
+                }],
                 "readinessProbe": {
                     "httpGet": { "path": "/readyz", "port": 15090 },
                     "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 2
@@ -375,7 +387,24 @@ fn the_sidecars_ports_in_use_anywhere_in_the_pod_are_denied() {
         ),
         (
             init_on(json!({ "name": "ringway-admin", "containerPort": 9000 })),
-            Denial::PortNameTaken { container: agent() },
+            Denial::PortNameTaken {
+                container: agent(),
+                name: "ringway-admin",
+            },
+        ),
+        (
+            init_on(json!({ "containerPort": 15091 })),
+            Denial::PortNumberTaken {
+                container: agent(),
+                number: 15091,
+            },
+        ),
+        (
+            init_on(json!({ "name": "ringway-control", "containerPort": 9001 })),
+            Denial::PortNameTaken {
+                container: agent(),
+                name: "ringway-control",
+            },
         ),
         (
             app_on(15080),
@@ -435,7 +464,7 @@ fn optional_annotations_reach_the_sidecars_flags() {
     );
     let after = patched(&pod);
     assert_eq!(
-        args_of(&after)[7..],
+        args_of(&after)[7..15],
         [
             "--drain-window-seconds",
             "45",
@@ -467,8 +496,12 @@ fn a_grace_period_shorter_than_the_drain_is_allowed_with_a_warning() {
     }
     // The sidecar is told the grace period, so that its drain fits it.
     let args = args_of(&after);
+    let grace = args
+        .iter()
+        .position(|&a| a == "--termination-grace-seconds")
+        .expect("the grace flag");
     assert_eq!(
-        args[args.len() - 2..],
+        args[grace..grace + 2],
         ["--termination-grace-seconds", "60"]
     );
 
@@ -483,8 +516,12 @@ fn a_grace_period_shorter_than_the_drain_is_allowed_with_a_warning() {
     assert!(warnings[0].contains("terminationGracePeriodSeconds 30"));
     assert!(warnings[0].contains("23 s of its 30 s window"));
     let args = args_of(&after);
+    let grace = args
+        .iter()
+        .position(|&a| a == "--termination-grace-seconds")
+        .expect("the grace flag");
     assert_eq!(
-        args[args.len() - 2..],
+        args[grace..grace + 2],
         ["--termination-grace-seconds", "30"]
     );
 
@@ -514,4 +551,48 @@ fn fields_the_operator_does_not_know_survive_the_patch() {
         json!({ "on": true })
     );
     assert_eq!(after["spec"]["someFutureField"], 7);
+}
+
+#[test]
+fn the_label_joins_the_pods_own_and_the_volume_its_volumes() {
+    let pod = with(
+        chat_pod(),
+        json!({
+            "metadata": { "labels": { "app": "chat", "ringway.dev/tier": "ws" } },
+            "spec": { "volumes": [{ "name": "config", "configMap": { "name": "chat" } }] }
+        }),
+    );
+    let typed: Pod = serde_json::from_value(pod.clone()).expect("a pod");
+    let injection = decide(&typed, IMAGE, TOKEN).expect("admitted");
+    let label_op = serde_json::to_value(&injection.patch).expect("json");
+    assert!(
+        label_op
+            .as_array()
+            .expect("operations")
+            .iter()
+            .any(|op| op["path"] == "/metadata/labels/ringway.dev~1sidecar-injected"),
+        "the label's `/` is escaped in the pointer: {label_op:#}"
+    );
+    let after = patched(&pod);
+    assert_eq!(
+        after["metadata"]["labels"],
+        json!({ "app": "chat", "ringway.dev/tier": "ws", "ringway.dev/sidecar-injected": "true" })
+    );
+    let volumes = after["spec"]["volumes"].as_array().expect("volumes");
+    let names: Vec<&Value> = volumes.iter().map(|v| &v["name"]).collect();
+    assert_eq!(names, ["config", "ringway-sidecar-control"]);
+}
+
+#[test]
+fn a_volume_named_like_the_control_volume_is_denied() {
+    let pod = with(
+        chat_pod(),
+        json!({ "spec": { "volumes": [{ "name": "ringway-sidecar-control", "emptyDir": {} }] } }),
+    );
+    let refused = denial(&pod);
+    assert_eq!(refused, Denial::VolumeNameTaken);
+    assert!(
+        refused.to_string().contains("rename that volume"),
+        "{refused}"
+    );
 }

@@ -58,8 +58,7 @@ impl WebhookTls {
     /// The certificates a Secret holds; `None` when a key is missing or not
     /// text.
     pub fn from_secret(secret: &Secret) -> Option<Self> {
-        let data = secret.data.as_ref()?;
-        let text = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+        let text = |key: &str| secret_text(secret, key);
         Some(Self {
             ca_cert: text(keys::CA_CERT)?,
             ca_key: text(keys::CA_KEY)?,
@@ -76,27 +75,7 @@ impl WebhookTls {
             (keys::TLS_CERT, &self.cert),
             (keys::TLS_KEY, &self.key),
         ];
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some(namespace.to_owned()),
-                labels: Some(BTreeMap::from([
-                    ("app.kubernetes.io/part-of".to_owned(), "ringway".to_owned()),
-                    (
-                        "app.kubernetes.io/component".to_owned(),
-                        "sidecar-injector".to_owned(),
-                    ),
-                ])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(
-                data.into_iter()
-                    .map(|(k, v)| (k.to_owned(), ByteString(v.clone().into_bytes())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        }
+        opaque_secret(namespace, name, "sidecar-injector", &data)
     }
 
     /// Carries out `decision` on `stored` (the stored certificates, if
@@ -121,6 +100,44 @@ impl WebhookTls {
             key: leaf.key_pem,
         })
     }
+}
+
+/// An Opaque Secret of the operator's, labelled
+/// `app.kubernetes.io/part-of=ringway` and
+/// `app.kubernetes.io/component=<component>`, holding `data` as text.
+pub(super) fn opaque_secret(
+    namespace: &str,
+    name: &str,
+    component: &str,
+    data: &[(&str, &String)],
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/part-of".to_owned(), "ringway".to_owned()),
+                (
+                    "app.kubernetes.io/component".to_owned(),
+                    component.to_owned(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// The text under `key` of a Secret's data; `None` when it is missing or
+/// not UTF-8.
+pub(super) fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    String::from_utf8(secret.data.as_ref()?.get(key)?.0.clone()).ok()
 }
 
 /// What to do with `stored` (`None`: no Secret; `Some(None)`: a Secret

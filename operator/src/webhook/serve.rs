@@ -166,7 +166,11 @@ async fn review(
         Ok(Err(_)) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
         Err(_) => return refuse(StatusCode::REQUEST_TIMEOUT, "request body too slow"),
     };
-    (WebhookResult::Answered, StatusCode::OK, handler(&bytes))
+    (
+        WebhookResult::Answered,
+        StatusCode::OK,
+        handler(bytes).await,
+    )
 }
 
 /// Whether the request says its body is JSON.

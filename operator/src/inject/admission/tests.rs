@@ -73,8 +73,24 @@ fn a_pod_that_asks_gets_a_base64_json_patch_with_a_fresh_token() {
         &json!({ "name": DRAIN_TOKEN_HEADER, "value": token })
     );
 
+    assert_eq!(
+        patched["metadata"]["labels"]["ringway.dev/sidecar-injected"],
+        "true"
+    );
+    assert_eq!(
+        patched["spec"]["volumes"][0]["secret"],
+        json!({ "secretName": "ringway-sidecar-control", "optional": true })
+    );
+    assert_eq!(
+        sidecar["volumeMounts"][0]["mountPath"],
+        "/var/run/ringway/sidecar-control"
+    );
+    assert_eq!(sidecar["ports"][2]["name"], "ringway-control");
+
     let (again, _) = answer(&request("CREATE", pod_kind(), chat_pod()), IMAGE);
     assert_ne!(again["patch"], response["patch"], "a new token per pod");
+    let reviewed = review(&request("CREATE", pod_kind(), chat_pod()), IMAGE);
+    assert_eq!(reviewed.injected_into.as_deref(), Some("apps"));
 }
 
 #[test]
@@ -115,7 +131,9 @@ fn a_refused_pod_gets_a_400_that_says_what_to_fix() {
 fn a_pod_that_does_not_ask_is_allowed_without_a_patch() {
     let mut pod = chat_pod();
     pod["metadata"]["annotations"] = json!({});
-    let (response, outcome) = answer(&request("CREATE", pod_kind(), pod), IMAGE);
+    let body = request("CREATE", pod_kind(), pod);
+    assert_eq!(review(&body, IMAGE).injected_into, None, "no Secret needed");
+    let (response, outcome) = answer(&body, IMAGE);
     assert_eq!(outcome, Outcome::Unchanged);
     assert_eq!(response["allowed"], true);
     assert_eq!(response.get("patch"), None);
