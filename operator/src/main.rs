@@ -21,6 +21,7 @@ use ringway_operator::{
     leader::{self, Leadership, LeaseConfig},
     metrics::Metrics,
     sidecar_audit::run::Auditor,
+    sidecar_drain::run::Pacer,
     steer::GrpcSteer,
     stores::{self, Stores},
     until, watches, webhook,
@@ -145,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     serve_http(args.metrics_address, &metrics, readiness, &stop).await?;
     // The pacer of the sidecars' drains dials them with a client
     // certificate from this CA.
-    let _webhook_ca = serve_webhook(&args, &client, &metrics, &is_leading, &stop).await?;
+    let webhook_ca = serve_webhook(&args, &client, &metrics, &is_leading, &stop).await?;
     // The watches run on every replica, so a standby's stores are warm.
     let (stores, scopes) = stores::stores(&args.namespaces);
     let feeds = watches::start(&client, scopes, &is_leading);
@@ -157,6 +158,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     metrics.set_leader(true);
     leading.send_replace(true); // the watches now feed the controllers
     audit_sidecars(&args, &client, &metrics, &identity, &term.halt);
+    if let Some(webhook_ca) = webhook_ca {
+        pace_sidecar_drains(&client, &metrics, &identity, webhook_ca, &term.halt);
+    }
     let context = context(&args, &client, &metrics, identity, stores);
     info!(namespaces = ?args.namespaces, image = %args.image, "controller running");
     controller::run(client, feeds, context, term.halt.clone()).await;
@@ -256,6 +260,24 @@ fn audit_sidecars(
         events: Events::new(client.clone(), reporter(identity.to_owned())),
     };
     tokio::spawn(auditor.run(halt.clone()));
+}
+
+/// With the injector, paces the drains of each workload's injected pods
+/// within the workload's budget, until `halt`.
+fn pace_sidecar_drains(
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    identity: &str,
+    webhook_ca: webhook::CaWatch,
+    halt: &watch::Receiver<bool>,
+) {
+    let pacer = Pacer {
+        client: client.clone(),
+        metrics: Arc::clone(metrics),
+        events: Events::new(client.clone(), reporter(identity.to_owned())),
+        webhook_ca,
+    };
+    tokio::spawn(pacer.run(halt.clone()));
 }
 
 /// Who the operator's events say reported them.

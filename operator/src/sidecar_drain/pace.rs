@@ -10,11 +10,12 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use ringway_control::{ClientError, ControlClient, Options, TlsIdentity};
-use ringway_dataplane_api::{sidecar, v1::DrainRequest};
+use ringway_control::{ClientError, ControlClient, Options};
+use ringway_dataplane_api::v1::DrainRequest;
 use tracing::{debug, info, warn};
 
 use super::{Call, DrainingPod, Fleet, Report};
+use crate::webhook::control_tls::ClientCert;
 
 /// How the leader reaches sidecars: a `Drain` at a rate, and a status, each
 /// answering the clients the sidecar has left.
@@ -99,27 +100,9 @@ fn record(fleet: &mut Fleet, call: &Call, answer: Result<u64, String>) -> Option
     fleet.paced(call, answer, Instant::now())
 }
 
-/// The operator's side of the sidecars' mutual TLS: its client certificate
-/// and the CA the sidecars' certificates chain to.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// The CA certificate, PEM.
-    pub ca_pem: String,
-    /// The operator's client certificate, PEM.
-    pub cert_pem: String,
-    /// Its key, PEM.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Credentials(..)")
-    }
-}
-
 /// Timeouts of the calls: one attempt each (a round retries on the next
 /// tick), short, since a sidecar waits only
-/// [`sidecar::OPERATOR_WAIT_SECONDS`] before pacing itself.
+/// [`OPERATOR_WAIT_SECONDS`](ringway_dataplane_api::sidecar::OPERATOR_WAIT_SECONDS) before pacing itself.
 const OPTIONS: Options = Options {
     connect_timeout: Duration::from_secs(1),
     rpc_timeout: Duration::from_secs(2),
@@ -130,24 +113,24 @@ const OPTIONS: Options = Options {
 
 /// Reaches sidecars over mutual TLS: one [`ControlClient`] per namespace,
 /// as each namespace's sidecars carry their own server name
-/// ([`sidecar::server_name`]).
+/// ([`ringway_dataplane_api::sidecar::server_name`]).
 pub struct Dialer {
-    credentials: Credentials,
+    cert: ClientCert,
     clients: Mutex<HashMap<String, Arc<ControlClient>>>,
 }
 
 impl Dialer {
-    /// A dialer presenting `credentials`.
-    pub fn new(credentials: Credentials) -> Self {
+    /// A dialer presenting `cert`.
+    pub fn new(cert: ClientCert) -> Self {
         Self {
-            credentials,
+            cert,
             clients: Mutex::default(),
         }
     }
 
     /// What it presents.
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+    pub fn cert(&self) -> &ClientCert {
+        &self.cert
     }
 
     fn client(&self, namespace: &str) -> Result<Arc<ControlClient>, ClientError> {
@@ -155,13 +138,7 @@ impl Dialer {
         if let Some(client) = clients.get(namespace) {
             return Ok(Arc::clone(client));
         }
-        let identity = TlsIdentity {
-            ca_pem: self.credentials.ca_pem.clone(),
-            cert_pem: self.credentials.cert_pem.clone(),
-            key_pem: self.credentials.key_pem.clone(),
-            server_name: sidecar::server_name(namespace),
-        };
-        let client = Arc::new(ControlClient::new(&identity, OPTIONS)?);
+        let client = Arc::new(ControlClient::new(&self.cert.identity(namespace), OPTIONS)?);
         debug!(namespace, "control client for the namespace's sidecars");
         clients.insert(namespace.to_owned(), Arc::clone(&client));
         Ok(client)

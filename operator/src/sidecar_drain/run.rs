@@ -1,12 +1,17 @@
-//! The leader's pacing loop: watches the injected pods (by
-//! [`INJECTED_LABEL`]), runs a [`round`] whenever they change and, while
+//! The leader's pacing loop: watches the injected pods of every namespace
+//! (by [`INJECTED_LABEL`]; the injector serves them all), runs a [`round`] whenever they change and, while
 //! any drains, every [`TICK`], and reports as gauges, counters, logs and
 //! events on each pod's workload (`kubectl describe deployment chat`). It
 //! uses the grants of [`crate::rbac::SIDECAR_DRAIN`].
 
-use std::{collections::BTreeSet, pin::pin, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    pin::pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
-use futures_util::{StreamExt, stream::select_all};
+use futures_util::StreamExt;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     core::v1::{ObjectReference, Pod},
@@ -21,10 +26,15 @@ use tracing::{info, warn};
 
 use super::{
     DrainEvent, Fleet, Report,
-    pace::{Credentials, Dialer, round},
+    pace::{Dialer, round},
     pods,
 };
-use crate::{events::Events, metrics::Metrics, sidecar_audit::WorkloadKey};
+use crate::{
+    events::Events,
+    metrics::Metrics,
+    sidecar_audit::WorkloadKey,
+    webhook::{CaWatch, control_tls::ClientCert},
+};
 
 /// Time between rounds while a pod drains: how soon a finished pod's share
 /// goes to the others, and how often the draining pods are asked how far
@@ -35,36 +45,26 @@ pub const TICK: Duration = Duration::from_millis(500);
 pub struct Pacer {
     /// The API client.
     pub client: Client,
-    /// The watched namespaces; empty: all of them.
-    pub namespaces: Vec<String>,
     /// Where the gauges and counters go.
     pub metrics: Arc<Metrics>,
     /// Publishes the events.
     pub events: Events,
-    /// The operator's client certificate and the sidecars' CA; `None`
-    /// until the webhook's certificates are read.
-    pub credentials: watch::Receiver<Option<Credentials>>,
+    /// The webhook's certificates, whose CA the sidecars' certificates
+    /// chain to and issues the operator's client certificate; `None` until
+    /// they are read.
+    pub webhook_ca: CaWatch,
 }
 
 impl Pacer {
     /// Paces the drains of injected pods until `halt` turns true.
     pub async fn run(self, halt: watch::Receiver<bool>) {
         let selector = format!("{INJECTED_LABEL}={INJECTED_LABEL_VALUE}");
-        let mut stores = Vec::new();
-        let mut watches = Vec::new();
-        for namespace in self.scopes() {
-            let (store, writer) = reflector::store::<Pod>();
-            let api = crate::watches::api::<Pod>(&self.client, namespace);
-            let config = watcher::Config::default().labels(&selector);
-            watches.push(
-                watcher(api, config)
-                    .default_backoff()
-                    .reflect(writer)
-                    .boxed(),
-            );
-            stores.push(store);
-        }
-        let mut changes = pin!(select_all(watches));
+        let (store, writer) = reflector::store::<Pod>();
+        let config = watcher::Config::default().labels(&selector);
+        let changes = watcher(Api::<Pod>::all(self.client.clone()), config)
+            .default_backoff()
+            .reflect(writer);
+        let mut changes = pin!(changes);
         let mut fleet = Fleet::default();
         let mut dialer: Option<Dialer> = None;
         let mut gauges = BTreeSet::new();
@@ -83,10 +83,10 @@ impl Pacer {
             let Some(dial) = self.dialer(&mut dialer) else {
                 continue;
             };
-            let draining: Vec<_> = stores
+            let draining: Vec<_> = store
+                .state()
                 .iter()
-                .flat_map(|s| s.state())
-                .filter_map(|p| pods::draining(&p))
+                .filter_map(|p| pods::draining(p))
                 .collect();
             let reports = round(&mut fleet, &draining, dial).await;
             self.report(reports).await;
@@ -94,20 +94,22 @@ impl Pacer {
         }
     }
 
-    /// The namespaces to watch: each watched one, or `None` for all.
-    fn scopes(&self) -> Vec<Option<&str>> {
-        if self.namespaces.is_empty() {
-            return vec![None];
-        }
-        self.namespaces.iter().map(|n| Some(n.as_str())).collect()
-    }
-
-    /// The dialer for the current credentials, made anew when they change;
-    /// `None` while there are none (the sidecars then pace themselves).
+    /// The dialer, with a client certificate issued anew when the CA
+    /// changed or the last one is close to expiry; `None` while there is
+    /// no CA yet or it cannot issue (the sidecars then pace themselves).
     fn dialer<'d>(&self, dialer: &'d mut Option<Dialer>) -> Option<&'d Dialer> {
-        let current = self.credentials.borrow().clone()?;
-        if dialer.as_ref().map(Dialer::credentials) != Some(&current) {
-            *dialer = Some(Dialer::new(current));
+        let tls = self.webhook_ca.borrow().clone()?;
+        let due = dialer
+            .as_ref()
+            .is_none_or(|d| d.cert().is_due(&tls.ca_cert, SystemTime::now()));
+        if due {
+            match ClientCert::issue(&tls) {
+                Ok(cert) => *dialer = Some(Dialer::new(cert)),
+                Err(e) => {
+                    warn!(error = %e, "issuing the client certificate for the sidecars' control ports");
+                    *dialer = None;
+                }
+            }
         }
         dialer.as_ref()
     }
