@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kube::runtime::events::Reporter;
 use ringway_control::Options;
+use ringway_dataplane_api::sidecar;
 use ringway_operator::{
     children::OperatorPods,
     context::Context,
@@ -273,6 +274,7 @@ fn pace_sidecar_drains(
 ) {
     let pacer = Pacer {
         client: client.clone(),
+        control_port: sidecar::CONTROL_PORT,
         metrics: Arc::clone(metrics),
         events: Events::new(client.clone(), reporter(identity.to_owned())),
         webhook_ca,

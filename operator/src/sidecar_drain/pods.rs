@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Resource, ResourceExt};
-use ringway_dataplane_api::sidecar::{CONTAINER, CONTROL_PORT, MAX_CLOSES_PER_SECOND};
+#[cfg(doc)]
+use ringway_dataplane_api::sidecar::CONTROL_PORT;
+use ringway_dataplane_api::sidecar::{CONTAINER, MAX_CLOSES_PER_SECOND};
 
 use super::{DrainingPod, PodKey};
 use crate::{inject::Settings, sidecar_audit::WorkloadKey};
@@ -18,8 +20,9 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// `pod` as a draining pod, when it is one: terminating, with an IP
 /// address and its sidecar running (a pod whose sidecar has stopped has
-/// nothing left to pace).
-pub fn draining(pod: &Pod) -> Option<DrainingPod> {
+/// nothing left to pace), its sidecar's control port at `control_port`
+/// ([`CONTROL_PORT`] in every injected pod).
+pub fn draining(pod: &Pod, control_port: u16) -> Option<DrainingPod> {
     let since = pod.metadata.deletion_timestamp.as_ref()?.0;
     let status = pod.status.as_ref()?;
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
@@ -42,7 +45,7 @@ pub fn draining(pod: &Pod) -> Option<DrainingPod> {
             workload: workload(pod),
         },
         reference: pod.object_ref(&()),
-        address: SocketAddr::new(ip, CONTROL_PORT).to_string(),
+        address: SocketAddr::new(ip, control_port).to_string(),
         budget: budget(pod),
         since,
     })

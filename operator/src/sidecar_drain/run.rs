@@ -45,6 +45,10 @@ pub const TICK: Duration = Duration::from_millis(500);
 pub struct Pacer {
     /// The API client.
     pub client: Client,
+    /// The port the sidecars' control service listens on in their pods:
+    /// [`CONTROL_PORT`](ringway_dataplane_api::sidecar::CONTROL_PORT) (a test
+    /// on one machine runs them elsewhere).
+    pub control_port: u16,
     /// Where the gauges and counters go.
     pub metrics: Arc<Metrics>,
     /// Publishes the events.
@@ -86,7 +90,7 @@ impl Pacer {
             let draining: Vec<_> = store
                 .state()
                 .iter()
-                .filter_map(|p| pods::draining(p))
+                .filter_map(|p| pods::draining(p, self.control_port))
                 .collect();
             let reports = round(&mut fleet, &draining, dial).await;
             self.report(reports).await;

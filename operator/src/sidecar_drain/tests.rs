@@ -243,7 +243,7 @@ fn owner(kind: &str, name: &str) -> serde_json::Value {
 fn a_terminating_pod_with_a_running_sidecar_drains() {
     let running = json!({"running": {}});
     let pod = terminating(owner("ReplicaSet", "chat-7d9f8c"), running);
-    let draining = pods::draining(&pod).unwrap();
+    let draining = pods::draining(&pod, 15091).unwrap();
     assert_eq!(draining.workload, workload("chat"));
     assert_eq!(draining.address, "10.1.2.3:15091");
     assert_eq!(draining.budget, 40);
@@ -254,10 +254,10 @@ fn a_terminating_pod_with_a_running_sidecar_drains() {
 fn pods_that_have_nothing_to_pace_are_left_out() {
     let stopped = json!({"terminated": {"exitCode": 0}});
     let pod = terminating(owner("ReplicaSet", "chat-7d9f8c"), stopped);
-    assert_eq!(pods::draining(&pod), None);
+    assert_eq!(pods::draining(&pod, 15091), None);
     let mut alive = terminating(owner("ReplicaSet", "chat-7d9f8c"), json!({"running": {}}));
     alive.metadata.deletion_timestamp = None;
-    assert_eq!(pods::draining(&alive), None);
+    assert_eq!(pods::draining(&alive, 15091), None);
 }
 
 #[test]

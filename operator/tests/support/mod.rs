@@ -49,6 +49,9 @@ pub struct Store {
     pub log: Vec<(Method, String, Value)>,
     /// Every request as RBAC authorizes it: (API group, resource, verb).
     pub authorized: BTreeSet<(String, String, String)>,
+    /// The grants every request must fall under; `None`: the gateways'
+    /// (and the Lease's for leases).
+    pub grants: Option<&'static [rbac::Grant]>,
 }
 
 #[derive(Clone, Default)]
@@ -59,7 +62,9 @@ pub const NS: &str = "prod";
 pub fn path(kind: &str) -> String {
     match kind {
         "secrets" | "pods" | "services" | "configmaps" => format!("/api/v1/namespaces/{NS}/{kind}"),
-        "statefulsets" => format!("/apis/apps/v1/namespaces/{NS}/statefulsets"),
+        "statefulsets" | "deployments" | "daemonsets" => {
+            format!("/apis/apps/v1/namespaces/{NS}/{kind}")
+        }
         "poddisruptionbudgets" => format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets"),
         "networkpolicies" => {
             format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies")
@@ -176,13 +181,18 @@ pub fn authorization(
     (group.to_owned(), resource, verb.to_owned())
 }
 
-/// Fails the test unless `operator/src/rbac.rs` grants what `request` needs
-/// (the Lease's grants for leases, the gateways' for everything else).
-fn assert_granted((group, resource, verb): &(String, String, String), request: &str) {
-    let grants = if resource == "leases" {
-        rbac::LEADER_ELECTION
-    } else {
-        rbac::GATEWAYS
+/// Fails the test unless `operator/src/rbac.rs` grants what `request` needs:
+/// `grants`, or the Lease's grants for leases and the gateways' for
+/// everything else.
+fn assert_granted(
+    (group, resource, verb): &(String, String, String),
+    request: &str,
+    grants: Option<&[rbac::Grant]>,
+) {
+    let grants = match grants {
+        Some(grants) => grants,
+        None if resource == "leases" => rbac::LEADER_ELECTION,
+        None => rbac::GATEWAYS,
     };
     assert!(
         rbac::allows(grants, group, resource, verb),
@@ -304,7 +314,7 @@ impl FakeApi {
                 .as_ref()
                 .is_some_and(|n| !store.objects.contains_key(&(collection.clone(), n.clone())));
         let seen = authorization(&method, &full, &query, applies_to_missing);
-        assert_granted(&seen, &format!("{method} {full}?{query}"));
+        assert_granted(&seen, &format!("{method} {full}?{query}"), store.grants);
         let (group, resource, _) = &seen;
         if applies_to_missing {
             // The apply also needs `patch`, as every later apply does.
@@ -422,8 +432,14 @@ impl FakeApi {
     fn note_watch(&self, request: &Request<Body>) {
         let query = decode(request.uri().query().unwrap_or(""));
         let seen = authorization(request.method(), request.uri().path(), &query, false);
-        assert_granted(&seen, &format!("{} {}", request.method(), request.uri()));
-        self.0.lock().unwrap().authorized.insert(seen);
+        let mut store = self.0.lock().unwrap();
+        let grants = store.grants;
+        assert_granted(
+            &seen,
+            &format!("{} {}", request.method(), request.uri()),
+            grants,
+        );
+        store.authorized.insert(seen);
     }
 
     /// A kube client whose every request this fake answers.
