@@ -12,7 +12,7 @@ use tokio::{
 
 use crate::{
     ConfigError, Error,
-    config::{Config, secs},
+    config::{Config, ControlConfig, secs},
     connection::{self, Origin},
     handoff::PeerToken,
     handshake::Refusal,
@@ -51,9 +51,29 @@ impl Server {
     /// Binds a sidecar beside an application ([`crate::sidecar`]): as
     /// standalone, except that its admin `/drain` drains in place and
     /// leaves the process up until it is stopped, and `token` lets a
-    /// request from off the pod's loopback ask for it.
-    pub async fn bind_sidecar(config: Config, token: Option<DrainToken>) -> Result<Self, Error> {
-        Self::bind_as(config, Some(SidecarState::new(token))).await
+    /// request from off the pod's loopback ask for it. With `control`
+    /// ([`SidecarArgs::control`]) and its files usable, it also serves
+    /// the control port, through which the operator paces that drain;
+    /// without, it warns and paces its drain locally.
+    ///
+    /// [`SidecarArgs::control`]: crate::sidecar::SidecarArgs::control
+    pub async fn bind_sidecar(
+        config: Config,
+        token: Option<DrainToken>,
+        control: Option<ControlConfig>,
+    ) -> Result<Self, Error> {
+        let control =
+            crate::sidecar::bind_control(control.as_ref(), config.drain.max_closes_per_second)
+                .await;
+        let sidecar = SidecarState::new(token, control.is_some());
+        let mut server = Self::bind_as(config, Some(sidecar)).await?;
+        server
+            .shared
+            .metrics
+            .sidecar_control_serving
+            .set(i64::from(control.is_some()));
+        server.control = control;
+        Ok(server)
     }
 
     async fn bind_as(config: Config, sidecar: Option<SidecarState>) -> Result<Self, Error> {
@@ -125,7 +145,7 @@ impl Server {
         self.peer.as_ref().and_then(|a| a.local_addr().ok())
     }
 
-    /// The control port's address (shards only).
+    /// The control port's address (shards, and sidecars that serve it).
     pub fn control_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().and_then(|(a, _)| a.local_addr().ok())
     }
@@ -153,14 +173,14 @@ impl Server {
         let memory_task = tokio::spawn(release_memory(Arc::clone(&shared)));
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
         let control_task = control.map(|(listener, tls)| {
-            tokio::spawn(crate::control::serve(
-                listener,
-                tls,
-                Arc::clone(&shared),
-                async move {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let stopped = async move {
                     let _ = control_stopped.await;
-                },
-            ))
+                };
+                crate::control::serve(listener, tls, Arc::clone(&shared), stopped).await;
+                shared.metrics.sidecar_control_serving.set(0);
+            })
         });
         shared.set_accepting();
         tracing::info!(address = %listener.local_addr().map_err(|e| Error::Bind(shared.config.listener.address, e))?, shard = ?shared.shard_id(), "accepting connections");

@@ -4,16 +4,24 @@
 //! give (one route `/` to `127.0.0.1:<app port>`), so that it runs through
 //! the standalone path; and its drain token lets the application's preStop
 //! hook, which the kubelet sends from the node rather than the pod's
-//! loopback, drain it ([`ringway_dataplane_api::sidecar`] is the contract
-//! with the injector that writes both into the pod).
+//! loopback, drain it; and its control port, served when its certificate
+//! is mounted, through which the operator paces that drain
+//! ([`ringway_dataplane_api::sidecar`] is the contract with the injector
+//! that writes all of these into the pod).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use ringway_dataplane_api::{defaults, sidecar};
+use tokio::net::TcpListener;
+use tonic::transport::ServerTlsConfig;
 
 use crate::{
     config::{
-        AdminConfig, Config, ConnectionConfig, DrainConfig, KeyConfig, ListenerConfig, RouteConfig,
+        AdminConfig, Config, ConnectionConfig, ControlConfig, DrainConfig, KeyConfig,
+        ListenerConfig, RouteConfig,
     },
     error::ConfigError,
     routing::{KeyKind, MissingKey},
@@ -46,6 +54,17 @@ pub struct SidecarArgs {
     /// before the kubelet's deadline.
     #[arg(long)]
     pub termination_grace_seconds: Option<f64>,
+    /// A directory with the control port's CA, certificate and key
+    /// (`ca.crt`, `tls.crt`, `tls.key`: the injector mounts the Secret
+    /// `ringway-sidecar-control` there). With them the sidecar serves the
+    /// control port, through which the operator paces its drain within the
+    /// workload's budget; without them (or unreadable) it warns and paces
+    /// its drain locally.
+    #[arg(long)]
+    pub control_tls_dir: Option<PathBuf>,
+    /// The control port (with `--control-tls-dir`).
+    #[arg(long, default_value_t = sidecar::CONTROL_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub control_port: u16,
 }
 
 /// The name of the sidecar's one route, in metrics and logs.
@@ -80,6 +99,14 @@ impl SidecarArgs {
                 port: self.admin_port,
             });
         }
+        if self.control_tls_dir.is_some()
+            && [self.app_port, self.listen_port, self.admin_port].contains(&self.control_port)
+        {
+            return Err(ConfigError::PortClash {
+                flag: "--control-port",
+                port: self.control_port,
+            });
+        }
         if let Some(grace) = self.termination_grace_seconds
             && !(grace.is_finite() && grace > 0.0)
         {
@@ -97,6 +124,21 @@ impl SidecarArgs {
             other => other,
         })?;
         Ok(config)
+    }
+
+    /// The control port's address and files, with `--control-tls-dir`
+    /// (whether the files are there is for [`Server::bind_sidecar`] to
+    /// find out).
+    ///
+    /// [`Server::bind_sidecar`]: crate::Server::bind_sidecar
+    pub fn control(&self) -> Option<ControlConfig> {
+        let dir = self.control_tls_dir.as_ref()?;
+        Some(ControlConfig {
+            address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.control_port)),
+            cert_file: dir.join(sidecar::CONTROL_CERT_FILE),
+            key_file: dir.join(sidecar::CONTROL_KEY_FILE),
+            client_ca_file: dir.join(sidecar::CONTROL_CA_FILE),
+        })
     }
 
     /// The config, with the file's defaults for what no flag sets.
@@ -140,6 +182,66 @@ impl SidecarArgs {
             },
             runtime: Default::default(),
             shard: None,
+        }
+    }
+}
+
+/// The control port, if it can serve: its files there and usable, its
+/// port bound. Otherwise (no `--control-tls-dir`, the Secret not mounted
+/// or not made yet, a file unreadable or not PEM, the port taken) a
+/// warning says why, and the sidecar runs on without it, pacing its drain
+/// locally at `local_rate`: it never stops serving its clients for this.
+pub(crate) async fn bind_control(
+    control: Option<&ControlConfig>,
+    local_rate: u32,
+) -> Option<(TcpListener, ServerTlsConfig)> {
+    const LOCAL: &str = "the drain is paced locally, not within the workload's shared budget";
+    let Some(control) = control else {
+        tracing::warn!(
+            closes_per_second = local_rate,
+            "no --control-tls-dir, so no control port: {LOCAL}"
+        );
+        return None;
+    };
+    let files = [
+        &control.client_ca_file,
+        &control.cert_file,
+        &control.key_file,
+    ];
+    let missing: Vec<_> = files.iter().filter(|f| !f.is_file()).collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            ?missing,
+            closes_per_second = local_rate,
+            "control port not served: the files of the Secret {} are not there (not mounted, \
+             or the Secret is not made yet): {LOCAL}",
+            sidecar::CONTROL_SECRET
+        );
+        return None;
+    }
+    let tls = match crate::control::checked_tls_config(control) {
+        Ok(tls) => tls,
+        Err(e) => {
+            tracing::warn!(error = %e, closes_per_second = local_rate, "control port not served: {LOCAL}");
+            return None;
+        }
+    };
+    match TcpListener::bind(control.address).await {
+        Ok(listener) => {
+            tracing::info!(
+                address = %control.address,
+                "control port: the operator paces the drain within the workload's budget"
+            );
+            Some((listener, tls))
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                address = %control.address,
+                closes_per_second = local_rate,
+                "control port not served: cannot bind it: {LOCAL}"
+            );
+            None
         }
     }
 }

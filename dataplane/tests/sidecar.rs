@@ -33,10 +33,12 @@ async fn sidecar(app: SocketAddr, window: f64) -> Gateway {
         max_closes_per_second: 1_000,
         max_connections: 100,
         termination_grace_seconds: None,
+        control_tls_dir: None,
+        control_port: ringway_dataplane_api::sidecar::CONTROL_PORT,
     };
     let config = args.config().expect("valid flags");
     Gateway::serve(
-        Server::bind_sidecar(config, None)
+        Server::bind_sidecar(config, None, args.control())
             .await
             .expect("the sidecar binds"),
     )
