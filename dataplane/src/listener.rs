@@ -21,6 +21,7 @@ use crate::{
     running::RunningState,
     shared::{ShardIdentity, Shared, SidecarState},
     sidecar::DrainToken,
+    sidecar_control,
 };
 
 /// How the process stops.
@@ -39,6 +40,9 @@ pub struct Server {
     admin: Option<TcpListener>,
     peer: Option<TcpListener>,
     control: Option<(TcpListener, tonic::transport::ServerTlsConfig)>,
+    /// A sidecar's control port whose files were not usable at startup:
+    /// looked for again while it runs.
+    control_later: Option<ControlConfig>,
 }
 
 impl Server {
@@ -62,17 +66,15 @@ impl Server {
         token: Option<DrainToken>,
         control: Option<ControlConfig>,
     ) -> Result<Self, Error> {
-        let control =
-            crate::sidecar::bind_control(control.as_ref(), config.drain.max_closes_per_second)
+        let opened =
+            sidecar_control::open_at_start(control.as_ref(), config.drain.max_closes_per_second)
                 .await;
-        let sidecar = SidecarState::new(token, control.is_some());
-        let mut server = Self::bind_as(config, Some(sidecar)).await?;
-        server
-            .shared
-            .metrics
-            .sidecar_control_serving
-            .set(i64::from(control.is_some()));
-        server.control = control;
+        let mut server = Self::bind_as(config, Some(SidecarState::new(token))).await?;
+        server.shared.set_control_serving(opened.is_some());
+        if opened.is_none() {
+            server.control_later = control;
+        }
+        server.control = opened;
         Ok(server)
     }
 
@@ -125,6 +127,7 @@ impl Server {
             admin,
             peer,
             control,
+            control_later: None,
         })
     }
 
@@ -163,6 +166,7 @@ impl Server {
             admin,
             mut peer,
             control,
+            control_later,
         } = self;
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|a| {
@@ -172,16 +176,25 @@ impl Server {
         });
         let memory_task = tokio::spawn(release_memory(Arc::clone(&shared)));
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-        let control_task = control.map(|(listener, tls)| {
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let stopped = async move {
-                    let _ = control_stopped.await;
-                };
-                crate::control::serve(listener, tls, Arc::clone(&shared), stopped).await;
-                shared.metrics.sidecar_control_serving.set(0);
-            })
-        });
+        let stopped = async move {
+            let _ = control_stopped.await;
+        };
+        let control_task = match (control, control_later) {
+            (Some((listener, tls)), _) if shared.sidecar.is_none() => Some(tokio::spawn(
+                crate::control::serve(listener, tls, Arc::clone(&shared), stopped),
+            )),
+            (Some(opened), _) => Some(tokio::spawn(sidecar_control::serve(
+                opened,
+                Arc::clone(&shared),
+                stopped,
+            ))),
+            (None, Some(later)) => Some(tokio::spawn(sidecar_control::serve_once_ready(
+                later,
+                Arc::clone(&shared),
+                stopped,
+            ))),
+            (None, None) => None,
+        };
         shared.set_accepting();
         tracing::info!(address = %listener.local_addr().map_err(|e| Error::Bind(shared.config.listener.address, e))?, shard = ?shared.shard_id(), "accepting connections");
         tokio::pin!(shutdown);

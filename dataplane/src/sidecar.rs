@@ -15,8 +15,6 @@ use std::{
 };
 
 use ringway_dataplane_api::{defaults, sidecar};
-use tokio::net::TcpListener;
-use tonic::transport::ServerTlsConfig;
 
 use crate::{
     config::{
@@ -182,66 +180,6 @@ impl SidecarArgs {
             },
             runtime: Default::default(),
             shard: None,
-        }
-    }
-}
-
-/// The control port, if it can serve: its files there and usable, its
-/// port bound. Otherwise (no `--control-tls-dir`, the Secret not mounted
-/// or not made yet, a file unreadable or not PEM, the port taken) a
-/// warning says why, and the sidecar runs on without it, pacing its drain
-/// locally at `local_rate`: it never stops serving its clients for this.
-pub(crate) async fn bind_control(
-    control: Option<&ControlConfig>,
-    local_rate: u32,
-) -> Option<(TcpListener, ServerTlsConfig)> {
-    const LOCAL: &str = "the drain is paced locally, not within the workload's shared budget";
-    let Some(control) = control else {
-        tracing::warn!(
-            closes_per_second = local_rate,
-            "no --control-tls-dir, so no control port: {LOCAL}"
-        );
-        return None;
-    };
-    let files = [
-        &control.client_ca_file,
-        &control.cert_file,
-        &control.key_file,
-    ];
-    let missing: Vec<_> = files.iter().filter(|f| !f.is_file()).collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            ?missing,
-            closes_per_second = local_rate,
-            "control port not served: the files of the Secret {} are not there (not mounted, \
-             or the Secret is not made yet): {LOCAL}",
-            sidecar::CONTROL_SECRET
-        );
-        return None;
-    }
-    let tls = match crate::control::checked_tls_config(control) {
-        Ok(tls) => tls,
-        Err(e) => {
-            tracing::warn!(error = %e, closes_per_second = local_rate, "control port not served: {LOCAL}");
-            return None;
-        }
-    };
-    match TcpListener::bind(control.address).await {
-        Ok(listener) => {
-            tracing::info!(
-                address = %control.address,
-                "control port: the operator paces the drain within the workload's budget"
-            );
-            Some((listener, tls))
-        }
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                address = %control.address,
-                closes_per_second = local_rate,
-                "control port not served: cannot bind it: {LOCAL}"
-            );
-            None
         }
     }
 }

@@ -2,8 +2,9 @@
 //! the files of its Secret are there, to the operator's certificate only;
 //! the operator's `Drain` starts the drain in place and paces it, and a
 //! second `Drain` re-paces it; the preStop drain waits for the operator,
-//! then falls back to the sidecar's own rate; and without usable files the
-//! sidecar serves its clients and paces its drain locally.
+//! then falls back to the sidecar's own rate; without usable files the
+//! sidecar serves its clients and paces its drain locally, and serves the
+//! control port once they are there.
 
 mod support;
 
@@ -113,6 +114,7 @@ impl ControlFiles {
 struct Sidecar {
     gw: Gateway,
     control: Option<String>,
+    control_port: u16,
 }
 
 impl Sidecar {
@@ -130,6 +132,7 @@ impl Sidecar {
         Self {
             gw: Gateway::serve(server),
             control,
+            control_port: args.control_port,
         }
     }
 
@@ -414,4 +417,39 @@ async fn without_usable_files_the_sidecar_serves_its_clients_and_paces_its_drain
         assert!(sc.has_metric("ringway_sidecar_drains_total{paced_by=\"local\"} 1"));
         sc.gw.stop(Shutdown::Graceful).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_mounted_after_the_start_is_served_once_its_files_are_there() {
+    let files = ControlFiles::new("later");
+    let later = files.dir.0.join("later");
+    let app = support::echo_backend("app").await;
+    let sc = Sidecar::start(app, 30.0, 1_000, Some(later.clone())).await;
+    assert!(sc.control.is_none(), "no files yet, no control port");
+    let clients = sc.clients(3).await;
+    std::fs::create_dir(&later).expect("the Secret's volume");
+    for file in [
+        sidecar::CONTROL_CA_FILE,
+        sidecar::CONTROL_CERT_FILE,
+        sidecar::CONTROL_KEY_FILE,
+    ] {
+        std::fs::copy(files.dir.0.join(file), later.join(file)).expect("copy");
+    }
+    let address = format!("127.0.0.1:{}", sc.control_port);
+    let operator = files.operator();
+    // The sidecar looks again every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = operator.status(&address).await {
+        assert!(Instant::now() < deadline, "still not served: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sc.has_metric("ringway_sidecar_control_serving 1"));
+    let closes = closes_of(clients);
+    operator
+        .drain(&address, drain_at(100))
+        .await
+        .expect("the operator's drain");
+    closes.await.expect("every client closed");
+    assert!(sc.has_metric("ringway_sidecar_drains_total{paced_by=\"operator\"} 1"));
+    sc.gw.stop(Shutdown::Graceful).await;
 }

@@ -64,13 +64,7 @@ fn sidecar(token: Option<DrainToken>) -> Arc<Shared> {
     let args = crate::sidecar::tests::parse(&["--app-port", "8080"]).expect("valid flags");
     let config = args.config().expect("a valid config");
     let running = RunningState::standalone(&config).expect("a valid state");
-    let shared = Shared::new(
-        config,
-        None,
-        Some(SidecarState::new(token, false)),
-        running,
-        None,
-    );
+    let shared = Shared::new(config, None, Some(SidecarState::new(token)), running, None);
     shared.set_accepting();
     Arc::new(shared)
 }

@@ -6,7 +6,13 @@
 //! the control port serves, the preStop drain waits a moment for that
 //! pace before it falls back to the sidecar's own rate.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use ringway_dataplane_api::sidecar;
 use tokio::{
@@ -23,7 +29,7 @@ pub(crate) struct SidecarState {
     pub(crate) token: Option<DrainToken>,
     /// The control port serves: the operator may pace the drain, so the
     /// preStop drain waits for it a moment.
-    control: bool,
+    control: AtomicBool,
     /// The closes per second the operator's last `Drain` asked for.
     operator_pace: watch::Sender<Option<u32>>,
     /// The drain in place, run once whoever asks: how many connections
@@ -32,12 +38,11 @@ pub(crate) struct SidecarState {
 }
 
 impl SidecarState {
-    /// A sidecar that has not drained yet; `control`: its control port
-    /// serves.
-    pub(crate) fn new(token: Option<DrainToken>, control: bool) -> Self {
+    /// A sidecar that has not drained yet, its control port not serving.
+    pub(crate) fn new(token: Option<DrainToken>) -> Self {
         Self {
             token,
-            control,
+            control: AtomicBool::new(false),
             operator_pace: watch::Sender::new(None),
             drained: OnceCell::new(),
         }
@@ -53,12 +58,21 @@ fn paced_by(operator: Option<u32>) -> &'static str {
 }
 
 impl Shared {
+    /// Sidecars: whether the control port serves, for the preStop drain
+    /// and in `ringway_sidecar_control_serving`.
+    pub(crate) fn set_control_serving(&self, serving: bool) {
+        if let Some(sidecar) = &self.sidecar {
+            sidecar.control.store(serving, Ordering::SeqCst);
+            self.metrics.sidecar_control_serving.set(i64::from(serving));
+        }
+    }
+
     /// The preStop hook's drain: when the control port serves, stops
     /// taking clients and waits up to [`sidecar::OPERATOR_WAIT_SECONDS`]
     /// for the operator to pace the drain, then drains in place
     /// ([`Shared::drain_in_place`]) at its pace or the sidecar's own.
     pub(crate) async fn drain_on_prestop(&self, sidecar: &SidecarState) -> usize {
-        if sidecar.control && !sidecar.drained.initialized() {
+        if sidecar.control.load(Ordering::SeqCst) && !sidecar.drained.initialized() {
             self.start_draining(DrainCause::Shutdown);
             let wait = Duration::from_secs_f64(sidecar::OPERATOR_WAIT_SECONDS);
             let mut pace = sidecar.operator_pace.subscribe();

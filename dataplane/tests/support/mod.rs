@@ -148,17 +148,27 @@ impl Gateway {
 /// draining over `window` seconds at most 1,000 closes per second, without
 /// a control port.
 pub fn sidecar_args(app: SocketAddr, window: f64) -> SidecarArgs {
+    let [listen_port, admin_port, control_port] = free_ports();
     SidecarArgs {
         app_port: app.port(),
-        listen_port: free_port(),
-        admin_port: free_port(),
+        listen_port,
+        admin_port,
         drain_window_seconds: window,
         max_closes_per_second: 1_000,
         max_connections: 100,
         termination_grace_seconds: None,
         control_tls_dir: None,
-        control_port: free_port(),
+        control_port,
     }
+}
+
+/// `N` different ports that were free a moment ago (all held at once
+/// while they are picked, so that no two are the same).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
 }
 
 /// `addr` (bound on every address) on loopback.
