@@ -104,7 +104,9 @@ async fn stop_the_process(shared: &Shared, method: &Method, wait: bool) -> Respo
 }
 
 /// Sidecar: `GET` (the preStop hook's) or `POST`, else 405; drains every
-/// client in place and keeps the process up ([`Shared::drain_in_place`]).
+/// client in place and keeps the process up, paced by the operator when
+/// its control port serves, else at its own rate
+/// ([`Shared::drain_on_prestop`]).
 /// With `wait`, answers once the clients are gone (or the drain's time is
 /// up, saying how many were cut), so that the application, whose preStop
 /// hook this is, gets its SIGTERM only then.
@@ -123,7 +125,7 @@ async fn drain_beside_the_application(
         let Some(sidecar) = &shared.sidecar else {
             return 0;
         };
-        shared.drain_in_place(sidecar).await
+        shared.drain_on_prestop(sidecar).await
     });
     if !wait {
         return format!("draining {connections} connections\n").into_response();

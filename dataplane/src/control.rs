@@ -1,6 +1,7 @@
 //! The control port: the `ringway.control.v1` gRPC service over mutual
 //! TLS, a thin adapter onto [`Shared`]'s `apply`, `status` and
-//! `drain_pod`. Only a client whose certificate chains to the configured
+//! `drain_pod` (on a sidecar, `drain_paced_by_operator`; it takes no
+//! snapshot). Only a client whose certificate chains to the configured
 //! CA (and is meant for client authentication) gets to call anything;
 //! every call has a deadline.
 
@@ -47,6 +48,34 @@ pub(crate) fn tls_config(config: &ControlConfig) -> Result<ServerTlsConfig, Erro
         .timeout(TLS_HANDSHAKE_DEADLINE))
 }
 
+/// [`tls_config`], checked as the server will use it: an error says what
+/// cannot be read or used (a sidecar then paces its drain locally).
+pub(crate) fn checked_tls_config(config: &ControlConfig) -> Result<ServerTlsConfig, Error> {
+    let tls = tls_config(config)?;
+    server(tls.clone()).map_err(|e| {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            reason = format!("{reason}: {cause}");
+            source = cause.source();
+        }
+        TlsError::ControlSetup(reason)
+    })?;
+    Ok(tls)
+}
+
+/// The control server over `tls`, with its limits.
+fn server(tls: ServerTlsConfig) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map(|b| {
+            b.timeout(RPC_DEADLINE)
+                .concurrency_limit_per_connection(16)
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        })
+}
+
 /// Serves the control service on `listener` until `shutdown` resolves.
 pub(crate) async fn serve(
     listener: TcpListener,
@@ -55,15 +84,7 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let address = listener.local_addr().ok();
-    let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map(|b| {
-            b.timeout(RPC_DEADLINE)
-                .concurrency_limit_per_connection(16)
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        });
-    let mut server = match server {
+    let mut server = match server(tls) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "control port: TLS setup failed; no snapshot can be applied");
@@ -85,12 +106,44 @@ struct Service {
     shared: Arc<Shared>,
 }
 
+impl Service {
+    /// `Drain` on a sidecar: starts its drain in place if need be and
+    /// paces it ([`Shared::drain_paced_by_operator`]); its window is its
+    /// own, fitted to the pod's grace period.
+    async fn pace_the_sidecar(
+        &self,
+        r: &v1::DrainRequest,
+    ) -> Result<Response<v1::DrainResponse>, Status> {
+        if r.window_ms > 0 {
+            tracing::warn!(
+                window_ms = r.window_ms,
+                "refused a Drain with a window: a sidecar's window is its own"
+            );
+            return Err(Status::invalid_argument(SIDECAR_WINDOW));
+        }
+        let rate = (r.max_closes_per_second > 0).then_some(r.max_closes_per_second);
+        let open = self.shared.drain_paced_by_operator(rate).await;
+        Ok(Response::new(v1::DrainResponse {
+            draining: open as u64,
+        }))
+    }
+}
+
+/// Why a sidecar refuses a `Drain` with a window.
+const SIDECAR_WINDOW: &str = "window_ms: a sidecar's drain window is fitted to its pod's grace \
+     period (--drain-window-seconds, --termination-grace-seconds) and cannot be set by Drain; \
+     send 0 and pace it with max_closes_per_second";
+
 #[tonic::async_trait]
 impl Control for Service {
     async fn apply_snapshot(
         &self,
         request: Request<v1::ApplySnapshotRequest>,
     ) -> Result<Response<v1::ApplySnapshotResponse>, Status> {
+        if self.shared.sidecar.is_some() {
+            tracing::warn!("refused a snapshot: a sidecar takes none");
+            return Err(Status::failed_precondition(Refused::Sidecar.to_string()));
+        }
         let snapshot = request
             .into_inner()
             .snapshot
@@ -104,7 +157,7 @@ impl Control for Service {
                     Applied::Changed { draining } => draining as u64,
                 },
             })),
-            Err(e @ (Refused::Stale { .. } | Refused::Standalone)) => {
+            Err(e @ (Refused::Stale { .. } | Refused::Standalone | Refused::Sidecar)) => {
                 Err(Status::failed_precondition(e.to_string()))
             }
             Err(e @ Refused::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
@@ -123,6 +176,9 @@ impl Control for Service {
         request: Request<v1::DrainRequest>,
     ) -> Result<Response<v1::DrainResponse>, Status> {
         let r = request.into_inner();
+        if self.shared.sidecar.is_some() {
+            return self.pace_the_sidecar(&r).await;
+        }
         let window = (r.window_ms > 0).then(|| Duration::from_millis(u64::from(r.window_ms)));
         let rate = (r.max_closes_per_second > 0).then_some(r.max_closes_per_second);
         let draining = self.shared.drain_pod(window, rate).await as u64;

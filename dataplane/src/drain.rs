@@ -1,8 +1,10 @@
 //! Pacing drains: close a set of connections evenly over a window, never
 //! faster than a rate cap, so that a drain does not become a reconnect
-//! storm.
+//! storm; or, once paced from outside (a sidecar's share of its
+//! workload's budget), as fast as a given rate allows, the window still
+//! the deadline.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -35,12 +37,33 @@ pub struct Pacer {
     total: usize,
     window: Duration,
     rate: u32,
-    /// The schedule's clock: it follows real time but advances at most one
-    /// tick per round, so a round that comes late (a busy thread) delays
-    /// the closes instead of releasing the backlog in one burst over the cap.
+    /// When the closes of `total` began (their last batch came), on the
+    /// drain's clock: their window starts there.
+    origin: Duration,
+    /// The schedule's clock, from `origin`: it follows real time but
+    /// advances at most one tick per round, so a round that comes late (a
+    /// busy thread) delays the closes instead of releasing the backlog in
+    /// one burst over the cap.
     schedule: Duration,
     done: usize,
     at_window_end: WindowEnd,
+    /// Set by [`Pacer::pace`]: the rate the closes now go at.
+    pace: Option<Pace>,
+    /// The closes released in the last second, by when (on the drain's
+    /// clock): a pace counts them against its rate, so that a lower rate
+    /// holds from the moment it is set, in every second.
+    recent: VecDeque<(Duration, usize)>,
+}
+
+/// A pace in force: closes at `rate` per second, as fast as that allows.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    rate: u32,
+    /// The schedule's time when the pace was set (or its batch came).
+    since: Duration,
+    /// The closes of the pace's steady cadence already counted, released
+    /// or (when the last second's closes left no room) given up.
+    slots: usize,
 }
 
 /// What a drain does with the closes still due when its window ends.
@@ -67,6 +90,9 @@ impl WindowEnd {
 /// Time between rounds.
 pub const TICK: Duration = Duration::from_millis(10);
 
+/// The span a rate is counted over.
+const SECOND: Duration = Duration::from_secs(1);
+
 /// When the round after one due at `due` runs, the round having finished
 /// at `now`: on a fixed grid of [`TICK`]s, so that a timer that wakes a
 /// little late (it always does, by up to a millisecond, more on a busy
@@ -79,31 +105,109 @@ pub fn next_round(due: Instant, now: Instant) -> Instant {
 }
 
 impl Pacer {
-    /// A drain of `total` connections over `window` at most `rate` per second.
+    /// A drain of `total` connections over `window` at most `rate` per
+    /// second, starting at 0 on its clock.
     pub fn new(total: usize, window: Duration, rate: u32, at_window_end: WindowEnd) -> Self {
         Self {
             total,
             window,
             rate,
+            origin: Duration::ZERO,
             schedule: Duration::ZERO,
             done: 0,
             at_window_end,
+            pace: None,
+            recent: VecDeque::new(),
         }
     }
 
-    /// The closes to release in the round at `elapsed` since the start: a
-    /// range of indexes. Past the window, everything left ([`WindowEnd::Flush`])
-    /// or what the rate allows ([`WindowEnd::KeepRate`]).
-    pub fn round(&mut self, elapsed: Duration) -> std::ops::Range<usize> {
-        self.schedule = elapsed.min(self.schedule + TICK);
-        let due = if elapsed >= self.window && self.at_window_end == WindowEnd::Flush {
+    /// Starts over at `now` with `total` closes over `window` at most
+    /// `rate` per second (a new batch joined what was left), keeping the
+    /// closes of the last second and the pace, if one is set: a paced
+    /// drain stays paced, its new window its deadline.
+    pub fn restart(
+        &mut self,
+        now: Duration,
+        total: usize,
+        window: Duration,
+        rate: u32,
+        at_window_end: WindowEnd,
+    ) {
+        (self.total, self.window, self.rate) = (total, window, rate);
+        (self.origin, self.schedule, self.done) = (now, Duration::ZERO, 0);
+        self.at_window_end = at_window_end;
+        if let Some(pace) = &mut self.pace {
+            (pace.since, pace.slots) = (Duration::ZERO, 0);
+        }
+    }
+
+    /// From now on, releases the closes still due at `rate` per second
+    /// (at least 1), as fast as that allows rather than spread over the
+    /// window; the window stays the deadline. Replaces an earlier pace.
+    /// No second, counted back from any close after this, holds more than
+    /// `rate` closes, those before the pace included.
+    pub fn pace(&mut self, rate: u32) {
+        self.pace = Some(Pace {
+            rate: rate.max(1),
+            since: self.schedule,
+            slots: 0,
+        });
+    }
+
+    /// The rate the closes go at: the pace's, or the drain's own.
+    pub fn rate(&self) -> u32 {
+        self.pace.map_or(self.rate, |p| p.rate)
+    }
+
+    /// Whether the window is over at `now` and everything left goes at
+    /// once ([`WindowEnd::Flush`]).
+    pub fn flushing(&self, now: Duration) -> bool {
+        self.at_window_end == WindowEnd::Flush && now.saturating_sub(self.origin) >= self.window
+    }
+
+    /// The closes to release in the round at `now` on the drain's clock: a
+    /// range of indexes. Past the window, everything left
+    /// ([`WindowEnd::Flush`]) or what the rate allows
+    /// ([`WindowEnd::KeepRate`]).
+    pub fn round(&mut self, now: Duration) -> std::ops::Range<usize> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&(at, _)| at + SECOND <= now)
+        {
+            self.recent.pop_front();
+        }
+        self.schedule = now.saturating_sub(self.origin).min(self.schedule + TICK);
+        let due = if self.flushing(now) {
             self.total
+        } else if self.pace.is_some() {
+            self.done + self.paced_closes()
         } else {
             closes_due(self.total, self.schedule, self.window, self.rate)
         };
         let from = self.done;
-        self.done = due.max(from);
+        self.done = due.clamp(from, self.total.max(from));
+        if self.done > from {
+            self.recent.push_back((now, self.done - from));
+        }
         from..self.done
+    }
+
+    /// Under a pace: the closes of its steady cadence due since the last
+    /// round, as far as the last second's closes leave room under its
+    /// rate. Slots without room are given up, not made up later in a burst.
+    fn paced_closes(&mut self) -> usize {
+        let in_last_second: usize = self.recent.iter().map(|&(_, n)| n).sum();
+        let Some(pace) = &mut self.pace else {
+            return 0;
+        };
+        let paced_for = self.schedule.saturating_sub(pace.since).as_nanos();
+        let cadence = (u128::from(pace.rate) * paced_for).div_ceil(SECOND.as_nanos());
+        let cadence = usize::try_from(cadence).unwrap_or(usize::MAX);
+        let slots = cadence.saturating_sub(pace.slots);
+        pace.slots = pace.slots.max(cadence);
+        let room = (pace.rate as usize).saturating_sub(in_last_second);
+        slots.min(room)
     }
 }
 
@@ -111,12 +215,21 @@ impl Pacer {
 /// drain request, the pod's stop) goes through one pacer, so that batches
 /// asked for one after another never pass the pod's rate together: a new
 /// batch joins what is left of the running one, and the pacing restarts
-/// over both with the new batch's window and rate.
+/// over both with the new batch's window and rate. A sidecar's drain may
+/// be re-paced while it runs ([`Drainer::pace`]).
 #[derive(Clone)]
 pub struct Drainer {
-    batches: mpsc::Sender<Batch>,
+    commands: mpsc::Sender<Command>,
     /// Connections submitted and not yet asked to close.
     pending: Arc<watch::Sender<usize>>,
+}
+
+/// What the drain task is told.
+enum Command {
+    /// Close these too.
+    Batch(Batch),
+    /// Release the closes at this rate from now on ([`Pacer::pace`]).
+    Pace(u32),
 }
 
 struct Batch {
@@ -130,16 +243,16 @@ impl Drainer {
     /// Starts the pod's drain task (on the current tokio runtime). It ends
     /// when every handle is dropped.
     pub fn start() -> Self {
-        let (batches, rx) = mpsc::channel(BATCHES);
+        let (commands, rx) = mpsc::channel(BATCHES);
         let pending = Arc::new(watch::Sender::new(0));
         tokio::spawn(run(rx, Arc::clone(&pending)));
-        Self { batches, pending }
+        Self { commands, pending }
     }
 
     /// Asks `victims` to close with `cause`, spread over `window` at no
-    /// more than `rate` per second (with what is left of earlier batches).
-    /// Waits while [`BATCHES`] batches are on their way to the drain task
-    /// (it takes each within a tick).
+    /// more than `rate` per second (with what is left of earlier batches),
+    /// or at the pace, once one is set. Waits while [`BATCHES`] commands
+    /// are on their way to the drain task (it takes each within a tick).
     pub async fn submit(
         &self,
         victims: Vec<Arc<ConnControl>>,
@@ -157,11 +270,25 @@ impl Drainer {
             window,
             rate,
         };
-        if let Err(unsent) = self.batches.send(batch).await {
+        if let Err(unsent) = self.commands.send(Command::Batch(batch)).await {
             // The drain task is gone (the runtime is shutting down): the
             // connections will not be asked.
-            self.pending.send_modify(|n| *n -= unsent.0.victims.len());
+            if let Command::Batch(batch) = unsent.0 {
+                self.pending.send_modify(|n| *n -= batch.victims.len());
+            }
         }
+    }
+
+    /// From now on, releases the closes still due, and those of later
+    /// batches, at `rate` per second (at least 1) as fast as that allows,
+    /// instead of spreading them over the window, which stays the deadline
+    /// (after it a stopping pod's drain closes what is left at once). The
+    /// last pace set holds: a new batch joins at it, its window the new
+    /// deadline. No second holds more than `rate` closes, counted back
+    /// from any close after the pace.
+    pub async fn pace(&self, rate: u32) {
+        // An error means the drain task is gone: nothing is left to pace.
+        let _ = self.commands.send(Command::Pace(rate)).await;
     }
 
     /// Connections submitted and not yet asked to close.
@@ -175,50 +302,57 @@ impl Drainer {
     }
 }
 
-/// Batches on their way to the drain task at most.
+/// Commands on their way to the drain task at most.
 pub const BATCHES: usize = 16;
 
-async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usize>>) {
-    let idle = || Pacer::new(0, Duration::ZERO, 1, WindowEnd::Flush);
+async fn run(mut commands: mpsc::Receiver<Command>, pending: Arc<watch::Sender<usize>>) {
+    // The drain's clock: the pacer counts every time from here.
+    let clock = Instant::now();
     let mut queue: Vec<(Arc<ConnControl>, DrainCause)> = Vec::new();
     // The next victim to look at; the ones before it were asked or skipped.
     let mut cursor = 0;
-    let mut pacer = idle();
-    let (mut start, mut window, mut rate) = (Instant::now(), Duration::ZERO, 1);
+    let mut pacer = Pacer::new(0, Duration::ZERO, 1, WindowEnd::Flush);
     let mut due = Instant::now();
     loop {
-        let batch = if cursor >= queue.len() {
-            match batches.recv().await {
-                Some(b) => Some(b),
+        let command = if cursor >= queue.len() {
+            match commands.recv().await {
+                Some(c) => Some(c),
                 None => return,
             }
         } else {
             tokio::select! {
-                b = batches.recv() => b,
+                c = commands.recv() => c,
                 () = sleep_until(due) => None,
             }
         };
-        if let Some(mut b) = batch {
-            queue.drain(..cursor);
-            cursor = 0;
-            fastrand::shuffle(&mut b.victims);
-            queue.extend(b.victims.into_iter().map(|v| (v, b.cause)));
-            (start, window, rate) = (Instant::now(), b.window, b.rate);
-            due = start;
-            let at_end = if queue.iter().any(|(_, c)| *c == DrainCause::Shutdown) {
-                WindowEnd::Flush
-            } else {
-                WindowEnd::KeepRate
-            };
-            pacer = Pacer::new(queue.len(), window, rate, at_end);
+        match command {
+            Some(Command::Batch(mut b)) => {
+                queue.drain(..cursor);
+                cursor = 0;
+                fastrand::shuffle(&mut b.victims);
+                queue.extend(b.victims.into_iter().map(|v| (v, b.cause)));
+                let at_end = if queue.iter().any(|(_, c)| *c == DrainCause::Shutdown) {
+                    WindowEnd::Flush
+                } else {
+                    WindowEnd::KeepRate
+                };
+                pacer.restart(clock.elapsed(), queue.len(), b.window, b.rate, at_end);
+                due = Instant::now();
+            }
+            Some(Command::Pace(rate)) => pacer.pace(rate),
+            None => {}
         }
-        let elapsed = start.elapsed();
-        let mut closes = pacer.round(elapsed).len();
-        if elapsed >= window && closes > 1 && pacer.at_window_end == WindowEnd::Flush {
+        if cursor >= queue.len() {
+            // Paced while idle: the pace waits for the next batch.
+            continue;
+        }
+        let now = clock.elapsed();
+        let mut closes = pacer.round(now).len();
+        if closes > 1 && pacer.flushing(now) {
             tracing::warn!(
                 left = closes,
-                rate,
-                window_seconds = window.as_secs_f64(),
+                rate = pacer.rate(),
+                window_seconds = pacer.window.as_secs_f64(),
                 "drain window ended before the rate cap allowed every close; closing the rest now"
             );
         }
@@ -242,238 +376,10 @@ async fn run(mut batches: mpsc::Receiver<Batch>, pending: Arc<watch::Sender<usiz
         if cursor >= queue.len() {
             queue.clear();
             cursor = 0;
-            pacer = idle();
         }
         due = next_round(due, Instant::now());
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// One batch through a fresh drainer; returns when all were asked.
-    async fn drain(victims: Vec<Arc<ConnControl>>, cause: DrainCause, window: Duration, rate: u32) {
-        let drainer = Drainer::start();
-        drainer.submit(victims, cause, window, rate).await;
-        drainer.idle().await;
-    }
-
-    #[test]
-    fn closes_are_spread_over_the_window() {
-        let window = Duration::from_secs(10);
-        assert_eq!(closes_due(100, Duration::ZERO, window, 1000), 0);
-        assert_eq!(closes_due(100, Duration::from_secs(5), window, 1000), 50);
-        assert_eq!(closes_due(100, Duration::from_secs(10), window, 1000), 100);
-    }
-
-    #[test]
-    fn the_rate_cap_holds_in_every_second() {
-        let window = Duration::from_secs(10);
-        let rate = 50;
-        let total = 10_000;
-        let mut prev = 0;
-        for ms in (0..=10_000u64).step_by(10) {
-            let due = closes_due(total, Duration::from_millis(ms), window, rate);
-            assert!(due >= prev);
-            prev = due;
-            if ms >= 1000 {
-                let a_second_ago =
-                    closes_due(total, Duration::from_millis(ms - 1000), window, rate);
-                assert!(
-                    due - a_second_ago <= rate as usize,
-                    "{} closes in the second before {ms} ms",
-                    due - a_second_ago
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn rounds_keep_to_a_grid_unless_one_is_more_than_a_tick_late() {
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        // A timer a millisecond late each time does not push the grid.
-        assert_eq!(next_round(t0, t0 + ms(1)), t0 + TICK);
-        assert_eq!(next_round(t0 + TICK, t0 + TICK + ms(1)), t0 + 2 * TICK);
-        // A round that ends past the next one's time: that one runs at once.
-        assert_eq!(next_round(t0, t0 + TICK + ms(5)), t0 + TICK);
-        // Stalled for longer: the grid starts again, nothing is made up.
-        assert_eq!(next_round(t0, t0 + ms(50)), t0 + ms(60));
-    }
-
-    #[test]
-    fn a_late_round_does_not_burst_over_the_cap() {
-        let rate = 100;
-        let mut pacer = Pacer::new(10_000, Duration::from_secs(1000), rate, WindowEnd::Flush);
-        let mut released = Vec::new();
-        // Rounds every 10 ms, then a 2 s stall, then rounds again.
-        let mut t = Duration::ZERO;
-        while t < Duration::from_secs(5) {
-            t += if t == Duration::from_secs(1) {
-                Duration::from_secs(2)
-            } else {
-                TICK
-            };
-            released.push((t, pacer.round(t).len()));
-        }
-        for (i, &(t, _)) in released.iter().enumerate() {
-            let in_second: usize = released[i..]
-                .iter()
-                .take_while(|(u, _)| *u < t + Duration::from_secs(1))
-                .map(|(_, n)| n)
-                .sum();
-            assert!(
-                in_second <= rate as usize,
-                "{in_second} closes in the second from {t:?}"
-            );
-        }
-        let after_stall = released
-            .iter()
-            .find(|(t, _)| *t == Duration::from_secs(3))
-            .map(|(_, n)| *n);
-        assert!(
-            after_stall <= Some(1),
-            "the round after the stall released {after_stall:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_drain_asks_every_connection_once_within_the_window() {
-        let victims: Vec<Arc<ConnControl>> = (0..200)
-            .map(|i| {
-                Arc::new(ConnControl::new(
-                    "r".into(),
-                    crate::routing::hash_key(&[i as u8]),
-                    crate::registry::Role::Edge("s".into()),
-                ))
-            })
-            .collect();
-        let start = Instant::now();
-        drain(
-            victims.clone(),
-            DrainCause::Shutdown,
-            Duration::from_secs(4),
-            100,
-        )
-        .await;
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(1900) && took <= Duration::from_secs(4),
-            "took {took:?}"
-        );
-        assert!(
-            victims
-                .iter()
-                .all(|v| v.drain_requested() == Some(DrainCause::Shutdown))
-        );
-    }
-
-    fn victims(n: usize) -> Vec<Arc<ConnControl>> {
-        (0..n)
-            .map(|i| {
-                Arc::new(ConnControl::new(
-                    "r".into(),
-                    crate::routing::hash_key(&i.to_be_bytes()),
-                    crate::registry::Role::Edge("s".into()),
-                ))
-            })
-            .collect()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_rebalance_keeps_to_the_rate_past_its_window() {
-        let start = Instant::now();
-        drain(
-            victims(300),
-            DrainCause::Rebalance,
-            Duration::from_secs(1),
-            100,
-        )
-        .await;
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(2_900),
-            "300 closes at 100/s took {took:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn batches_one_after_another_share_one_pacer() {
-        let drainer = Drainer::start();
-        let (first, second) = (victims(100), victims(100));
-        drainer
-            .submit(
-                first.clone(),
-                DrainCause::Rebalance,
-                Duration::from_secs(10),
-                50,
-            )
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        drainer
-            .submit(second.clone(), DrainCause::Api, Duration::from_secs(10), 50)
-            .await;
-        let start = Instant::now();
-        drainer.idle().await;
-        assert!(
-            first
-                .iter()
-                .all(|v| v.drain_requested() == Some(DrainCause::Rebalance))
-        );
-        assert!(
-            second
-                .iter()
-                .all(|v| v.drain_requested() == Some(DrainCause::Api))
-        );
-        // ~25 went in the first half second; the other ~175 at 50/s.
-        assert!(
-            start.elapsed() >= Duration::from_secs(3),
-            "{:?}",
-            start.elapsed()
-        );
-        // Idle again, it takes the next batch.
-        let third = victims(10);
-        drainer
-            .submit(
-                third.clone(),
-                DrainCause::Rebalance,
-                Duration::from_secs(1),
-                1000,
-            )
-            .await;
-        drainer.idle().await;
-        assert!(third.iter().all(|v| v.drain_requested().is_some()));
-        assert_eq!(drainer.pending(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn connections_already_asked_or_gone_do_not_use_up_the_rate() {
-        let all = victims(100);
-        for v in &all[..50] {
-            v.request_drain(DrainCause::Api);
-        }
-        let start = Instant::now();
-        drain(
-            all.clone(),
-            DrainCause::Rebalance,
-            Duration::from_secs(1),
-            50,
-        )
-        .await;
-        let took = start.elapsed();
-        assert!(
-            took <= Duration::from_millis(1_300),
-            "50 closes at 50/s took {took:?}"
-        );
-        let api = all
-            .iter()
-            .filter(|v| v.drain_requested() == Some(DrainCause::Api))
-            .count();
-        let moved = all
-            .iter()
-            .filter(|v| v.drain_requested() == Some(DrainCause::Rebalance))
-            .count();
-        assert_eq!((api, moved), (50, 50), "the first request wins");
-    }
-}
+mod tests;

@@ -353,6 +353,10 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// The control port's files were read but cannot make its TLS setup
+    /// (not PEM, no certificate, a key that is not the certificate's).
+    #[error("the control port's certificate, key or CA cannot be used: {0}")]
+    ControlSetup(String),
 }
 
 /// Why a peer token was refused.

@@ -28,6 +28,7 @@ mod secret;
 pub mod send_queues;
 mod shared;
 pub mod sidecar;
+mod sidecar_control;
 mod tls;
 
 pub use config::Config;

@@ -12,7 +12,7 @@ use tokio::{
 
 use crate::{
     ConfigError, Error,
-    config::{Config, secs},
+    config::{Config, ControlConfig, secs},
     connection::{self, Origin},
     handoff::PeerToken,
     handshake::Refusal,
@@ -21,6 +21,7 @@ use crate::{
     running::RunningState,
     shared::{ShardIdentity, Shared, SidecarState},
     sidecar::DrainToken,
+    sidecar_control,
 };
 
 /// How the process stops.
@@ -39,6 +40,9 @@ pub struct Server {
     admin: Option<TcpListener>,
     peer: Option<TcpListener>,
     control: Option<(TcpListener, tonic::transport::ServerTlsConfig)>,
+    /// A sidecar's control port whose files were not usable at startup:
+    /// looked for again while it runs.
+    control_later: Option<ControlConfig>,
 }
 
 impl Server {
@@ -51,9 +55,27 @@ impl Server {
     /// Binds a sidecar beside an application ([`crate::sidecar`]): as
     /// standalone, except that its admin `/drain` drains in place and
     /// leaves the process up until it is stopped, and `token` lets a
-    /// request from off the pod's loopback ask for it.
-    pub async fn bind_sidecar(config: Config, token: Option<DrainToken>) -> Result<Self, Error> {
-        Self::bind_as(config, Some(SidecarState::new(token))).await
+    /// request from off the pod's loopback ask for it. With `control`
+    /// ([`SidecarArgs::control`]) and its files usable, it also serves
+    /// the control port, through which the operator paces that drain;
+    /// without, it warns and paces its drain locally.
+    ///
+    /// [`SidecarArgs::control`]: crate::sidecar::SidecarArgs::control
+    pub async fn bind_sidecar(
+        config: Config,
+        token: Option<DrainToken>,
+        control: Option<ControlConfig>,
+    ) -> Result<Self, Error> {
+        let opened =
+            sidecar_control::open_at_start(control.as_ref(), config.drain.max_closes_per_second)
+                .await;
+        let mut server = Self::bind_as(config, Some(SidecarState::new(token))).await?;
+        server.shared.set_control_serving(opened.is_some());
+        if opened.is_none() {
+            server.control_later = control;
+        }
+        server.control = opened;
+        Ok(server)
     }
 
     async fn bind_as(config: Config, sidecar: Option<SidecarState>) -> Result<Self, Error> {
@@ -105,6 +127,7 @@ impl Server {
             admin,
             peer,
             control,
+            control_later: None,
         })
     }
 
@@ -125,7 +148,7 @@ impl Server {
         self.peer.as_ref().and_then(|a| a.local_addr().ok())
     }
 
-    /// The control port's address (shards only).
+    /// The control port's address (shards, and sidecars that serve it).
     pub fn control_addr(&self) -> Option<SocketAddr> {
         self.control.as_ref().and_then(|(a, _)| a.local_addr().ok())
     }
@@ -143,6 +166,7 @@ impl Server {
             admin,
             mut peer,
             control,
+            control_later,
         } = self;
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|a| {
@@ -152,16 +176,25 @@ impl Server {
         });
         let memory_task = tokio::spawn(release_memory(Arc::clone(&shared)));
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-        let control_task = control.map(|(listener, tls)| {
-            tokio::spawn(crate::control::serve(
-                listener,
-                tls,
+        let stopped = async move {
+            let _ = control_stopped.await;
+        };
+        let control_task = match (control, control_later) {
+            (Some((listener, tls)), _) if shared.sidecar.is_none() => Some(tokio::spawn(
+                crate::control::serve(listener, tls, Arc::clone(&shared), stopped),
+            )),
+            (Some(opened), _) => Some(tokio::spawn(sidecar_control::serve(
+                opened,
                 Arc::clone(&shared),
-                async move {
-                    let _ = control_stopped.await;
-                },
-            ))
-        });
+                stopped,
+            ))),
+            (None, Some(later)) => Some(tokio::spawn(sidecar_control::serve_once_ready(
+                later,
+                Arc::clone(&shared),
+                stopped,
+            ))),
+            (None, None) => None,
+        };
         shared.set_accepting();
         tracing::info!(address = %listener.local_addr().map_err(|e| Error::Bind(shared.config.listener.address, e))?, shard = ?shared.shard_id(), "accepting connections");
         tokio::pin!(shutdown);

@@ -7,7 +7,9 @@ use std::{io::IsTerminal, path::PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ringway_dataplane::{
-    Config, Error, Server, Shutdown, open_files,
+    Config, Error, Server, Shutdown,
+    config::ControlConfig,
+    open_files,
     sidecar::{DrainToken, SidecarArgs},
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -82,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             Launch::Sidecar {
                 config: sidecar.config().map_err(Error::from)?,
                 token: DrainToken::from_env().map_err(Error::from)?,
+                control: sidecar.control(),
             }
         }
     };
@@ -98,10 +101,12 @@ fn main() -> anyhow::Result<()> {
 enum Launch {
     /// A config file: standalone, or a shard.
     File(Config),
-    /// A sidecar, from its flags, with the drain token of the environment.
+    /// A sidecar, from its flags, with the drain token of the environment
+    /// and its control port, if `--control-tls-dir` was given.
     Sidecar {
         config: Config,
         token: Option<DrainToken>,
+        control: Option<ControlConfig>,
     },
 }
 
@@ -161,7 +166,11 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let server = match launch {
         Launch::File(config) => Server::bind(config).await?,
-        Launch::Sidecar { config, token } => Server::bind_sidecar(config, token).await?,
+        Launch::Sidecar {
+            config,
+            token,
+            control,
+        } => Server::bind_sidecar(config, token, control).await?,
     };
     let shutdown = async move {
         tokio::select! {

@@ -40,6 +40,14 @@ pub struct CauseLabel {
     pub cause: &'static str,
 }
 
+/// Labels of the sidecar drain counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PacedByLabel {
+    /// `operator` (its Drain RPC paced the drain when it started) or
+    /// `local` (the sidecar's own rate).
+    pub paced_by: &'static str,
+}
+
 /// Labels of the protocol error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ViolationLabels {
@@ -83,6 +91,11 @@ pub struct Metrics {
     pub drain_cut: Counter,
     /// Requests to `/drain` refused (403).
     pub drain_refusals: Counter,
+    /// Sidecars: drains in place begun, by who paced them then.
+    pub sidecar_drains: Family<PacedByLabel, Counter>,
+    /// Sidecars: 1 while the control port serves, through which the
+    /// operator paces the drain; 0 otherwise (paced locally).
+    pub sidecar_control_serving: Gauge,
     /// Time from reading bytes to having written them on, sampled.
     pub relay_latency: Histogram,
     /// Connections that ended by an error, a panic or a timeout.
@@ -130,6 +143,8 @@ impl Metrics {
         let drains = Family::<CauseLabel, Counter>::default();
         let drain_cut = Counter::default();
         let drain_refusals = Counter::default();
+        let sidecar_drains = Family::<PacedByLabel, Counter>::default();
+        let sidecar_control_serving = Gauge::default();
         // 10 µs to ~10 s.
         let relay_latency = Histogram::new([
             10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 0.25,
@@ -207,6 +222,16 @@ impl Metrics {
             drain_refusals.clone(),
         );
         registry.register(
+            "sidecar_drains",
+            "Sidecars: drains in place begun (one per pod stop), by who paced them when they began: operator (its Drain RPC, a share of the workload's budget) or local (the sidecar's own rate)",
+            sidecar_drains.clone(),
+        );
+        registry.register(
+            "sidecar_control_serving",
+            "Sidecars: 1 while the control port serves (the operator paces the drain), 0 when it does not (no certificate: the drain is paced locally); 0 on gateway pods",
+            sidecar_control_serving.clone(),
+        );
+        registry.register(
             "relay_latency_seconds",
             "Time from reading bytes from one side to writing them to the other (1 in 8 sampled)",
             relay_latency.clone(),
@@ -253,6 +278,8 @@ impl Metrics {
             drains,
             drain_cut,
             drain_refusals,
+            sidecar_drains,
+            sidecar_control_serving,
             relay_latency,
             connection_failures,
             protocol_errors,
@@ -287,6 +314,13 @@ impl Metrics {
             .iter()
             .map(|(r, n)| (*r, *n))
             .collect()
+    }
+
+    /// Counts one sidecar drain begun, paced by `paced_by`.
+    pub fn sidecar_drain(&self, paced_by: &'static str) {
+        self.sidecar_drains
+            .get_or_create(&PacedByLabel { paced_by })
+            .inc();
     }
 
     /// Counts one upgrade request's outcome.

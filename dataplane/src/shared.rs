@@ -19,10 +19,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use ringway_dataplane_api::v1;
-use tokio::{
-    sync::{Notify, OnceCell, OwnedSemaphorePermit, Semaphore},
-    time::{Instant, timeout_at},
-};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
@@ -36,8 +33,11 @@ use crate::{
     routing,
     running::RunningState,
     send_queues::SendQueues,
-    sidecar::DrainToken,
 };
+
+mod in_place;
+
+pub(crate) use in_place::SidecarState;
 
 /// This pod's identity as a shard of a gateway.
 pub(crate) struct ShardIdentity {
@@ -47,25 +47,6 @@ pub(crate) struct ShardIdentity {
     pub(crate) token: PeerToken,
     /// Time to reach an owner shard before falling back.
     pub(crate) connect_timeout: Duration,
-}
-
-/// What a process run as a sidecar ([`crate::sidecar`]) adds.
-pub(crate) struct SidecarState {
-    /// Lets a request from off the pod's loopback drain it.
-    pub(crate) token: Option<DrainToken>,
-    /// The drain in place, run once whoever asks: how many connections
-    /// it had to cut.
-    drained: OnceCell<usize>,
-}
-
-impl SidecarState {
-    /// A sidecar that has not drained yet.
-    pub(crate) fn new(token: Option<DrainToken>) -> Self {
-        Self {
-            token,
-            drained: OnceCell::new(),
-        }
-    }
 }
 
 /// State shared by the listener, every connection, the admin port and the
@@ -214,46 +195,6 @@ impl Shared {
         cut
     }
 
-    /// Sidecar only: drains every client in place, as a stop would (1001
-    /// with the reconnect hint, paced over the drain window), and stays
-    /// up, not ready and answering new clients 503, until the process is
-    /// stopped. The drain runs once, whoever asks and however often;
-    /// resolves once every client is gone or the window and the close
-    /// timeout have passed, with how many connections were cut.
-    pub(crate) async fn drain_in_place(&self, sidecar: &SidecarState) -> usize {
-        *sidecar.drained.get_or_init(|| self.drain_clients()).await
-    }
-
-    /// Whether this is a sidecar whose drain in place has finished.
-    pub(crate) fn drained_in_place(&self) -> bool {
-        self.sidecar
-            .as_ref()
-            .is_some_and(|s| s.drained.initialized())
-    }
-
-    async fn drain_clients(&self) -> usize {
-        self.start_draining(DrainCause::Shutdown);
-        let running = self.running.load_full();
-        let policy = running.drain;
-        let deadline = Instant::now() + policy.window + running.relay.close_timeout;
-        let victims = self.registry.connections();
-        tracing::info!(
-            connections = victims.len(),
-            window_seconds = policy.window.as_secs_f64(),
-            "draining beside the application; it stops once its clients are gone"
-        );
-        self.drainer
-            .submit(
-                victims,
-                DrainCause::Shutdown,
-                policy.window,
-                policy.max_closes_per_second,
-            )
-            .await;
-        let _ = timeout_at(deadline, self.registry.wait_empty()).await;
-        self.count_cut()
-    }
-
     /// This pod's shard id (shards only).
     pub(crate) fn shard_id(&self) -> Option<&Arc<str>> {
         self.shard.as_ref().map(|s| &s.id)
@@ -302,11 +243,20 @@ pub enum Refused {
     /// This pod is standalone.
     #[error("this pod runs standalone from its config file and takes no snapshot")]
     Standalone,
+    /// This pod is a sidecar.
+    #[error(
+        "this is an application pod's sidecar: it relays to its application and takes no \
+         snapshot; its control port only paces its drain (Drain) and reports (GetStatus)"
+    )]
+    Sidecar,
 }
 
 impl Shared {
     /// Applies a snapshot (see the module docs).
     pub async fn apply(&self, snapshot: &v1::Snapshot) -> Result<Applied, Refused> {
+        if self.sidecar.is_some() {
+            return Err(Refused::Sidecar);
+        }
         if self.shard.is_none() {
             return Err(Refused::Standalone);
         }

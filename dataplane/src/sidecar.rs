@@ -4,16 +4,22 @@
 //! give (one route `/` to `127.0.0.1:<app port>`), so that it runs through
 //! the standalone path; and its drain token lets the application's preStop
 //! hook, which the kubelet sends from the node rather than the pod's
-//! loopback, drain it ([`ringway_dataplane_api::sidecar`] is the contract
-//! with the injector that writes both into the pod).
+//! loopback, drain it; and its control port, served when its certificate
+//! is mounted, through which the operator paces that drain
+//! ([`ringway_dataplane_api::sidecar`] is the contract with the injector
+//! that writes all of these into the pod).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use ringway_dataplane_api::{defaults, sidecar};
 
 use crate::{
     config::{
-        AdminConfig, Config, ConnectionConfig, DrainConfig, KeyConfig, ListenerConfig, RouteConfig,
+        AdminConfig, Config, ConnectionConfig, ControlConfig, DrainConfig, KeyConfig,
+        ListenerConfig, RouteConfig,
     },
     error::ConfigError,
     routing::{KeyKind, MissingKey},
@@ -46,6 +52,17 @@ pub struct SidecarArgs {
     /// before the kubelet's deadline.
     #[arg(long)]
     pub termination_grace_seconds: Option<f64>,
+    /// A directory with the control port's CA, certificate and key
+    /// (`ca.crt`, `tls.crt`, `tls.key`: the injector mounts the Secret
+    /// `ringway-sidecar-control` there). With them the sidecar serves the
+    /// control port, through which the operator paces its drain within the
+    /// workload's budget; without them (or unreadable) it warns and paces
+    /// its drain locally.
+    #[arg(long)]
+    pub control_tls_dir: Option<PathBuf>,
+    /// The control port (with `--control-tls-dir`).
+    #[arg(long, default_value_t = sidecar::CONTROL_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub control_port: u16,
 }
 
 /// The name of the sidecar's one route, in metrics and logs.
@@ -80,6 +97,14 @@ impl SidecarArgs {
                 port: self.admin_port,
             });
         }
+        if self.control_tls_dir.is_some()
+            && [self.app_port, self.listen_port, self.admin_port].contains(&self.control_port)
+        {
+            return Err(ConfigError::PortClash {
+                flag: "--control-port",
+                port: self.control_port,
+            });
+        }
         if let Some(grace) = self.termination_grace_seconds
             && !(grace.is_finite() && grace > 0.0)
         {
@@ -97,6 +122,21 @@ impl SidecarArgs {
             other => other,
         })?;
         Ok(config)
+    }
+
+    /// The control port's address and files, with `--control-tls-dir`
+    /// (whether the files are there is for [`Server::bind_sidecar`] to
+    /// find out).
+    ///
+    /// [`Server::bind_sidecar`]: crate::Server::bind_sidecar
+    pub fn control(&self) -> Option<ControlConfig> {
+        let dir = self.control_tls_dir.as_ref()?;
+        Some(ControlConfig {
+            address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.control_port)),
+            cert_file: dir.join(sidecar::CONTROL_CERT_FILE),
+            key_file: dir.join(sidecar::CONTROL_KEY_FILE),
+            client_ca_file: dir.join(sidecar::CONTROL_CA_FILE),
+        })
     }
 
     /// The config, with the file's defaults for what no flag sets.

@@ -6,15 +6,11 @@
 
 mod support;
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use futures_util::SinkExt;
-use ringway_dataplane::{Server, Shutdown, sidecar::SidecarArgs};
-use ringway_dataplane_api::sidecar::DRAIN_PATH;
-use support::{Gateway, connect, next_data};
+use ringway_dataplane::{Server, Shutdown};
+use support::{Gateway, connect, loopback, next_data, prestop};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -25,31 +21,13 @@ use tokio_tungstenite::tungstenite::Message;
 /// A sidecar in front of the application at `app`, draining over `window`
 /// seconds, without a drain token.
 async fn sidecar(app: SocketAddr, window: f64) -> Gateway {
-    let args = SidecarArgs {
-        app_port: app.port(),
-        listen_port: support::free_port(),
-        admin_port: support::free_port(),
-        drain_window_seconds: window,
-        max_closes_per_second: 1_000,
-        max_connections: 100,
-        termination_grace_seconds: None,
-    };
+    let args = support::sidecar_args(app, window);
     let config = args.config().expect("valid flags");
     Gateway::serve(
-        Server::bind_sidecar(config, None)
+        Server::bind_sidecar(config, None, args.control())
             .await
             .expect("the sidecar binds"),
     )
-}
-
-/// `addr` (bound on every address) on loopback.
-fn loopback(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
-}
-
-/// The preStop hook's request, from the pod's loopback.
-fn prestop() -> Vec<u8> {
-    format!("GET {DRAIN_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
 /// Stops `gw` (SIGTERM) and checks that it took at most `within`.

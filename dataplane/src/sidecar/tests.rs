@@ -184,6 +184,19 @@ fn a_bad_value_is_named_by_its_flag() {
             &["--termination-grace-seconds", "NaN"],
             "--termination-grace-seconds: NaN",
         ),
+        (
+            &["--control-tls-dir", "/tls", "--control-port", "8080"],
+            "--control-port: port 8080 is taken",
+        ),
+        (
+            &["--control-tls-dir", "/tls", "--control-port", "15080"],
+            "--control-port: port 15080 is taken",
+        ),
+        (
+            &["--control-tls-dir", "/tls", "--admin-port", "15091"],
+            "--control-port: port 15091 is taken",
+        ),
+        (&["--control-port", "0"], "--control-port"),
     ] {
         let flags: Vec<&str> = ["--app-port", "8080"]
             .iter()
@@ -214,4 +227,41 @@ fn a_drain_token_is_long_visible_ascii() {
         let err = DrainToken::new(bad).expect_err("refused").to_string();
         assert!(err.starts_with(sidecar::DRAIN_TOKEN_ENV), "{bad:?}: {err}");
     }
+}
+
+#[test]
+fn the_control_port_takes_its_files_from_the_directory_the_injector_mounts() {
+    let args = parse(&["--app-port", "8080"]).expect("valid");
+    assert_eq!(args.control_port, sidecar::CONTROL_PORT);
+    assert!(args.control().is_none(), "no directory, no control port");
+    let args = parse(&[
+        "--app-port",
+        "8080",
+        "--control-tls-dir",
+        sidecar::CONTROL_TLS_DIR,
+    ])
+    .expect("valid");
+    args.config().expect("the default ports do not clash");
+    let control = args.control().expect("a control port");
+    let dir = std::path::Path::new(sidecar::CONTROL_TLS_DIR);
+    assert_eq!(
+        control.address,
+        SocketAddr::from(([0, 0, 0, 0], sidecar::CONTROL_PORT))
+    );
+    assert_eq!(control.client_ca_file, dir.join(sidecar::CONTROL_CA_FILE));
+    assert_eq!(control.cert_file, dir.join(sidecar::CONTROL_CERT_FILE));
+    assert_eq!(control.key_file, dir.join(sidecar::CONTROL_KEY_FILE));
+    let args = parse(&[
+        "--app-port",
+        "8080",
+        "--control-tls-dir",
+        "/tls",
+        "--control-port",
+        "9443",
+    ])
+    .expect("valid");
+    assert_eq!(args.control().map(|c| c.address.port()), Some(9443));
+    // Without the directory the port is not used, so it cannot clash.
+    let args = parse(&["--app-port", "15091"]).expect("valid");
+    args.config().expect("no control port, no clash");
 }

@@ -7,7 +7,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
-use ringway_dataplane::{Config, Server, Shared, Shutdown};
+use ringway_dataplane::{Config, Server, Shared, Shutdown, sidecar::SidecarArgs};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -142,6 +142,48 @@ impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
     }
+}
+
+/// A sidecar's flags in front of the application at `app`, on free ports,
+/// draining over `window` seconds at most 1,000 closes per second, without
+/// a control port.
+pub fn sidecar_args(app: SocketAddr, window: f64) -> SidecarArgs {
+    let [listen_port, admin_port, control_port] = free_ports();
+    SidecarArgs {
+        app_port: app.port(),
+        listen_port,
+        admin_port,
+        drain_window_seconds: window,
+        max_closes_per_second: 1_000,
+        max_connections: 100,
+        termination_grace_seconds: None,
+        control_tls_dir: None,
+        control_port,
+    }
+}
+
+/// `N` different ports that were free a moment ago (all held at once
+/// while they are picked, so that no two are the same).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr").port())
+}
+
+/// `addr` (bound on every address) on loopback.
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+}
+
+/// The application's preStop request (`GET /drain?wait=true`), from the
+/// pod's loopback.
+pub fn prestop() -> Vec<u8> {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ringway_dataplane_api::sidecar::DRAIN_PATH
+    )
+    .into_bytes()
 }
 
 /// A port that was free a moment ago, for a server that takes a port
