@@ -33,6 +33,8 @@ pub struct SidecarProcess {
     pub client: SocketAddr,
     /// The admin port.
     pub admin: SocketAddr,
+    /// Its drain token.
+    pub token: String,
 }
 
 impl SidecarProcess {
@@ -40,13 +42,23 @@ impl SidecarProcess {
     /// (the drain window, rate, control port, ...), and waits until it is
     /// ready.
     pub async fn start(dataplane: &Path, app_port: u16, args: &[String]) -> anyhow::Result<Self> {
+        Self::start_with_token(dataplane, app_port, args, TOKEN).await
+    }
+
+    /// The same with the drain token `token` (an injected pod's).
+    pub async fn start_with_token(
+        dataplane: &Path,
+        app_port: u16,
+        args: &[String],
+        token: &str,
+    ) -> anyhow::Result<Self> {
         let (client, admin) = (free_port()?, free_port()?);
         let child = Command::new(dataplane)
             .args(["sidecar", "--app-port", &app_port.to_string()])
             .args(["--listen-port", &client.to_string()])
             .args(["--admin-port", &admin.to_string()])
             .args(args)
-            .env(DRAIN_TOKEN_ENV, TOKEN)
+            .env(DRAIN_TOKEN_ENV, token)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -55,6 +67,7 @@ impl SidecarProcess {
             child,
             client: SocketAddr::from(([127, 0, 0, 1], client)),
             admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            token: token.to_owned(),
         };
         let up = Instant::now();
         while !sidecar.get("/readyz", "").await.starts_with("HTTP/1.1 200") {
@@ -71,9 +84,10 @@ impl SidecarProcess {
         get(self.admin, path, headers).await
     }
 
-    /// The application's preStop hook (see [`pre_stop`]).
+    /// The application's preStop hook, with its drain token (see
+    /// [`pre_stop_with_token`]).
     pub async fn pre_stop(&self) -> String {
-        pre_stop(self.admin).await
+        pre_stop_with_token(self.admin, &self.token).await
     }
 }
 
@@ -93,13 +107,18 @@ pub async fn get(admin: SocketAddr, path: &str, headers: &str) -> String {
 }
 
 /// The application's preStop hook on the sidecar whose admin port is
-/// `admin`: drains it with the token and answers once its clients are
-/// gone.
+/// `admin`, started with [`TOKEN`] (see [`pre_stop_with_token`]).
 pub async fn pre_stop(admin: SocketAddr) -> String {
+    pre_stop_with_token(admin, TOKEN).await
+}
+
+/// The application's preStop hook on the sidecar whose admin port is
+/// `admin`: drains it with `token` and answers once its clients are gone.
+pub async fn pre_stop_with_token(admin: SocketAddr, token: &str) -> String {
     get(
         admin,
         DRAIN_PATH,
-        &format!("{DRAIN_TOKEN_HEADER}: {TOKEN}\r\n"),
+        &format!("{DRAIN_TOKEN_HEADER}: {token}\r\n"),
     )
     .await
 }

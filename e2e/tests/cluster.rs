@@ -20,7 +20,11 @@
 //!   sidecar injector called by the API server through a
 //!   MutatingWebhookConfiguration whose caBundle the operator sets: a
 //!   Deployment's pods are stored with their sidecar, other pods unchanged,
-//!   a pod asking for a port it lacks refused.
+//!   a pod asking for a port it lacks refused; then one of the pods stops,
+//!   its sidecar a real process (the test plays the kubelet), and the
+//!   operator paces its drain at the workload's budget over the control
+//!   port (`127.0.0.1:15091`, which must be free) and reports it in events
+//!   on the Deployment.
 //!
 //! Each runs only when `RINGWAY_E2E_KUBECONFIG` names a kubeconfig;
 //! otherwise it says so and passes. The data-plane image
@@ -37,6 +41,8 @@ mod chart;
 mod gateway;
 #[path = "cluster/kubectl.rs"]
 mod kubectl;
+#[path = "cluster/kubelet.rs"]
+mod kubelet;
 #[path = "cluster/manifests.rs"]
 mod manifests;
 #[path = "cluster/operator.rs"]

@@ -7,20 +7,39 @@
 //! by the ReplicaSet controller (they never run: there need be no kubelet),
 //! are stored with their sidecar; a pod without the annotation is stored
 //! unchanged, and one annotated with a port it lacks is refused.
+//!
+//! Then one of the Deployment's pods stops with its sidecar a real process
+//! on this machine, the test playing the kubelet ([`kubelet`]): the
+//! operator, which leads, paces its drain at the workload's budget over the
+//! pod's control port, which must be free here (`127.0.0.1:15091`).
 
-use std::{net::TcpListener, path::Path};
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail, ensure};
-use ringway_crds::annotations::SIDECAR;
+use futures_util::StreamExt;
+use ringway_crds::annotations::{SIDECAR, SIDECAR_MAX_CLOSES_PER_SECOND};
 use ringway_dataplane_api::sidecar::{
-    ADMIN_PORT, CONTAINER, DRAIN_PATH, DRAIN_TOKEN_ENV, DRAIN_TOKEN_HEADER, LISTEN_PORT,
+    ADMIN_PORT, CONTAINER, CONTROL_SECRET, DRAIN_PATH, DRAIN_TOKEN_ENV, DRAIN_TOKEN_HEADER,
+    LISTEN_PORT,
+};
+use ringway_e2e::{
+    fleet::{Binaries, EchoProcess},
+    sidecar::{SidecarProcess, pre_stop_with_token},
 };
 use serde_json::{Value, json};
+use tokio::{task::JoinHandle, time::timeout};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{
+    DEADLINE,
     chart::Scratch,
     judge_run,
     kubectl::{Kubectl, fresh_name, keep_for_a_look},
+    kubelet::{self, HeldPod},
     operator::{Operator, eventually, health_address, http_get},
     repo_file,
 };
@@ -38,6 +57,13 @@ const REPLICAS: usize = 2;
 /// The application's WebSocket port and its name.
 const APP_PORT: u16 = 8080;
 const APP_PORT_NAME: &str = "ws";
+
+/// The Deployment's budget of closes per second
+/// (`ringway.dev/sidecar-max-closes-per-second`).
+const BUDGET: u32 = 5;
+/// The clients of the pod whose drain the leader paces: at the budget,
+/// their closes take about 2 s.
+const CLIENTS: usize = 10;
 
 /// The operator with its webhook on `127.0.0.1:<free port>`, the
 /// configuration that sends this namespace's pods to it, then the checks;
@@ -81,7 +107,8 @@ pub fn injection(kubectl: &Kubectl, binary: &Path, image: &str) -> anyhow::Resul
     let steps = ca_bundle_set(kubectl, &mut operator, &configuration.name)
         .and_then(|()| deployment_injected(kubectl, &mut operator, &scratch, image))
         .and_then(|()| other_pods(kubectl, &scratch))
-        .and_then(|()| reviews_counted(&log));
+        .and_then(|()| reviews_counted(&log))
+        .and_then(|()| drain_paced(kubectl, &mut operator, &scratch, &log));
     judge_run(operator, &log, steps, kubectl, "the operator")
 }
 
@@ -92,25 +119,42 @@ pub fn injection(kubectl: &Kubectl, binary: &Path, image: &str) -> anyhow::Resul
 /// new sidecar too, and that change reinvokes this `IfNeeded` webhook. No
 /// other review: the match condition kept the plain pod away.
 fn reviews_counted(log: &Path) -> anyhow::Result<()> {
-    const COUNTER: &str = "ringway_operator_sidecar_injections_total";
+    let injected = REPLICAS + 1;
+    outcomes_counted(
+        log,
+        "ringway_operator_sidecar_injections_total",
+        &[
+            ("injected", injected),
+            ("unchanged", injected),
+            ("denied", 1),
+        ],
+        "the injector",
+    )
+}
+
+/// The operator's counter `counter` (at its health port, found in its
+/// `log`) is `wanted` by outcome, and no other outcome; `who` counts it.
+fn outcomes_counted(
+    log: &Path,
+    counter: &str,
+    wanted: &[(&str, usize)],
+    who: &str,
+) -> anyhow::Result<()> {
     let (status, metrics) = http_get(health_address(log)?, "/metrics")?;
     ensure!(status == 200, "/metrics answered {status}");
     let mut counted: Vec<&str> = metrics
         .lines()
-        .filter(|l| l.starts_with(&format!("{COUNTER}{{")))
+        .filter(|l| l.starts_with(&format!("{counter}{{")))
         .collect();
     counted.sort_unstable();
-    let injected = REPLICAS + 1;
-    let mut wanted = [
-        ("injected", injected),
-        ("unchanged", injected),
-        ("denied", 1),
-    ]
-    .map(|(outcome, count)| format!("{COUNTER}{{outcome=\"{outcome}\"}} {count}"));
+    let mut wanted: Vec<String> = wanted
+        .iter()
+        .map(|(outcome, count)| format!("{counter}{{outcome=\"{outcome}\"}} {count}"))
+        .collect();
     wanted.sort_unstable();
     ensure!(
         counted == wanted,
-        "the injector counted {counted:?}; want {wanted:?}"
+        "{who} counted {counted:?}; want {wanted:?}"
     );
     Ok(())
 }
@@ -269,7 +313,10 @@ fn deployment_injected(
     scratch: &Scratch,
     image: &str,
 ) -> anyhow::Result<()> {
-    let deployment = opted_in_deployment(APP, REPLICAS);
+    let mut deployment = opted_in_deployment(APP, REPLICAS);
+    // A small budget, so that the leader's pacing of a drain shows.
+    deployment["spec"]["template"]["metadata"]["annotations"][SIDECAR_MAX_CLOSES_PER_SECOND] =
+        json!(BUDGET.to_string());
     let file = scratch.write("deployment.json", &deployment.to_string())?;
     kubectl.run(
         &["create", "--namespace", &kubectl.namespace, "-f"],
@@ -321,13 +368,7 @@ fn injected(pod: &Value, image: &str) -> anyhow::Result<String> {
         "the sidecar does not listen on {LISTEN_PORT} named {APP_PORT_NAME}: {}",
         sidecar["ports"]
     );
-    let token = sidecar["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["name"] == DRAIN_TOKEN_ENV)
-        .and_then(|e| e["value"].as_str())
-        .with_context(|| format!("the sidecar has no {DRAIN_TOKEN_ENV}"))?;
+    let token = drain_token(sidecar)?;
 
     let app = named(pod, "/spec/containers", "app")?;
     ensure!(
@@ -344,6 +385,17 @@ fn injected(pod: &Value, image: &str) -> anyhow::Result<String> {
         "the preStop hook is {hook}"
     );
     Ok(token.to_owned())
+}
+
+/// The drain token in `sidecar`'s environment.
+fn drain_token(sidecar: &Value) -> anyhow::Result<&str> {
+    sidecar["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == DRAIN_TOKEN_ENV)
+        .and_then(|e| e["value"].as_str())
+        .with_context(|| format!("the sidecar has no {DRAIN_TOKEN_ENV}"))
 }
 
 /// The container named `name` in the list at `pointer` of `pod`.
@@ -426,4 +478,224 @@ fn other_pods(kubectl: &Kubectl, scratch: &Scratch) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One of the Deployment's pods stops, its sidecar a real process on this
+/// machine (the test plays the kubelet: [`kubelet`]): `ringway-dataplane
+/// sidecar` with the pod's own arguments, control files and drain token,
+/// in front of `ringway-chat`, with [`CLIENTS`] clients. The pod is made
+/// to look running (its IP 127.0.0.1), then deleted, held Terminating by
+/// the test's finalizer (an unscheduled pod's deletion has no grace
+/// period), and its preStop hook called. The leader paces the drain at the
+/// workload's whole budget over the control port (the sidecar counts it
+/// paced by the operator), the hook is answered once every client got its
+/// 1001, and the leader reports the drain in events on the Deployment and
+/// in its counter.
+///
+/// Needs the control port (`127.0.0.1:15091`) free: the leader dials the
+/// pod's IP, here 127.0.0.1, at the port every injected sidecar serves.
+/// Runs last: the ReplicaSet replaces the deleted pod, and the injector
+/// reviews the new one.
+fn drain_paced(
+    kubectl: &Kubectl,
+    operator: &mut Operator,
+    scratch: &Scratch,
+    log: &Path,
+) -> anyhow::Result<()> {
+    kubelet::ensure_control_port_free()?;
+    let pod = kubectl
+        .json(&["get", "pods", "--selector", &format!("app={APP}")])?
+        .pointer("/items/0")
+        .cloned()
+        .context("the Deployment has no pod")?;
+    let name = name_of(&pod).to_owned();
+    let spec = named(&pod, "/spec/initContainers", CONTAINER)?;
+    let token = drain_token(spec)?.to_owned();
+    eventually(operator, "the sidecars' control Secret", || {
+        kubectl.must_get("secret", CONTROL_SECRET).map(drop)
+    })?;
+    kubelet::write_control_files(kubectl, scratch)?;
+    let args = kubelet::sidecar_args(spec, &scratch.0)?;
+
+    let runtime = ringway_e2e::process::runtime(Some(2))?;
+    let (_app, sidecar) = runtime.block_on(start_pod(&args, &token))?;
+    let metric = |line: &str| {
+        let metrics = runtime.block_on(sidecar.get("/metrics", ""));
+        let family = line.split(['{', ' ']).next().unwrap_or(line);
+        let found: Vec<&str> = metrics.lines().filter(|l| l.starts_with(family)).collect();
+        ensure!(
+            found.contains(&line),
+            "the sidecar's /metrics has {found:?}; want {line:?}"
+        );
+        Ok(())
+    };
+    eventually(operator, "the sidecar to serve its control port", || {
+        metric("ringway_sidecar_control_serving 1")
+    })?;
+    let clients = runtime.block_on(connect(sidecar.client))?;
+
+    let held = HeldPod::hold(kubectl, &name)?;
+    held.running("127.0.0.1")?;
+    held.delete()?;
+    // The kubelet runs the preStop hook as the pod starts terminating.
+    let admin = sidecar.admin;
+    let pre_stop = runtime.spawn(async move { pre_stop_with_token(admin, &token).await });
+    let stored = kubectl.must_get("pod", &name)?;
+    ensure!(
+        stored.pointer("/metadata/deletionTimestamp").is_some()
+            && stored["metadata"]["finalizers"] == json!([kubelet::FINALIZER]),
+        "pod {name} is not held Terminating by the test's finalizer: {}",
+        stored["metadata"]
+    );
+    eventually(
+        operator,
+        "the sidecar's drain to be paced by the operator",
+        || metric("ringway_sidecar_drains_total{paced_by=\"operator\"} 1"),
+    )?;
+
+    let answer = runtime.block_on(pre_stop)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("drained\n"),
+        "the preStop hook was answered: {answer:?}"
+    );
+    let closes = runtime.block_on(closes(clients))?;
+    let span = closes_paced(&closes)?;
+    println!("{CLIENTS} clients closed over {span:.1?} at the leader's pace of {BUDGET}/s");
+
+    drain_reported(kubectl, operator, &name)?;
+    outcomes_counted(
+        log,
+        "ringway_operator_sidecar_drains_total",
+        &[("paced", 1), ("drained", 1)],
+        "the pacer",
+    )
+}
+
+/// `ringway-chat` as the pod's application and `ringway-dataplane sidecar`
+/// in front of it with `args` and the pod's drain `token`.
+async fn start_pod(args: &[String], token: &str) -> anyhow::Result<(EchoProcess, SidecarProcess)> {
+    let binaries = Binaries::beside(env!("CARGO_BIN_EXE_ringway-echo"))?;
+    let chat = Path::new(env!("CARGO_BIN_EXE_ringway-chat"));
+    let app = EchoProcess::start(chat, APP, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let sidecar =
+        SidecarProcess::start_with_token(&binaries.dataplane, app.address.port(), args, token)
+            .await?;
+    Ok((app, sidecar))
+}
+
+/// How a client's connection ended: its close code and reason, and when.
+type Close = (u16, String, Instant);
+
+/// Connects [`CLIENTS`] chat clients through the sidecar at `address`,
+/// each in a room of its own and past its welcome; each reads until its
+/// connection ends.
+async fn connect(address: SocketAddr) -> anyhow::Result<Vec<JoinHandle<Close>>> {
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let url = format!("ws://{address}/chat?room=drain{i}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("client {i} connecting through the sidecar"))?;
+        let welcome = timeout(DEADLINE, ws.next()).await;
+        ensure!(
+            matches!(welcome, Ok(Some(Ok(Message::Text(_))))),
+            "client {i} got no welcome: {welcome:?}"
+        );
+        clients.push(tokio::spawn(async move {
+            while let Some(message) = ws.next().await {
+                if let Ok(Message::Close(frame)) = message {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    return (code, reason, Instant::now());
+                }
+            }
+            (1006, String::new(), Instant::now())
+        }));
+    }
+    Ok(clients)
+}
+
+/// How each client's connection ended, within [`DEADLINE`].
+async fn closes(clients: Vec<JoinHandle<Close>>) -> anyhow::Result<Vec<Close>> {
+    let ended = timeout(DEADLINE, futures_util::future::join_all(clients))
+        .await
+        .context("the clients' connections did not all end")?;
+    Ok(ended.into_iter().collect::<Result<_, _>>()?)
+}
+
+/// Every client got 1001 with the reconnect hint, and the closes went at
+/// the leader's pace: about `(CLIENTS - 1) / BUDGET` seconds from the first
+/// to the last, not all at once and not spread over the drain's window
+/// (30 s) as the sidecar's own pacing would. Returns that span.
+fn closes_paced(closes: &[Close]) -> anyhow::Result<Duration> {
+    for (code, reason, _) in closes {
+        ensure!(
+            *code == 1001 && reason.starts_with("pod stopping; retry-after-ms="),
+            "a client got {code} {reason:?}; want 1001 with the reconnect hint"
+        );
+    }
+    let times = closes.iter().map(|c| c.2);
+    let (Some(first), Some(last)) = (times.clone().min(), times.max()) else {
+        bail!("no client was connected");
+    };
+    let span = last - first;
+    let paced = Duration::from_secs_f64((CLIENTS - 1) as f64 / f64::from(BUDGET));
+    ensure!(
+        span >= paced.mul_f64(0.8) && span <= paced * 4,
+        "the {CLIENTS} closes took {span:?}; at the leader's pace of {BUDGET}/s they take about {paced:?}"
+    );
+    Ok(span)
+}
+
+/// The leader's events on the Deployment (by its uid), read as
+/// `kubectl describe` does: the drain of pod `pod` paced at the whole
+/// budget (it drains alone), then done.
+fn drain_reported(kubectl: &Kubectl, operator: &mut Operator, pod: &str) -> anyhow::Result<()> {
+    let uid = kubectl
+        .must_get("deployment", APP)?
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .context("the Deployment has no uid")?;
+    let wanted = [
+        (
+            "SidecarDrainPaced",
+            format!(
+                "pod {pod}: draining {CLIENTS} client(s) at {BUDGET}/s, its share of the \
+                 workload's budget of {BUDGET}/s with 1 pod(s) draining"
+            ),
+        ),
+        (
+            "SidecarDrained",
+            format!("pod {pod}: all {CLIENTS} client(s) drained in "),
+        ),
+    ];
+    eventually(operator, "the drain's events on the Deployment", || {
+        let events = kubectl.json(&["get", "events.v1.events.k8s.io"])?;
+        let on_deployment: Vec<(&str, &str)> = events
+            .pointer("/items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["regarding"]["kind"] == "Deployment"
+                    && e["regarding"]["name"] == APP
+                    && e["regarding"]["uid"] == uid.as_str()
+            })
+            .map(|e| {
+                let text = |field: &str| e[field].as_str().unwrap_or_default();
+                (text("reason"), text("note"))
+            })
+            .collect();
+        for (reason, note) in &wanted {
+            ensure!(
+                on_deployment
+                    .iter()
+                    .any(|(r, n)| r == reason && n.starts_with(note.as_str())),
+                "no event {reason} {note:?} on the Deployment; it has {on_deployment:?}"
+            );
+        }
+        Ok(())
+    })
 }
