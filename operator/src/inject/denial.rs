@@ -5,7 +5,7 @@
 use ringway_crds::annotations::SIDECAR;
 use ringway_dataplane_api::sidecar::{ADMIN_PORT, CONTROL_PORT, LISTEN_PORT};
 
-use super::{settings::PortRef, sidecar::CONTROL_VOLUME};
+use super::settings::PortRef;
 
 /// A pod the injector refuses, with what to fix.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -99,10 +99,12 @@ pub enum Denial {
         /// The name.
         name: &'static str,
     },
-    /// The pod already has a volume of the name the sidecar's control
-    /// certificate is mounted from.
+    /// The pod already has a volume of a name the injection adds.
     #[error(
-        "the pod has a volume named {CONTROL_VOLUME:?}, the name of the volume the sidecar mounts its control certificate from; rename that volume"
+        "the pod has a volume named {name:?}, the name of a volume the injected sidecar mounts; rename that volume"
     )]
-    VolumeNameTaken,
+    VolumeNameTaken {
+        /// The name.
+        name: &'static str,
+    },
 }

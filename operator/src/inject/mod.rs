@@ -97,7 +97,7 @@ pub fn decide(pod: &Pod, image: &str, token: &str) -> Result<Injection, Denial> 
             .push(sidecar::container(image, &settings, &app, token, grace));
         spec.volumes
             .get_or_insert_with(Vec::new)
-            .push(sidecar::control_volume());
+            .extend(sidecar::volumes());
     }
     Ok(Injection {
         patch: json_patch::diff(&json(pod), &json(&mutated)),

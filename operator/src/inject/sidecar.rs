@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Container, EnvVar, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-        SecurityContext, Volume, VolumeMount,
+        Container, EmptyDirVolumeSource, EnvVar, ResourceRequirements, SeccompProfile,
+        SecretVolumeSource, SecurityContext, Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -32,19 +32,43 @@ const MEMORY_LIMIT: &str = "256Mi";
 /// The pod volume that holds the sidecar's control-port certificate.
 pub const CONTROL_VOLUME: &str = "ringway-sidecar-control";
 
-/// The volume of [`CONTROL_SECRET`], optional: a pod whose namespace has
-/// no such Secret (yet) starts all the same, with an empty directory, and
-/// its sidecar then paces its drain by itself.
-pub fn control_volume() -> Volume {
-    Volume {
-        name: CONTROL_VOLUME.to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(CONTROL_SECRET.to_owned()),
-            optional: Some(true),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
+/// An empty pod volume the sidecar mounts where Kubernetes would mount the
+/// pod's ServiceAccount token ([`TOKEN_PATH`]): the API server's
+/// ServiceAccount admission leaves a container with a mount there alone,
+/// so the sidecar, which never calls the API, does not carry the
+/// application's credentials.
+pub const NO_TOKEN_VOLUME: &str = "ringway-sidecar-no-token";
+
+/// Where Kubernetes mounts a pod's ServiceAccount token in each container.
+pub const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The volumes the injection adds, whose names the pod must not use.
+pub const VOLUMES: [&str; 2] = [CONTROL_VOLUME, NO_TOKEN_VOLUME];
+
+/// The volumes the sidecar mounts: [`CONTROL_SECRET`]'s, optional (a pod
+/// whose namespace has no such Secret yet starts all the same, with an
+/// empty directory, and its sidecar then paces its drain by itself), and
+/// the empty one over [`TOKEN_PATH`].
+pub fn volumes() -> [Volume; 2] {
+    [
+        Volume {
+            name: CONTROL_VOLUME.to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(CONTROL_SECRET.to_owned()),
+                optional: Some(true),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: NO_TOKEN_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(Quantity("1Ki".to_owned())),
+            }),
+            ..Volume::default()
+        },
+    ]
 }
 
 /// The sidecar container for `app`, running `image` with `settings`, with
@@ -77,12 +101,20 @@ pub fn container(
             tcp_port(ADMIN_PORT_NAME, ADMIN_PORT),
             tcp_port(CONTROL_PORT_NAME, CONTROL_PORT),
         ]),
-        volume_mounts: Some(vec![VolumeMount {
-            name: CONTROL_VOLUME.to_owned(),
-            mount_path: CONTROL_TLS_DIR.to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: CONTROL_VOLUME.to_owned(),
+                mount_path: CONTROL_TLS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: NO_TOKEN_VOLUME.to_owned(),
+                mount_path: TOKEN_PATH.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         // Not ready until it serves, and from the start of its drain: the
         // Service stops sending it clients as soon as the pod stops.
         readiness_probe: Some(container::readiness(&admin)),

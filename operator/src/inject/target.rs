@@ -7,7 +7,7 @@ use ringway_dataplane_api::sidecar::{
     ADMIN_PORT, ADMIN_PORT_NAME, CONTROL_PORT, CONTROL_PORT_NAME, LISTEN_PORT,
 };
 
-use super::{denial::Denial, settings::PortRef, sidecar::CONTROL_VOLUME};
+use super::{denial::Denial, settings::PortRef, sidecar::VOLUMES};
 
 /// The application port the sidecar fronts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub fn find(spec: &PodSpec, wanted: &PortRef) -> Result<AppPort, Denial> {
         });
     }
     check_sidecar_ports_free(spec)?;
-    check_control_volume_free(spec)?;
+    check_volumes_free(spec)?;
     Ok(AppPort {
         container: c,
         port: p,
@@ -127,18 +127,15 @@ fn check_sidecar_ports_free(spec: &PodSpec) -> Result<(), Denial> {
     Ok(())
 }
 
-/// The pod must not have a volume of the name the sidecar's control
-/// certificate is mounted from.
-fn check_control_volume_free(spec: &PodSpec) -> Result<(), Denial> {
-    let taken = spec
-        .volumes
-        .iter()
-        .flatten()
-        .any(|v| v.name == CONTROL_VOLUME);
-    if taken {
-        return Err(Denial::VolumeNameTaken);
+/// The pod must not have a volume of a name the injection adds.
+fn check_volumes_free(spec: &PodSpec) -> Result<(), Denial> {
+    let taken = VOLUMES
+        .into_iter()
+        .find(|name| spec.volumes.iter().flatten().any(|v| v.name == *name));
+    match taken {
+        Some(name) => Err(Denial::VolumeNameTaken { name }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn ports(container: &Container) -> &[ContainerPort] {

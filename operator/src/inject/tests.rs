@@ -89,6 +89,9 @@ fn a_named_port_is_handed_to_the_sidecar() {
             "volumes": [{
                 "name": "ringway-sidecar-control",
                 "secret": { "secretName": "ringway-sidecar-control", "optional": true }
+            }, {
+                "name": "ringway-sidecar-no-token",
+                "emptyDir": { "medium": "Memory", "sizeLimit": "1Ki" }
             }],
             "containers": [{
                 "name": "chat",
@@ -126,6 +129,12 @@ fn a_named_port_is_handed_to_the_sidecar() {
                 "volumeMounts": [{
                     "name": "ringway-sidecar-control",
                     "mountPath": "/var/run/ringway/sidecar-control",
+                    "readOnly": true
+                }, {
+                    // Where the pod's ServiceAccount token would go: the
+                    // API server then mounts none in the sidecar.
+                    "name": "ringway-sidecar-no-token",
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
                     "readOnly": true
                 }],
                 "readinessProbe": {
@@ -580,7 +589,14 @@ fn the_label_joins_the_pods_own_and_the_volume_its_volumes() {
     );
     let volumes = after["spec"]["volumes"].as_array().expect("volumes");
     let names: Vec<&Value> = volumes.iter().map(|v| &v["name"]).collect();
-    assert_eq!(names, ["config", "ringway-sidecar-control"]);
+    assert_eq!(
+        names,
+        [
+            "config",
+            "ringway-sidecar-control",
+            "ringway-sidecar-no-token"
+        ]
+    );
 }
 
 #[test]
@@ -590,9 +606,24 @@ fn a_volume_named_like_the_control_volume_is_denied() {
         json!({ "spec": { "volumes": [{ "name": "ringway-sidecar-control", "emptyDir": {} }] } }),
     );
     let refused = denial(&pod);
-    assert_eq!(refused, Denial::VolumeNameTaken);
+    assert_eq!(
+        refused,
+        Denial::VolumeNameTaken {
+            name: "ringway-sidecar-control"
+        }
+    );
     assert!(
         refused.to_string().contains("rename that volume"),
         "{refused}"
+    );
+    let pod = with(
+        chat_pod(),
+        json!({ "spec": { "volumes": [{ "name": "ringway-sidecar-no-token", "emptyDir": {} }] } }),
+    );
+    assert_eq!(
+        denial(&pod),
+        Denial::VolumeNameTaken {
+            name: "ringway-sidecar-no-token"
+        }
     );
 }
