@@ -25,6 +25,7 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             updated: true,
             connections: Some(connections),
             relayed: Some(0),
+            unanswered_since: None,
         })
         .collect()
 }

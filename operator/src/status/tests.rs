@@ -24,6 +24,7 @@ struct Case {
     pushed: Pushed,
     certificates: Option<&'static str>,
     announced: Option<(&'static str, String)>,
+    reported_unreachable: std::collections::BTreeSet<String>,
 }
 
 impl Case {
@@ -55,6 +56,7 @@ impl Case {
                 disrupting: 0,
                 requeue: None,
                 transition: None,
+                unreachable: Vec::new(),
             },
             pushed: Pushed {
                 pods: 3,
@@ -64,6 +66,7 @@ impl Case {
             },
             certificates: None,
             announced: None,
+            reported_unreachable: std::collections::BTreeSet::new(),
             gateway,
         }
     }
@@ -86,6 +89,7 @@ impl Case {
             pushed: &self.pushed,
             certificates: self.certificates,
             announced: self.announced.as_ref(),
+            reported_unreachable: &self.reported_unreachable,
             now: Timestamp::from_second(1_000_000).expect("now"),
         })
     }
@@ -105,6 +109,7 @@ fn slot(slot: Slot, pods: i32, ready: i32) -> SlotView {
                 updated: true,
                 connections: Some(10),
                 relayed: Some(0),
+                unanswered_since: None,
             })
             .collect(),
         replicas: pods,
