@@ -478,6 +478,44 @@ fn events_say_what_is_new() {
 }
 
 #[test]
+fn a_pod_gone_on_without_is_a_warning_once_and_only_the_new_one_is_named() {
+    let first = Case::steady()
+        .with(|c| c.plan.unreachable = vec!["chat-a-2".into()])
+        .decide();
+    let warnings: Vec<(&str, &str)> = first
+        .events
+        .iter()
+        .filter(|n| n.type_ == EventType::Warning)
+        .map(|n| (n.reason.as_str(), n.note.as_str()))
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            rollout::CONNECTIONS_UNKNOWN,
+            "pod chat-a-2 has not answered status polls for 120s: its connections are unknown \
+             and will be closed by its stop (over its grace period, with 1001)"
+        )]
+    );
+    assert_eq!(first.reported_unreachable, ["chat-a-2".to_owned()].into());
+    let again = Case::steady()
+        .with(|c| {
+            c.plan.unreachable = vec!["chat-a-1".into(), "chat-a-2".into()];
+            c.reported_unreachable = first.reported_unreachable.clone();
+        })
+        .decide();
+    let notes: Vec<&str> = again.events.iter().map(|n| n.note.as_str()).collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("pod chat-a-1 has not answered"),
+        "{notes:?}"
+    );
+    let back = Case::steady()
+        .with(|c| c.reported_unreachable = again.reported_unreachable.clone())
+        .decide();
+    assert!(back.events.is_empty() && back.reported_unreachable.is_empty());
+}
+
+#[test]
 fn a_new_phase_change_is_announced_once() {
     let hold = ("CanaryPhaseChanged", "canary Holding at 10%".to_owned());
     let first = Case::steady()
