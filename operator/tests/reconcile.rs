@@ -479,15 +479,23 @@ async fn a_canary_weight_step_is_cut_to_the_disruption_budget() {
     );
 }
 
-/// A canary pod that cannot be asked what it holds is waited for, by
-/// name, not taken as empty; once it answers, the abort goes on.
-#[tokio::test]
-async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
+/// A gateway whose canary of image 2 holds 20% of the keys, with a budget
+/// that allows any step.
+async fn canary_holding_20() -> World {
     let w =
         steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "20"})).await;
     set_budget_percent(&w, 100);
     w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
     w.run(3).await;
+    assert_eq!(w.status()["canary"]["weight"], 20);
+    w
+}
+
+/// A canary pod that cannot be asked what it holds is waited for, by
+/// name, not taken as empty; once it answers, the abort goes on.
+#[tokio::test]
+async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
+    let w = canary_holding_20().await;
     w.annotate("ringway.dev/canary-abort", Some("true"));
     w.connections_per_pod(0);
     w.reconcile().await.unwrap();
@@ -510,12 +518,7 @@ async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
 
 #[tokio::test]
 async fn abort_drains_the_canary_back_and_removes_it() {
-    let w =
-        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "20"})).await;
-    set_budget_percent(&w, 100);
-    w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
-    w.run(3).await;
-    assert_eq!(w.status()["canary"]["weight"], 20);
+    let w = canary_holding_20().await;
     w.annotate("ringway.dev/canary-abort", Some("true"));
     w.connections_per_pod(5);
     w.reconcile().await.unwrap();
