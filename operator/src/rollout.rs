@@ -7,7 +7,9 @@
 //! nothing here talks to the API server or to a pod.
 //!
 //! [`plan`] and the steps every phase shares live here; `view` holds what
-//! the plan sees of each slot ([`SlotView`], [`PodView`]), `stable` the
+//! the plan sees of each slot ([`SlotView`], [`PodView`]) and what a drain
+//! of its pods waits for ([`Drain`]: a pod that did not answer its status
+//! poll is waited for, up to [`UNKNOWN_COUNT_BOUND`]), `stable` the
 //! stable slot's scaling and rolling update, `canary` a canary's phases.
 
 use std::time::Duration;
