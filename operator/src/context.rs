@@ -8,6 +8,7 @@ use std::{
     time::Instant,
 };
 
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
 use crate::{
@@ -48,6 +49,14 @@ pub(crate) struct Memory {
     pub polled: Option<Instant>,
     /// Live connections by pod name, from the last poll.
     pub connections: HashMap<String, PodCounts>,
+    /// Pods whose status polls have failed without a break, since when:
+    /// the rollout's bound on waiting for them
+    /// ([`crate::rollout::UNKNOWN_COUNT_BOUND`]) starts again on a
+    /// restart.
+    pub unanswered: HashMap<String, Timestamp>,
+    /// Pods already reported (a Warning event) as gone on without, so
+    /// that a step retried is not reported again.
+    pub reported_unreachable: BTreeSet<String>,
     /// Consecutive failed reconciles, for the backoff.
     pub failures: u32,
     /// The last phase change published as an event: a step that is

@@ -4,14 +4,17 @@
 //! backend Services, and the pods' connection counts.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt::Debug,
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    apps::v1::StatefulSet,
-    core::v1::{Pod, Secret, Service},
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{Pod, Secret, Service},
+    },
+    jiff::Timestamp,
 };
 use kube::{Api, Client, Resource, ResourceExt};
 use ringway_control::pki::Ca;
@@ -58,7 +61,7 @@ pub(crate) async fn gateway(
     stores: &Stores,
     gw: &WebSocketGateway,
     gwref: &GatewayRef,
-    counts: &HashMap<String, PodCounts>,
+    memory: &Memory,
 ) -> Result<Cluster, Error> {
     let ns = gwref.namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -69,7 +72,7 @@ pub(crate) async fn gateway(
     let mut slots = [SlotView::empty(Slot::A), SlotView::empty(Slot::B)];
     for view in &mut slots {
         let sts = get(&statefulsets, &gwref.slot_name(view.slot)).await?;
-        *view = slot_view(view.slot, sts.as_ref(), &pods, counts);
+        *view = slot_view(view.slot, sts.as_ref(), &pods, memory);
     }
     let services = backend_services(client, ns, gw).await?;
     let (endpoints, backend_problems) = backends(stores, ns, gw, &services);
@@ -82,13 +85,15 @@ pub(crate) async fn gateway(
     })
 }
 
-/// Reads one slot's StatefulSet and pods.
+/// Reads one slot's StatefulSet and pods, with their counts as last
+/// polled.
 pub(crate) fn slot_view(
     slot: Slot,
     sts: Option<&StatefulSet>,
     pods: &[Pod],
-    counts: &HashMap<String, PodCounts>,
+    memory: &Memory,
 ) -> SlotView {
+    let counts = &memory.connections;
     let Some(sts) = sts else {
         return SlotView::empty(slot);
     };
@@ -136,6 +141,7 @@ pub(crate) fn slot_view(
                 updated,
                 connections: counts.get(&name).map(|c| c.owned),
                 relayed: counts.get(&name).map(|c| c.relayed),
+                unanswered_since: memory.unanswered.get(&name).copied(),
                 name,
             }
         })
@@ -229,13 +235,15 @@ pub(crate) fn counts_due(
 }
 
 /// Asks every steerable pod for its counts; an unreachable pod's count
-/// becomes unknown.
+/// becomes unknown, and is remembered as unanswered since the first of an
+/// unbroken run of failed polls (`now` for this one).
 pub(crate) async fn poll<S: Steer>(
     ctx: &Context<S>,
     key: &str,
     ca: &Ca,
     slots: &mut [SlotView; 2],
     memory: &mut Memory,
+    now: Timestamp,
 ) -> Result<(), Error> {
     let targets = control_targets(slots);
     let wanted: Vec<String> = targets.keys().cloned().collect();
@@ -258,13 +266,23 @@ pub(crate) async fn poll<S: Steer>(
         }
     }
     memory.polled = Some(Instant::now());
+    memory.unanswered = targets
+        .into_values()
+        .filter(|pod| !memory.connections.contains_key(pod))
+        .map(|pod| {
+            let since = memory.unanswered.get(&pod).copied().unwrap_or(now);
+            (pod, since)
+        })
+        .collect();
     for pod in slots.iter_mut().flat_map(|s| s.pods.iter_mut()) {
         let counts = memory.connections.get(&pod.name);
         pod.connections = counts.map(|c| c.owned);
         pod.relayed = counts.map(|c| c.relayed);
+        pod.unanswered_since = memory.unanswered.get(&pod.name).copied();
     }
     ctx.remember(key, |m| {
         m.connections = memory.connections.clone();
+        m.unanswered = memory.unanswered.clone();
         m.polled = memory.polled;
     });
     Ok(())

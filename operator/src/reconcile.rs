@@ -93,8 +93,7 @@ async fn reconcile_gateway<S: Steer>(
     let mut memory = ctx.memory(key);
 
     // Observe.
-    let mut seen =
-        observe::gateway(&ctx.client, &ctx.stores, gw, &gwref, &memory.connections).await?;
+    let mut seen = observe::gateway(&ctx.client, &ctx.stores, gw, &gwref, &memory).await?;
     let certificates = pki::plan(
         &gwref,
         seen.ca_secret.as_ref(),
@@ -102,7 +101,15 @@ async fn reconcile_gateway<S: Steer>(
         SystemTime::now(),
     )?;
     if observe::counts_due(&old_status, &seen.slots, memory.polled) {
-        observe::poll(ctx, key, &certificates.ca, &mut seen.slots, &mut memory).await?;
+        observe::poll(
+            ctx,
+            key,
+            &certificates.ca,
+            &mut seen.slots,
+            &mut memory,
+            now,
+        )
+        .await?;
     }
     let targets = observe::control_targets(&seen.slots);
 
@@ -151,11 +158,15 @@ async fn reconcile_gateway<S: Steer>(
         pushed: &pushed,
         certificates: certificates.changed.as_deref(),
         announced: memory.transition.as_ref(),
+        reported_unreachable: &memory.reported_unreachable,
         now,
     });
     if let Some(announced) = &verdict.announced {
         ctx.remember(key, |m| m.transition = Some(announced.clone()));
     }
+    ctx.remember(key, |m| {
+        m.reported_unreachable = verdict.reported_unreachable.clone();
+    });
     effects::report(ctx, gw, &verdict.status, verdict.events).await?;
     info!(gateway = %key, epoch = verdict.status.epoch, ready = verdict.status.shards_ready,
         connections = verdict.status.connections, acked = pushed.acked, "reconciled");

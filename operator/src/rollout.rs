@@ -7,7 +7,9 @@
 //! nothing here talks to the API server or to a pod.
 //!
 //! [`plan`] and the steps every phase shares live here; `view` holds what
-//! the plan sees of each slot ([`SlotView`], [`PodView`]), `stable` the
+//! the plan sees of each slot ([`SlotView`], [`PodView`]) and what a drain
+//! of its pods waits for ([`Drain`]: a pod that did not answer its status
+//! poll is waited for, up to [`UNKNOWN_COUNT_BOUND`]), `stable` the
 //! stable slot's scaling and rolling update, `canary` a canary's phases.
 
 use std::time::Duration;
@@ -26,7 +28,10 @@ mod canary;
 mod stable;
 mod view;
 
-pub use view::{PodCounts, PodView, SlotView};
+pub use view::{
+    Count, Drain, PodCounts, PodView, SlotView, UNKNOWN_COUNT_BOUND, unreachable_report,
+    waiting_to_hear,
+};
 
 /// Everything the plan is made from.
 #[derive(Clone, Debug)]
@@ -109,7 +114,15 @@ pub struct Plan {
     pub requeue: Option<Duration>,
     /// A phase began or ended: `(reason, message)` for an event.
     pub transition: Option<(&'static str, String)>,
+    /// Pods whose status polls have failed for longer than
+    /// [`UNKNOWN_COUNT_BOUND`] that this step goes on without (their stop
+    /// closes what they hold): for a Warning event, and named in the
+    /// progress message.
+    pub unreachable: Vec<String>,
 }
+
+/// The Warning event's reason for [`Plan::unreachable`] pods.
+pub const CONNECTIONS_UNKNOWN: &str = "ConnectionsUnknown";
 
 /// How often to look again while something is moving.
 pub const PROGRESS_REQUEUE: Duration = Duration::from_secs(5);
@@ -138,6 +151,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         disrupting: 0,
         requeue: None,
         transition: None,
+        unreachable: Vec::new(),
     };
     let spec_changed = o.spec.revision() != stable_inputs.revision();
     match &o.status.canary {
@@ -180,7 +194,22 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             }
         }
     }
+    report_unreachable(&mut plan);
     plan
+}
+
+/// Names the pods a step went on without in its progress message.
+fn report_unreachable(plan: &mut Plan) {
+    plan.unreachable.sort();
+    plan.unreachable.dedup();
+    if plan.unreachable.is_empty() {
+        return;
+    }
+    let report = unreachable_report(&plan.unreachable);
+    match &mut plan.progress {
+        Some(p) => p.message = format!("{}; {report}", p.message),
+        None => wait(plan, reasons::CANARY_IN_PROGRESS, report),
+    }
 }
 
 fn view(slots: &[SlotView; 2], slot: Slot) -> &SlotView {
@@ -204,7 +233,9 @@ fn held_message(intent: &Intent) -> String {
 /// Whether the budget allows stopping `pod` now, which closes every
 /// connection it holds (owned and relayed). If so the cost is charged and
 /// progress says `what` with `reason`; if not, progress says when the
-/// budget refills.
+/// budget refills. A pod whose count is unknown is waited for (progress
+/// names it) until [`UNKNOWN_COUNT_BOUND`]; past it, it stops uncharged
+/// and is reported in [`Plan::unreachable`].
 fn charge_stop(
     o: &Observed<'_>,
     plan: &mut Plan,
@@ -213,7 +244,19 @@ fn charge_stop(
     reason: &'static str,
     what: String,
 ) -> bool {
-    let cost = pod.map_or(0, PodView::held);
+    let cost = match pod.map(|p| (p, p.count(o.now))) {
+        None => 0,
+        Some((_, Count::Known(counts))) => counts.held(),
+        Some((p, Count::Unknown)) => {
+            let hear = waiting_to_hear(std::slice::from_ref(&p.name));
+            wait(plan, reason, format!("{what}; {hear}"));
+            return false;
+        }
+        Some((p, Count::Unreachable)) => {
+            plan.unreachable.push(p.name.clone());
+            0
+        }
+    };
     if allowance.allows(cost) {
         plan.disrupting += cost;
         wait(plan, reason, what);
@@ -273,10 +316,15 @@ fn retire_paced(
     let mut replicas = v.replicas;
     if replicas > 0 {
         let next = v.pods.iter().find(|pod| pod.ordinal == replicas - 1);
-        let cost = next.map_or(0, PodView::held);
-        let message = format!(
-            "{what}: stopping the old pods one at a time, {replicas} left (the next relays {cost} connections)"
-        );
+        let relays = match next.map(|p| p.count(o.now)) {
+            Some(Count::Known(counts)) => {
+                format!(" (the next relays {} connections)", counts.held())
+            }
+            Some(Count::Unknown | Count::Unreachable) => String::new(),
+            None => " (the next relays 0 connections)".to_owned(),
+        };
+        let message =
+            format!("{what}: stopping the old pods one at a time, {replicas} left{relays}");
         if charge_stop(
             o,
             plan,

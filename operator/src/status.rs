@@ -3,7 +3,7 @@
 //! what was planned and how the snapshot push went. Pure: the effects
 //! write what it returns.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::runtime::events::EventType;
@@ -65,6 +65,9 @@ pub struct Outcome<'a> {
     pub certificates: Option<&'a str>,
     /// The last phase change published as an event.
     pub announced: Option<&'a (&'static str, String)>,
+    /// Pods already reported as gone on without (the plan's
+    /// `unreachable` when last decided).
+    pub reported_unreachable: &'a BTreeSet<String>,
     /// The time of this reconcile.
     pub now: Timestamp,
 }
@@ -90,6 +93,9 @@ pub struct Verdict {
     /// A phase change published now, to remember so that it is not
     /// published again while its step is retried.
     pub announced: Option<(&'static str, String)>,
+    /// The pods reported as gone on without, to remember so that each is
+    /// reported once while the rollout goes on without it.
+    pub reported_unreachable: BTreeSet<String>,
     /// When to reconcile again.
     pub requeue: Duration,
 }
@@ -113,6 +119,18 @@ pub fn decide(o: &Outcome<'_>) -> Verdict {
     if let Some((reason, message)) = &announced {
         events.push(note(EventType::Normal, reason, message.clone()));
     }
+    let reported_unreachable: BTreeSet<String> = o.plan.unreachable.iter().cloned().collect();
+    let news: Vec<String> = reported_unreachable
+        .difference(o.reported_unreachable)
+        .cloned()
+        .collect();
+    if !news.is_empty() {
+        events.push(note(
+            EventType::Warning,
+            rollout::CONNECTIONS_UNKNOWN,
+            rollout::unreachable_report(&news),
+        ));
+    }
     let old_degraded = conditions::find(&o.old.conditions, types::DEGRADED).map(|c| &c.message);
     if let Some(c) = conditions::find(&status.conditions, types::DEGRADED)
         && c.status == "True"
@@ -129,6 +147,7 @@ pub fn decide(o: &Outcome<'_>) -> Verdict {
         status,
         events,
         announced,
+        reported_unreachable,
         requeue,
     }
 }

@@ -479,14 +479,46 @@ async fn a_canary_weight_step_is_cut_to_the_disruption_budget() {
     );
 }
 
-#[tokio::test]
-async fn abort_drains_the_canary_back_and_removes_it() {
+/// A gateway whose canary of image 2 holds 20% of the keys, with a budget
+/// that allows any step.
+async fn canary_holding_20() -> World {
     let w =
         steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "20"})).await;
     set_budget_percent(&w, 100);
     w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
     w.run(3).await;
     assert_eq!(w.status()["canary"]["weight"], 20);
+    w
+}
+
+/// A canary pod that cannot be asked what it holds is waited for, by
+/// name, not taken as empty; once it answers, the abort goes on.
+#[tokio::test]
+async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
+    let w = canary_holding_20().await;
+    w.annotate("ringway.dev/canary-abort", Some("true"));
+    w.connections_per_pod(0);
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["weight"], 0);
+    w.steer.down.lock().unwrap().push("10.0.2.1:7443".into());
+    for _ in 0..3 {
+        w.reconcile().await.unwrap();
+        w.settle();
+    }
+    assert_eq!(replicas(&w, "chat-b"), 3, "no canary pod stops on a guess");
+    assert_eq!(w.status()["canary"]["phase"], "Aborting");
+    assert_eq!(
+        w.condition("Progressing")["message"],
+        "aborting: waiting to hear how many connections pod chat-b-1 holds (its status polls failed)"
+    );
+    w.steer.down.lock().unwrap().clear();
+    assert_eq!(scaled_down_one_by_one(&w, "chat-b").await, [2, 1, 0]);
+    assert!(w.api.events().iter().any(|(r, _)| r == "CanaryAborted"));
+}
+
+#[tokio::test]
+async fn abort_drains_the_canary_back_and_removes_it() {
+    let w = canary_holding_20().await;
     w.annotate("ringway.dev/canary-abort", Some("true"));
     w.connections_per_pod(5);
     w.reconcile().await.unwrap();

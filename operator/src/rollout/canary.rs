@@ -182,7 +182,8 @@ pub(super) fn shift(
 }
 
 /// Weight 100 acknowledged: the canary's slot becomes stable; the old
-/// slot keeps running until its connections have drained.
+/// slot keeps running until its connections have drained and every one of
+/// its pods has said so (or stayed silent past the bound).
 fn promote_start(
     o: &Observed<'_>,
     plan: &mut Plan,
@@ -225,13 +226,17 @@ pub(super) fn promote(
         replicas: o.shards,
         partition: 0,
     });
-    let left = old_view.connections();
-    let gone = if left > 0 {
+    let drain = old_view.drain(o.now);
+    plan.unreachable.extend(drain.unreachable.iter().cloned());
+    let gone = if !drain.done() {
         retire(o, plan, old, true);
         wait(
             plan,
             reasons::CANARY_IN_PROGRESS,
-            format!("promoting slot {new:?}: {left} connections left on the old version's pods"),
+            format!(
+                "promoting slot {new:?}: {}",
+                drain.waiting_for("the old version's pods")
+            ),
         );
         false
     } else {
@@ -261,7 +266,8 @@ pub(super) fn promote(
 }
 
 /// Aborting: the weight steps back to 0 within the budget; once the pods
-/// run weight 0 and the canary's pods hold no connections, they stop.
+/// run weight 0 and the canary's pods hold no connections (and every one
+/// of them answered how many, or stayed silent past the bound), they stop.
 pub(super) fn abort(
     o: &Observed<'_>,
     plan: &mut Plan,
@@ -307,11 +313,12 @@ pub(super) fn abort(
             ),
         }
     }
-    let left = cview.connections();
+    let drain = cview.drain(o.now);
     if canary.weight == 0 {
         plan.roles.retiring = Some(slot);
+        plan.unreachable.extend(drain.unreachable.iter().cloned());
     }
-    if canary.weight == 0 && left == 0 {
+    if canary.weight == 0 && drain.done() {
         if !retire_paced(o, plan, slot, allowance, "aborting") {
             plan.canary = Some(canary_status(
                 slot,
@@ -338,7 +345,7 @@ pub(super) fn abort(
         wait(
             plan,
             reasons::CANARY_IN_PROGRESS,
-            format!("aborting: {left} connections left on the canary's pods"),
+            format!("aborting: {}", drain.waiting_for("the canary's pods")),
         );
     }
     plan.slots.push(SlotPlan {

@@ -25,6 +25,7 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             updated: true,
             connections: Some(connections),
             relayed: Some(0),
+            unanswered_since: None,
         })
         .collect()
 }
@@ -121,8 +122,30 @@ fn run(
         status,
         slots,
         control_cert: "cert",
-        now: Timestamp::from_second(1_800_000_000).expect("time"),
+        now: now(),
     })
+}
+
+/// The time every [`run`] plans at.
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).expect("time")
+}
+
+/// The pods of `view` with these ordinals did not answer their status
+/// polls for the last `secs` seconds.
+fn silent(mut view: SlotView, ordinals: &[i32], secs: i64) -> SlotView {
+    for pod in &mut view.pods {
+        if ordinals.contains(&pod.ordinal) {
+            pod.connections = None;
+            pod.relayed = None;
+            pod.unanswered_since = Some(now() - k8s_openapi::jiff::SignedDuration::from_secs(secs));
+        }
+    }
+    view
+}
+
+fn message(p: &Plan) -> &str {
+    p.progress.as_ref().map_or("", |p| p.message.as_str())
 }
 
 #[test]
@@ -394,4 +417,214 @@ fn an_unknown_rollout_kind_holds_the_spec_change() {
     );
     assert_eq!(p.slots[0].inputs, v1, "nothing restarts on a guess");
     assert_eq!(p.problems.len(), 1);
+}
+
+#[test]
+fn a_pod_without_an_answer_is_unknown_only_while_it_runs_with_an_address() {
+    let v1 = spec("img:1");
+    let known = slot(Slot::A, &v1, 1, 7);
+    let unknown = silent(known.clone(), &[0], 10);
+    let mut stopped = unknown.clone();
+    stopped.pods[0].running = false;
+    let mut no_ip = unknown.clone();
+    no_ip.pods[0].ip = None;
+    let cases = [
+        (
+            "answered",
+            known,
+            Count::Known(PodCounts {
+                owned: 7,
+                relayed: 0,
+            }),
+        ),
+        ("silent for 10s", unknown.clone(), Count::Unknown),
+        (
+            "silent, never timed",
+            silent(unknown.clone(), &[], 0),
+            Count::Unknown,
+        ),
+        (
+            "silent for 119s",
+            silent(unknown.clone(), &[0], 119),
+            Count::Unknown,
+        ),
+        (
+            "silent for 120s",
+            silent(unknown.clone(), &[0], 120),
+            Count::Unreachable,
+        ),
+        ("not running", stopped, Count::Known(PodCounts::default())),
+        ("no address", no_ip, Count::Known(PodCounts::default())),
+    ];
+    for (name, view, want) in cases {
+        assert_eq!(view.pods[0].count(now()), want, "{name}");
+    }
+    let mut never_timed = unknown;
+    never_timed.pods[0].unanswered_since = None;
+    assert_eq!(never_timed.pods[0].count(now()), Count::Unknown);
+}
+
+#[test]
+fn a_drain_names_what_it_waits_for() {
+    let v1 = spec("img:1");
+    let cases = [
+        (slot(Slot::A, &v1, 3, 0), true, "0 connections left on them"),
+        (
+            slot(Slot::A, &v1, 3, 2),
+            false,
+            "6 connections left on them",
+        ),
+        (
+            silent(slot(Slot::A, &v1, 3, 0), &[1], 5),
+            false,
+            "waiting to hear how many connections pod gw-a-1 holds (its status polls failed)",
+        ),
+        (
+            silent(slot(Slot::A, &v1, 3, 2), &[0, 1], 5),
+            false,
+            "waiting to hear how many connections pods gw-a-0, gw-a-1 hold (their status polls failed); 2 connections left on them",
+        ),
+        (
+            silent(slot(Slot::A, &v1, 3, 0), &[2], 600),
+            true,
+            "0 connections left on them",
+        ),
+    ];
+    for (view, done, want) in cases {
+        let drain = view.drain(now());
+        assert_eq!(
+            (drain.done(), drain.waiting_for("them").as_str()),
+            (done, want)
+        );
+    }
+    let drain = silent(slot(Slot::A, &v1, 3, 0), &[2], 600).drain(now());
+    assert_eq!(drain.unreachable, vec!["gw-a-2".to_owned()]);
+}
+
+#[test]
+fn promotion_waits_to_hear_from_an_old_pod_whose_poll_failed() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "100")]);
+    let new = slot(Slot::B, &v2, 3, 10);
+    // At the step to promotion, and on each reconcile of it after.
+    let statuses = [
+        during(CanaryPhase::Holding, 100, &v1, &v2),
+        status(
+            Slot::B,
+            &v2,
+            Some(canary(CanaryPhase::Promoting, Slot::B, &v2, 100)),
+        ),
+    ];
+    for st in &statuses {
+        let old = silent(slot(Slot::A, &v1, 3, 0), &[0, 1], 30);
+        let p = run(&v2, &i, st, &[old, new.clone()]);
+        assert_eq!(phase_of(&p), Some(CanaryPhase::Promoting));
+        assert_eq!((replicas_of(&p, Slot::A), p.disrupting), (3, 0));
+        assert_eq!(
+            message(&p),
+            "promoting slot B: waiting to hear how many connections pods gw-a-0, gw-a-1 hold (their status polls failed)"
+        );
+        assert_eq!(p.requeue, Some(PROGRESS_REQUEUE));
+        assert!(p.unreachable.is_empty());
+    }
+}
+
+#[test]
+fn abort_waits_to_hear_from_a_canary_pod_whose_poll_failed() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_ABORT, "true")]);
+    let slots = [
+        slot(Slot::A, &v1, 3, 10),
+        silent(slot(Slot::B, &v2, 3, 0), &[2], 30),
+    ];
+    let p = run(&v2, &i, &during(CanaryPhase::Aborting, 0, &v1, &v2), &slots);
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
+    assert_eq!((replicas_of(&p, Slot::B), p.disrupting), (3, 0));
+    assert_eq!(
+        message(&p),
+        "aborting: waiting to hear how many connections pod gw-b-2 holds (its status polls failed)"
+    );
+}
+
+#[test]
+fn a_paced_stop_waits_to_hear_from_the_next_pod() {
+    // A rolling restart: the next pod to restart (the highest ordinal)
+    // did not answer.
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let mut stable = silent(slot(Slot::A, &v1, 3, 10), &[2], 30);
+    stable.template = Some((v2.revision(), "cert".into()));
+    stable.partition = 3;
+    for pod in &mut stable.pods {
+        pod.updated = false;
+    }
+    let slots = [stable, SlotView::empty(Slot::B)];
+    let p = run(&v2, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    assert_eq!((p.slots[0].partition, p.disrupting), (3, 0));
+    assert_eq!(
+        message(&p),
+        format!(
+            "rolling update to revision {}: 0 of 3 pods updated; waiting to hear how many connections pod gw-a-2 holds (its status polls failed)",
+            v2.revision()
+        )
+    );
+}
+
+#[test]
+fn past_the_bound_a_silent_pod_is_reported_and_stopped_without_a_charge() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let report = "pod gw-a-2 has not answered status polls for 120s: its connections are unknown and will be closed by its stop (over its grace period, with 1001)";
+    // Promotion: the old slot is waited for no longer; its silent pod is
+    // the next to stop.
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "100")]);
+    let promoting = status(
+        Slot::B,
+        &v2,
+        Some(canary(CanaryPhase::Promoting, Slot::B, &v2, 100)),
+    );
+    let slots = [
+        silent(relaying(slot(Slot::A, &v1, 3, 0), 4), &[2], 121),
+        slot(Slot::B, &v2, 3, 10),
+    ];
+    let p = run(&v2, &i, &promoting, &slots);
+    assert_eq!((replicas_of(&p, Slot::A), p.disrupting), (2, 0));
+    assert_eq!(p.unreachable, vec!["gw-a-2".to_owned()]);
+    assert_eq!(
+        message(&p),
+        format!("promoting slot B: stopping the old pods one at a time, 3 left; {report}")
+    );
+    // Abort: the same for the canary's slot.
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_ABORT, "true")]);
+    let slots = [
+        slot(Slot::A, &v1, 3, 10),
+        silent(slot(Slot::B, &v2, 3, 0), &[0], 600),
+    ];
+    let p = run(&v2, &i, &during(CanaryPhase::Aborting, 0, &v1, &v2), &slots);
+    assert_eq!((replicas_of(&p, Slot::B), p.disrupting), (2, 0));
+    assert_eq!(p.unreachable, vec!["gw-b-0".to_owned()]);
+    assert!(
+        message(&p).ends_with("pod gw-b-0 has not answered status polls for 120s: its connections are unknown and will be closed by its stop (over its grace period, with 1001)"),
+        "{}",
+        message(&p)
+    );
+}
+
+#[test]
+fn pods_that_answered_zero_or_are_not_running_are_not_waited_for() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "100")]);
+    let promoting = status(
+        Slot::B,
+        &v2,
+        Some(canary(CanaryPhase::Promoting, Slot::B, &v2, 100)),
+    );
+    // gw-a-0 stopped running before it could be asked: it holds nothing.
+    let mut old = silent(slot(Slot::A, &v1, 3, 0), &[0], 30);
+    old.pods[0].running = false;
+    let p = run(&v2, &i, &promoting, &[old, slot(Slot::B, &v2, 3, 10)]);
+    assert_eq!(replicas_of(&p, Slot::A), 2);
+    assert!(p.unreachable.is_empty());
+    assert_eq!(
+        message(&p),
+        "promoting slot B: stopping the old pods one at a time, 3 left (the next relays 0 connections)"
+    );
 }

@@ -24,6 +24,7 @@ struct Case {
     pushed: Pushed,
     certificates: Option<&'static str>,
     announced: Option<(&'static str, String)>,
+    reported_unreachable: std::collections::BTreeSet<String>,
 }
 
 impl Case {
@@ -55,6 +56,7 @@ impl Case {
                 disrupting: 0,
                 requeue: None,
                 transition: None,
+                unreachable: Vec::new(),
             },
             pushed: Pushed {
                 pods: 3,
@@ -64,6 +66,7 @@ impl Case {
             },
             certificates: None,
             announced: None,
+            reported_unreachable: std::collections::BTreeSet::new(),
             gateway,
         }
     }
@@ -86,6 +89,7 @@ impl Case {
             pushed: &self.pushed,
             certificates: self.certificates,
             announced: self.announced.as_ref(),
+            reported_unreachable: &self.reported_unreachable,
             now: Timestamp::from_second(1_000_000).expect("now"),
         })
     }
@@ -105,6 +109,7 @@ fn slot(slot: Slot, pods: i32, ready: i32) -> SlotView {
                 updated: true,
                 connections: Some(10),
                 relayed: Some(0),
+                unanswered_since: None,
             })
             .collect(),
         replicas: pods,
@@ -470,6 +475,44 @@ fn events_say_what_is_new() {
             .collect();
         assert_eq!(got, want, "{name}");
     }
+}
+
+#[test]
+fn a_pod_gone_on_without_is_a_warning_once_and_only_the_new_one_is_named() {
+    let first = Case::steady()
+        .with(|c| c.plan.unreachable = vec!["chat-a-2".into()])
+        .decide();
+    let warnings: Vec<(&str, &str)> = first
+        .events
+        .iter()
+        .filter(|n| n.type_ == EventType::Warning)
+        .map(|n| (n.reason.as_str(), n.note.as_str()))
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            rollout::CONNECTIONS_UNKNOWN,
+            "pod chat-a-2 has not answered status polls for 120s: its connections are unknown \
+             and will be closed by its stop (over its grace period, with 1001)"
+        )]
+    );
+    assert_eq!(first.reported_unreachable, ["chat-a-2".to_owned()].into());
+    let again = Case::steady()
+        .with(|c| {
+            c.plan.unreachable = vec!["chat-a-1".into(), "chat-a-2".into()];
+            c.reported_unreachable = first.reported_unreachable.clone();
+        })
+        .decide();
+    let notes: Vec<&str> = again.events.iter().map(|n| n.note.as_str()).collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].starts_with("pod chat-a-1 has not answered"),
+        "{notes:?}"
+    );
+    let back = Case::steady()
+        .with(|c| c.reported_unreachable = again.reported_unreachable.clone())
+        .decide();
+    assert!(back.events.is_empty() && back.reported_unreachable.is_empty());
 }
 
 #[test]
