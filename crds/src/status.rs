@@ -153,6 +153,11 @@ pub mod condition_types {
     /// Something needs a person: a bad annotation, a missing backend,
     /// pods that cannot be reached.
     pub const DEGRADED: &str = "Degraded";
+    /// No version on its way out (the old one while a canary is promoted,
+    /// the canary while it is aborted) holds connections any more: what a
+    /// hook waits on before it scales down what that version used
+    /// (`kubectl wait --for=condition=Drained`).
+    pub const DRAINED: &str = "Drained";
 }
 
 /// The `reason` of every condition the operator writes.
@@ -178,4 +183,12 @@ pub mod condition_reasons {
     pub const SNAPSHOT_NOT_ACKNOWLEDGED: &str = "SnapshotNotAcknowledged";
     /// Nothing is wrong.
     pub const HEALTHY: &str = "Healthy";
+    /// No version is on its way out.
+    pub const NO_VERSION_LEAVING: &str = "NoVersionLeaving";
+    /// The version on its way out holds no connections (its pods may
+    /// still be stopping).
+    pub const VERSION_DRAINED: &str = "VersionDrained";
+    /// The version on its way out still holds connections, or pods whose
+    /// count is not known yet.
+    pub const VERSION_DRAINING: &str = "VersionDraining";
 }

@@ -8,8 +8,8 @@ use std::{collections::BTreeSet, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::runtime::events::EventType;
 use ringway_crds::{
-    SlotStatus, WebSocketGatewaySpec, WebSocketGatewayStatus, condition_reasons as reasons,
-    condition_types as types,
+    CanaryPhase, Slot, SlotStatus, WebSocketGatewaySpec, WebSocketGatewayStatus,
+    condition_reasons as reasons, condition_types as types,
 };
 
 use crate::{
@@ -199,9 +199,9 @@ fn status(o: &Outcome<'_>) -> WebSocketGatewayStatus {
     }
 }
 
-/// `Ready`, `Progressing` and `Degraded`.
+/// `Ready`, `Progressing`, `Degraded` and `Drained`.
 fn conditions(o: &Outcome<'_>) -> Vec<Decided> {
-    vec![ready(o), progressing(o.plan), degraded(o)]
+    vec![ready(o), progressing(o.plan), degraded(o), drained(o)]
 }
 
 fn ready(o: &Outcome<'_>) -> Decided {
@@ -256,6 +256,68 @@ fn progressing(plan: &rollout::Plan) -> Decided {
             message: "nothing is changing".into(),
         },
     }
+}
+
+/// `Drained`: whether the version on its way out still holds connections,
+/// or pods whose count is not known. True only once every one of its pods
+/// said it holds none, or is gone: a pod that does not answer is waited
+/// for until it stops (the rollout stops it past the bound).
+fn drained(o: &Outcome<'_>) -> Decided {
+    let Some(slot) = leaving(o.plan) else {
+        return Decided {
+            type_: types::DRAINED,
+            status: true,
+            reason: reasons::NO_VERSION_LEAVING,
+            message: "no version is on its way out".into(),
+        };
+    };
+    let view = &o.slots[slot_index(slot)];
+    let version = match &view.inputs {
+        Some(inputs) => format!(
+            "the leaving version (slot {slot:?}, image {})",
+            inputs.image
+        ),
+        None => format!("the leaving version (slot {slot:?})"),
+    };
+    let drain = view.drain(o.now);
+    let (status, reason, message) = if !drain.done() {
+        let waiting = drain.waiting_for("its pods");
+        (
+            false,
+            reasons::VERSION_DRAINING,
+            format!("{version}: {waiting}"),
+        )
+    } else if !drain.unreachable.is_empty() {
+        let report = rollout::unreachable_report(&drain.unreachable);
+        (
+            false,
+            reasons::VERSION_DRAINING,
+            format!("{version}: {report}"),
+        )
+    } else {
+        (
+            true,
+            reasons::VERSION_DRAINED,
+            format!("{version} holds no connections"),
+        )
+    };
+    Decided {
+        type_: types::DRAINED,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// The version on its way out: the old one while a canary is promoted (the
+/// retiring slot), the canary while it is aborted.
+fn leaving(plan: &rollout::Plan) -> Option<Slot> {
+    plan.roles.retiring.or_else(|| {
+        plan.canary
+            .as_ref()
+            .filter(|c| c.phase == CanaryPhase::Aborting)
+            .map(|c| c.pods.slot)
+    })
 }
 
 fn degraded(o: &Outcome<'_>) -> Decided {

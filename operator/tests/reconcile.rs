@@ -220,7 +220,7 @@ async fn status_is_server_side_applied_with_the_whole_picture() {
         .iter()
         .map(|c| c["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, vec!["Ready", "Progressing", "Degraded"]);
+    assert_eq!(types, vec!["Ready", "Progressing", "Degraded", "Drained"]);
     for c in s["conditions"].as_array().unwrap() {
         assert!(
             !c["reason"].as_str().unwrap().is_empty() && !c["message"].as_str().unwrap().is_empty()
@@ -414,10 +414,24 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
         3,
         "old pods wait for their connections to drain"
     );
+    let drained = w.condition("Drained");
+    assert_eq!(
+        (drained["status"].as_str(), drained["reason"].as_str()),
+        (Some("False"), Some("VersionDraining")),
+        "a hook waiting on Drained waits: {drained:#}"
+    );
     // The old version's pods are empty: they stop one at a time (each
     // within the budget, for the clients it relays).
     w.connections_per_pod(0);
-    assert_eq!(scaled_down_one_by_one(&w, "chat-a").await, [2, 1, 0]);
+    w.reconcile().await.unwrap();
+    let drained = w.condition("Drained");
+    assert_eq!(
+        (drained["status"].as_str(), drained["reason"].as_str()),
+        (Some("True"), Some("VersionDrained")),
+        "drained while its pods still stop: {drained:#}"
+    );
+    assert_eq!(replicas(&w, "chat-a"), 2);
+    assert_eq!(scaled_down_one_by_one(&w, "chat-a").await, [1, 0]);
     assert!(w.status()["canary"].is_null());
     assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
     assert!(w.api.events().iter().any(|(r, _)| r == "CanaryPromoted"));
@@ -510,6 +524,11 @@ async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
     assert_eq!(
         w.condition("Progressing")["message"],
         "aborting: waiting to hear how many connections pod chat-b-1 holds (its status polls failed)"
+    );
+    assert_eq!(
+        w.condition("Drained")["message"],
+        "the leaving version (slot B, image ringway/dataplane:2): waiting to hear how many connections pod chat-b-1 holds (its status polls failed)",
+        "unknown is not drained"
     );
     w.steer.down.lock().unwrap().clear();
     assert_eq!(scaled_down_one_by_one(&w, "chat-b").await, [2, 1, 0]);

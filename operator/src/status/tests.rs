@@ -117,6 +117,14 @@ fn slot(slot: Slot, pods: i32, ready: i32) -> SlotView {
     }
 }
 
+/// `view` as a version's slot: rendered from the first image's inputs.
+fn retiring(view: SlotView) -> SlotView {
+    SlotView {
+        inputs: Some(Case::steady().plan.stable.1),
+        ..view
+    }
+}
+
 fn canary(phase: CanaryPhase, weight: u8) -> CanaryStatus {
     CanaryStatus {
         phase,
@@ -284,6 +292,81 @@ fn each_condition_path_is_decided() {
             "True",
             reasons::SNAPSHOT_NOT_ACKNOWLEDGED,
             "pods did not acknowledge the snapshot: chat-a-2: connection refused",
+        ),
+        (
+            "no version leaving",
+            Case::steady().with(with_canary),
+            types::DRAINED,
+            "True",
+            reasons::NO_VERSION_LEAVING,
+            "no version is on its way out",
+        ),
+        (
+            "a promotion's old version still holds connections",
+            Case::steady().with(|c| {
+                c.slots[1] = retiring(slot(Slot::B, 2, 0));
+                c.plan.roles.retiring = Some(Slot::B);
+            }),
+            types::DRAINED,
+            "False",
+            reasons::VERSION_DRAINING,
+            "the leaving version (slot B, image ringway/dataplane:1): 20 connections left on its pods",
+        ),
+        (
+            "an aborted canary still holds connections",
+            Case::steady().with(|c| {
+                with_canary(c);
+                c.slots[1] = retiring(slot(Slot::B, 3, 3));
+                c.plan.canary = Some(canary(CanaryPhase::Aborting, 5));
+            }),
+            types::DRAINED,
+            "False",
+            reasons::VERSION_DRAINING,
+            "the leaving version (slot B, image ringway/dataplane:1): 30 connections left on its pods",
+        ),
+        (
+            "a leaving pod whose count is unknown",
+            Case::steady().with(|c| {
+                let mut b = retiring(slot(Slot::B, 1, 0));
+                b.pods[0].connections = None;
+                b.pods[0].unanswered_since = Some(Timestamp::from_second(999_990).expect("t"));
+                c.slots[1] = b;
+                c.plan.roles.retiring = Some(Slot::B);
+            }),
+            types::DRAINED,
+            "False",
+            reasons::VERSION_DRAINING,
+            "the leaving version (slot B, image ringway/dataplane:1): waiting to hear how many connections pod chat-b-0 holds (its status polls failed)",
+        ),
+        (
+            "a leaving pod given up on is waited for until it is gone",
+            Case::steady().with(|c| {
+                let mut b = retiring(slot(Slot::B, 1, 0));
+                b.pods[0].connections = None;
+                b.pods[0].unanswered_since = Some(Timestamp::from_second(0).expect("t"));
+                c.slots[1] = b;
+                c.plan.roles.retiring = Some(Slot::B);
+            }),
+            types::DRAINED,
+            "False",
+            reasons::VERSION_DRAINING,
+            "the leaving version (slot B, image ringway/dataplane:1): pod chat-b-0 has not answered status polls for 120s: its connections are unknown and will be closed by its stop (over its grace period, with 1001)",
+        ),
+        (
+            "the old version's pods hold no connections",
+            Case::steady().with(|c| {
+                let mut b = retiring(slot(Slot::B, 2, 0));
+                b.pods[0].connections = Some(0);
+                // Stopped: not polled, so nothing reported.
+                b.pods[1].running = false;
+                b.pods[1].connections = None;
+                c.slots[1] = b;
+                c.plan.roles.retiring = Some(Slot::B);
+            }),
+            types::DRAINED,
+            "True",
+            reasons::VERSION_DRAINED,
+            "the leaving version (slot B, image ringway/dataplane:1) holds no connections",
         ),
     ];
     for (name, case, type_, status, reason, message) in cases {
