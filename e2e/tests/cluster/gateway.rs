@@ -95,8 +95,48 @@ pub fn gateway_children(kubectl: &Kubectl, operator: &mut Operator) -> anyhow::R
         );
         Ok(())
     })?;
+    hook_waits(kubectl, &gateway)?;
 
     Ok(gateway)
+}
+
+/// The two waits docs/canary.md gives a hook that must not scale anything
+/// down while a version still carries clients: the stable version is the
+/// image it expects, and nothing is leaving (`Drained`, `NoVersionLeaving`
+/// on a gateway at rest). `kubectl wait` against the real API server, as
+/// the hook would run them.
+fn hook_waits(kubectl: &Kubectl, gateway: &str) -> anyhow::Result<()> {
+    let object = format!("websocketgateways.ringway.dev/{gateway}");
+    let gw = kubectl.must_get("websocketgateways.ringway.dev", gateway)?;
+    let image = gw
+        .pointer("/status/stable/image")
+        .and_then(Value::as_str)
+        .context("no status.stable.image")?;
+    let stable = format!("jsonpath={{.status.stable.image}}={image}");
+    for wait_for in [stable.as_str(), "condition=Drained"] {
+        let flag = format!("--for={wait_for}");
+        kubectl
+            .run(
+                &[
+                    "wait",
+                    "--namespace",
+                    &kubectl.namespace,
+                    &object,
+                    &flag,
+                    "--timeout=60s",
+                ],
+                None,
+            )
+            .with_context(|| format!("kubectl wait {flag}"))?;
+    }
+    let gw = kubectl.must_get("websocketgateways.ringway.dev", gateway)?;
+    let drained = condition(&gw, "Drained").context("no Drained condition")?;
+    ensure!(
+        drained.pointer("/reason").and_then(Value::as_str) == Some("NoVersionLeaving"),
+        "Drained at rest: {drained}"
+    );
+    println!("ok: kubectl wait for the stable image and for Drained");
+    Ok(())
 }
 
 /// Turns `spec.networkPolicy` on (with a scraper, as
