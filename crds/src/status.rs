@@ -13,8 +13,8 @@ pub struct WebSocketGatewayStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready`, `Progressing` and `Degraded`, each with a reason and a
-    /// message that says what to do.
+    /// `Ready`, `Progressing`, `Degraded` and `Drained`, each with a
+    /// reason and a message that says what to do.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
