@@ -141,70 +141,81 @@ fn upgrades_are_judged_per_upgrade_so_a_reconnect_burst_is_not_harm() {
     );
 }
 
-#[test]
-fn small_counts_never_decide() {
-    let stable = sample(20_000);
-    let few = with(sample(1_000), Measure::RelayErrors, 19);
-    assert_eq!(
-        decide_default(HOLD_OVER, &stable, &few),
-        Verdict::Advance,
-        "19 events, however high their rate"
-    );
-    let enough = with(sample(1_000), Measure::RelayErrors, 20);
-    assert!(matches!(
-        decide_default(HOLD_OVER, &stable, &enough),
+/// Whether a canary over a whole hold is aborted, with the defaults.
+fn aborts(stable: &Sample, canary: &Sample) -> bool {
+    matches!(
+        decide_default(HOLD_OVER, stable, canary),
         Verdict::Abort { .. }
-    ));
+    )
 }
 
 #[test]
-fn the_margin_allows_up_to_its_limit() {
+fn small_counts_never_decide_and_the_margin_allows_up_to_its_limit() {
+    let quiet = sample(20_000);
     // Stable: 0.01 per connection-minute; the limit 0.01 × 2 + 0.001.
-    let stable = with(sample(10_000), Measure::UncleanCloses, 100);
-    let within = with(sample(1_000), Measure::UncleanCloses, 20);
-    assert_eq!(
-        decide_default(HOLD_OVER, &stable, &within),
-        Verdict::Advance
-    );
-    let over = with(sample(1_000), Measure::UncleanCloses, 22);
-    assert!(matches!(
-        decide_default(HOLD_OVER, &stable, &over),
-        Verdict::Abort { .. }
-    ));
+    let noisy = with(sample(10_000), Measure::UncleanCloses, 100);
+    let cases = [
+        (
+            "19 events, however high their rate",
+            &quiet,
+            Measure::RelayErrors,
+            19,
+            false,
+        ),
+        ("20 events at 0.02", &quiet, Measure::RelayErrors, 20, true),
+        (
+            "0.02 within the limit 0.021",
+            &noisy,
+            Measure::UncleanCloses,
+            20,
+            false,
+        ),
+        (
+            "0.022 over the limit 0.021",
+            &noisy,
+            Measure::UncleanCloses,
+            22,
+            true,
+        ),
+    ];
+    for (name, stable, measure, events, aborted) in cases {
+        let canary = with(sample(1_000), measure, events);
+        assert_eq!(aborts(stable, &canary), aborted, "{name}");
+    }
 }
 
 #[test]
 fn restarts_abort_at_once_unless_stable_restarted_as_often_or_the_check_is_off() {
-    let restarted = |n| Sample {
-        restarts: n,
-        ..sample(1_000)
-    };
-    assert!(matches!(
-        decide_default(Duration::ZERO, &restarted(0), &restarted(1)),
-        Verdict::Abort {
-            harm: Harm::Restarts { .. }
-        }
-    ));
-    assert_eq!(
-        decide_default(HOLD_OVER, &restarted(1), &restarted(1)),
-        Verdict::Advance
-    );
-    let off = Thresholds {
-        restarts_to_abort: 0,
-        ..Thresholds::default()
-    };
-    assert_eq!(
-        decide(HOLD_OVER, &restarted(0), &restarted(5), &off),
-        Verdict::Advance
-    );
-    let three = Thresholds {
-        restarts_to_abort: 3,
-        ..Thresholds::default()
-    };
-    assert_eq!(
-        decide(HOLD_OVER, &restarted(0), &restarted(2), &three),
-        Verdict::Advance
-    );
+    // (restarts_to_abort, stable's restarts, the canary's, aborted)
+    let cases = [
+        (1, 0, 1, true),
+        (1, 1, 1, false),
+        (0, 0, 5, false),
+        (3, 0, 2, false),
+        (3, 2, 3, true),
+    ];
+    for (restarts_to_abort, stable, canary, aborted) in cases {
+        let t = Thresholds {
+            restarts_to_abort,
+            ..Thresholds::default()
+        };
+        let restarted = |restarts| Sample {
+            restarts,
+            ..sample(1_000)
+        };
+        // At once: the hold has just begun.
+        let verdict = decide(Duration::ZERO, &restarted(stable), &restarted(canary), &t);
+        let found = matches!(
+            verdict,
+            Verdict::Abort {
+                harm: Harm::Restarts { .. }
+            }
+        );
+        assert_eq!(
+            found, aborted,
+            "{restarts_to_abort} {stable} {canary}: {verdict}"
+        );
+    }
 }
 
 #[test]
@@ -374,36 +385,21 @@ fn the_data_planes_counters_fall_in_the_chosen_measures() {
         Some(Measure::HandshakeRefusals)
     );
 
+    use Measure::{InternalErrorCloses, SlowClientCloses, TooBigCloses, UncleanCloses};
     let closes = [
-        (
-            Some(1009),
-            "client_protocol_error",
-            Some(Measure::TooBigCloses),
-        ),
+        (Some(1009), "client_protocol_error", Some(TooBigCloses)),
         (Some(1002), "client_protocol_error", None),
-        (Some(1008), "slow_consumer", Some(Measure::SlowClientCloses)),
-        (
-            Some(1013),
-            "send_queue_full",
-            Some(Measure::SlowClientCloses),
-        ),
-        (
-            Some(1011),
-            "heartbeat_timeout",
-            Some(Measure::InternalErrorCloses),
-        ),
+        (Some(1008), "slow_consumer", Some(SlowClientCloses)),
+        (Some(1013), "send_queue_full", Some(SlowClientCloses)),
+        (Some(1011), "heartbeat_timeout", Some(InternalErrorCloses)),
         (
             Some(1011),
             "backend_protocol_error",
-            Some(Measure::InternalErrorCloses),
+            Some(InternalErrorCloses),
         ),
-        (
-            Some(1011),
-            "backend_gone",
-            Some(Measure::InternalErrorCloses),
-        ),
-        (None, "backend_eof", Some(Measure::UncleanCloses)),
-        (Some(1001), "close_timeout", Some(Measure::UncleanCloses)),
+        (Some(1011), "backend_gone", Some(InternalErrorCloses)),
+        (None, "backend_eof", Some(UncleanCloses)),
+        (Some(1001), "close_timeout", Some(UncleanCloses)),
         (Some(1000), "client", None),
         (Some(1011), "backend", None),
         (None, "client_eof", None),
