@@ -10,7 +10,8 @@
 //! the plan sees of each slot ([`SlotView`], [`PodView`]) and what a drain
 //! of its pods waits for ([`Drain`]: a pod that did not answer its status
 //! poll is waited for, up to [`UNKNOWN_COUNT_BOUND`]), `stable` the
-//! stable slot's scaling and rolling update, `canary` a canary's phases.
+//! stable slot's scaling and rolling update, `canary` a canary's phases,
+//! and [`analysis`] the comparison of a canary with stable (not wired yet).
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::{
     names::{other_slot, slot_index},
 };
 
+pub mod analysis;
 mod canary;
 mod stable;
 mod view;
