@@ -224,6 +224,15 @@ async fn each_pod_is_paced_and_its_drain_reported_on_its_workload() {
             assert!(note.starts_with(&format!("pod {pod}: ")), "{note}");
         }
     }
+    // Each workload is read once for both its events.
+    for kind in ["deployments", "statefulsets", "daemonsets"] {
+        let reads = api
+            .requests()
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && p.contains(&format!("/{kind}/")))
+            .count();
+        assert_eq!(reads, 1, "{kind} read {reads} times");
+    }
     let used = api.authorized();
     for read in [
         ("", "pods", "list"),

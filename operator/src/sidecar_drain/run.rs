@@ -5,7 +5,7 @@
 //! uses the grants of [`crate::rbac::SIDECAR_DRAIN`].
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     pin::pin,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -35,6 +35,9 @@ use crate::{
     sidecar_audit::WorkloadKey,
     webhook::{CaWatch, control_tls::ClientCert},
 };
+
+/// The objects of the workloads with tracked pods, read once each.
+type Workloads = BTreeMap<WorkloadKey, ObjectReference>;
 
 /// Time between rounds while a pod drains: how soon a finished pod's share
 /// goes to the others, and how often the draining pods are asked how far
@@ -72,6 +75,7 @@ impl Pacer {
         let mut fleet = Fleet::default();
         let mut dialer: Option<Dialer> = None;
         let mut gauges = BTreeSet::new();
+        let mut workloads = Workloads::new();
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -93,8 +97,9 @@ impl Pacer {
                 .filter_map(|p| pods::draining(p, self.control_port))
                 .collect();
             let reports = round(&mut fleet, &draining, dial).await;
-            self.report(reports).await;
+            self.report(reports, &mut workloads).await;
             self.gauges(&fleet, &mut gauges);
+            workloads.retain(|key, _| gauges.contains(key));
         }
     }
 
@@ -133,13 +138,23 @@ impl Pacer {
         *shown = progress.into_keys().collect();
     }
 
-    /// Logs, counts and publishes each report as an event on its workload.
-    async fn report(&self, reports: Vec<Report>) {
+    /// Logs, counts and publishes each report as an event on its workload,
+    /// each workload read once while its pods drain (`workloads`).
+    async fn report(&self, reports: Vec<Report>, workloads: &mut Workloads) {
         for report in reports {
             let (type_, reason, note) = describe(&report);
             info!(pod = %report.pod, workload = %report.workload.workload, reason, "{note}");
             self.metrics.sidecar_drain(outcome(&report.event));
-            let regarding = self.regarding(&report).await;
+            let regarding = match workloads.get(&report.workload) {
+                Some(known) => known.clone(),
+                None => match self.workload(&report.workload).await {
+                    Some(found) => workloads
+                        .entry(report.workload.clone())
+                        .or_insert(found)
+                        .clone(),
+                    None => report.reference.clone(),
+                },
+            };
             if let Err(e) = self.events.publish(&regarding, type_, reason, note).await {
                 warn!(error = %e, pod = %report.pod, "publishing a sidecar drain's event");
             }
@@ -147,20 +162,16 @@ impl Pacer {
     }
 
     /// The workload's object (its uid, so that `kubectl describe` shows
-    /// the event), or the pod when the workload is not a kind read here
-    /// or cannot be read.
-    async fn regarding(&self, report: &Report) -> ObjectReference {
-        let key = &report.workload;
-        let Some((kind, name)) = key.workload.split_once('/') else {
-            return report.reference.clone();
-        };
-        let found = match kind {
+    /// the event); `None` when it is not a kind read here (the event is
+    /// then about the pod) or cannot be read.
+    async fn workload(&self, key: &WorkloadKey) -> Option<ObjectReference> {
+        let (kind, name) = key.workload.split_once('/')?;
+        match kind {
             "deployment" => self.reference::<Deployment>(&key.namespace, name).await,
             "statefulset" => self.reference::<StatefulSet>(&key.namespace, name).await,
             "daemonset" => self.reference::<DaemonSet>(&key.namespace, name).await,
             _ => None,
-        };
-        found.unwrap_or_else(|| report.reference.clone())
+        }
     }
 
     async fn reference<K>(&self, namespace: &str, name: &str) -> Option<ObjectReference>
