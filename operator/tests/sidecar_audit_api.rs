@@ -11,9 +11,9 @@
 
 mod support;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use kube::{Client, client::Body, runtime::events::Reporter};
 use ringway_dataplane_api::sidecar::CONTAINER;
 use ringway_operator::{
@@ -23,12 +23,10 @@ use ringway_operator::{
     sidecar_audit::{Audit, run::Auditor},
 };
 use serde_json::{Value, json};
+use support::{Handle, Triples};
 use tokio::time::timeout;
 
 const NS: &str = "prod";
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Triples = BTreeSet<(String, String, String)>;
 
 /// The mock API server and what RBAC saw of every request.
 struct Api {
@@ -116,13 +114,7 @@ impl Api {
 }
 
 fn answer(reply: tower_test::mock::SendResponse<Response<Body>>, code: u16, body: &Value) {
-    reply.send_response(
-        Response::builder()
-            .status(code)
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap(),
-    );
+    reply.send_response(support::respond(StatusCode::from_u16(code).unwrap(), body));
 }
 
 fn start(namespaces: &[&str]) -> (Auditor, Api, Arc<Metrics>) {

@@ -14,12 +14,11 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::{
-    collections::BTreeSet,
-    time::{Duration, SystemTime},
-};
+mod support;
 
-use http::{Method, Request, Response};
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Request, Response, StatusCode};
 use kube::{Client, client::Body};
 use ringway_dataplane_api::sidecar::CONTROL_SECRET;
 use ringway_operator::{
@@ -35,6 +34,7 @@ use ringway_operator::{
     },
 };
 use serde_json::{Value, json};
+use support::{Handle, Triples};
 use tokio::time::timeout;
 
 const NS: &str = "ringway";
@@ -43,9 +43,6 @@ const CONFIGURATION: &str = "ringway-sidecar-injector";
 const SECRETS: &str = "/api/v1/namespaces/ringway/secrets";
 const CONFIGURATIONS: &str = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
 const ALL_PODS: &str = "/api/v1/pods";
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-type Triples = BTreeSet<(String, String, String)>;
 
 /// The mock API server, answering what the test expects, and what RBAC
 /// saw of every request.
@@ -112,13 +109,7 @@ impl Api {
             serde_json::from_slice(&bytes).unwrap()
         };
         let (code, body) = answer(&sent);
-        reply.send_response(
-            Response::builder()
-                .status(code)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
+        reply.send_response(support::respond(StatusCode::from_u16(code).unwrap(), &body));
         sent
     }
 
@@ -482,12 +473,7 @@ async fn leader_round() -> Triples {
     let list = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
         "metadata": {"resourceVersion": "5"},
         "items": [pod("games", "a"), pod("apps", "b"), pod("chat", "c"), pod("apps", "d")]});
-    reply.send_response(
-        Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from(serde_json::to_vec(&list).unwrap()))
-            .unwrap(),
-    );
+    reply.send_response(support::respond(StatusCode::OK, &list));
     // apps: none yet, created.
     api.expect(Method::GET, &control_secret_path("apps"), not_found)
         .await;

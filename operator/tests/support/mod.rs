@@ -57,6 +57,13 @@ pub struct Store {
 #[derive(Clone, Default)]
 pub struct FakeApi(pub Arc<Mutex<Store>>);
 
+/// The other end of a scripted mock API server (tower-test): the test
+/// takes each request and answers it.
+pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// What RBAC saw of requests: (API group, resource, verb).
+pub type Triples = BTreeSet<(String, String, String)>;
+
 pub const NS: &str = "prod";
 
 pub fn path(kind: &str) -> String {
@@ -107,7 +114,8 @@ fn matches(labels: &Value, selector: &str) -> bool {
         })
 }
 
-fn respond(code: StatusCode, body: &Value) -> Response<Body> {
+/// A JSON answer with status `code`, as the API server sends.
+pub fn respond(code: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", "application/json")
