@@ -298,7 +298,8 @@ impl Fleet {
         plan
     }
 
-    /// Records the answer to `call`: the pod's clients left, or the error.
+    /// Records the answer to `call`: the pod's clients left, or the error;
+    /// after the first, as a poll's ([`Fleet::polled`]).
     pub fn paced(
         &mut self,
         call: &Call,
@@ -306,27 +307,25 @@ impl Fleet {
         now: Instant,
     ) -> Option<Report> {
         let t = self.tracked.get_mut(&call.pod)?;
-        match answer {
-            Ok(left) => {
-                t.failures = 0;
-                t.rate = Some(call.rate);
-                t.left = left;
-                if t.started.is_none() {
-                    t.started = Some((now, left));
-                    return Some(t.report(
-                        call.pod.clone(),
-                        DrainEvent::Started {
-                            connections: left,
-                            rate: call.rate,
-                            sharing: call.sharing,
-                            budget: call.budget,
-                        },
-                    ));
-                }
-                self.finish_if_empty(&call.pod, now)
-            }
-            Err(error) => self.failed(&call.pod, error),
+        let Ok(left) = answer else {
+            return self.polled(&call.pod, answer, now);
+        };
+        t.rate = Some(call.rate);
+        if t.started.is_some() {
+            return self.polled(&call.pod, Ok(left), now);
         }
+        t.failures = 0;
+        t.left = left;
+        t.started = Some((now, left));
+        Some(t.report(
+            call.pod.clone(),
+            DrainEvent::Started {
+                connections: left,
+                rate: call.rate,
+                sharing: call.sharing,
+                budget: call.budget,
+            },
+        ))
     }
 
     /// Records a poll of `pod`: its clients left, or the error.
