@@ -31,7 +31,7 @@ use ringway_operator::{
     sidecar_audit::WorkloadKey,
     sidecar_drain::{
         DrainEvent, DrainingPod, Fleet, PodKey, Report,
-        pace::{Dialer, round},
+        pace::{Dialer, Progress, round},
     },
     webhook::control_tls::ClientCert,
 };
@@ -189,7 +189,7 @@ async fn two_sidecars_drained_together_stay_within_the_shared_budget() {
             stopping.push(draining);
             pre_stops.push(tokio::spawn(pre_stop(pod.sidecar.admin)));
         }
-        reports.extend(round(&mut fleet, &stopping, &dialer).await);
+        reports.extend(round(&mut fleet, &stopping, &dialer, Progress::Ask).await);
         if stopping.len() == 2 && !fleet.busy() {
             break;
         }

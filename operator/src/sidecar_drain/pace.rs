@@ -36,11 +36,26 @@ pub trait Dial: Sync {
     ) -> impl Future<Output = Result<u64, String>> + Send;
 }
 
+/// Whether a round also asks the pods already at their share how far
+/// they got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Ask them.
+    Ask,
+    /// Not this time (they were asked a moment ago).
+    Skip,
+}
+
 /// Runs one round: makes the calls `fleet` plans for the `draining` pods,
 /// lowering shares first and raising a workload's only once all of its
-/// lowers were answered, then asks the pods already at their share how
-/// far they got. Returns what to report.
-pub async fn round(fleet: &mut Fleet, draining: &[DrainingPod], dial: &impl Dial) -> Vec<Report> {
+/// lowers were answered, then, with [`Progress::Ask`], asks the pods
+/// already at their share how far they got. Returns what to report.
+pub async fn round(
+    fleet: &mut Fleet,
+    draining: &[DrainingPod],
+    dial: &impl Dial,
+    progress: Progress,
+) -> Vec<Report> {
     let (plan, mut reports) = fleet.plan(draining);
     let lowers: Vec<&Call> = plan.workloads.values().flat_map(|w| &w.lower).collect();
     let mut unanswered = BTreeSet::new();
@@ -58,6 +73,9 @@ pub async fn round(fleet: &mut Fleet, draining: &[DrainingPod], dial: &impl Dial
         .collect();
     for (call, answer) in calls(&raises, dial).await {
         reports.extend(record(fleet, call, answer));
+    }
+    if progress == Progress::Skip {
+        return reports;
     }
     let polls = join_all(
         plan.poll

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use super::{
     DrainEvent, Fleet, Report,
-    pace::{Dialer, round},
+    pace::{Dialer, Progress, round},
     pods,
 };
 use crate::{
@@ -79,15 +79,21 @@ impl Pacer {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            // A round runs on every change of an injected pod, and on every
+            // tick while a pod drains; only the ticks ask the draining pods
+            // how far they got, so a burst of changes costs no polls.
+            let progress = tokio::select! {
                 next = changes.next() => match next {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => warn!(error = %e, "watching injected pods failed; retrying"),
+                    Some(Ok(_)) => Progress::Skip,
+                    Some(Err(e)) => {
+                        warn!(error = %e, "watching injected pods failed; retrying");
+                        Progress::Skip
+                    }
                     None => return,
                 },
-                _ = ticks.tick(), if fleet.busy() => {}
+                _ = ticks.tick(), if fleet.busy() => Progress::Ask,
                 () = crate::until(halt.clone()) => return,
-            }
+            };
             let Some(dial) = self.dialer(&mut dialer) else {
                 continue;
             };
@@ -96,7 +102,7 @@ impl Pacer {
                 .iter()
                 .filter_map(|p| pods::draining(p, self.control_port))
                 .collect();
-            let reports = round(&mut fleet, &draining, dial).await;
+            let reports = round(&mut fleet, &draining, dial, progress).await;
             self.report(reports, &mut workloads).await;
             self.gauges(&fleet, &mut gauges);
             workloads.retain(|key, _| gauges.contains(key));

@@ -305,9 +305,17 @@ async fn a_round_lowers_before_it_raises_and_polls_the_rest() {
     let mut fleet = Fleet::default();
     let dial = FakeDial::default();
     let (a, b) = (pod("a", "chat", 10, 1), pod("b", "chat", 10, 2));
-    pace::round(&mut fleet, std::slice::from_ref(&a), &dial).await;
-    pace::round(&mut fleet, &[a.clone(), b.clone()], &dial).await;
-    pace::round(&mut fleet, &[a, b], &dial).await;
+    let ask = pace::Progress::Ask;
+    pace::round(&mut fleet, std::slice::from_ref(&a), &dial, ask).await;
+    pace::round(&mut fleet, &[a.clone(), b.clone()], &dial, ask).await;
+    pace::round(
+        &mut fleet,
+        &[a.clone(), b.clone()],
+        &dial,
+        pace::Progress::Skip,
+    )
+    .await;
+    pace::round(&mut fleet, &[a, b], &dial, ask).await;
     let calls = dial.calls.lock().unwrap().clone();
     let expected = [
         ("a:15091", Some(10)),
@@ -327,12 +335,19 @@ async fn a_round_lowers_before_it_raises_and_polls_the_rest() {
 async fn a_share_that_could_not_be_lowered_holds_back_the_raise() {
     let mut fleet = Fleet::default();
     let (a, b) = (pod("a", "chat", 10, 1), pod("b", "chat", 10, 2));
-    pace::round(&mut fleet, std::slice::from_ref(&a), &FakeDial::default()).await;
+    let ask = pace::Progress::Ask;
+    pace::round(
+        &mut fleet,
+        std::slice::from_ref(&a),
+        &FakeDial::default(),
+        ask,
+    )
+    .await;
     let refusing = FakeDial {
         refuse: vec!["a:".into()],
         ..FakeDial::default()
     };
-    pace::round(&mut fleet, &[a, b], &refusing).await;
+    pace::round(&mut fleet, &[a, b], &refusing, ask).await;
     let calls = refusing.calls.lock().unwrap().clone();
     assert_eq!(calls, [("a:15091".to_owned(), Some(5))]);
 }
