@@ -19,6 +19,11 @@ pub const ROLLOUT_CANARY: &str = "canary";
 /// change drains exactly the connections whose keys moved; `"100"` promotes.
 pub const CANARY_WEIGHT: &str = "ringway.dev/canary-weight";
 
+/// `"true"` holds an automatic canary (`spec.rollout.steps`) at its
+/// current step; removing it (or `"false"`) lets the steps go on. The
+/// analysis still aborts a paused canary that is worse than stable.
+pub const CANARY_PAUSE: &str = "ringway.dev/canary-pause";
+
 /// `"true"` drains the canary's keys back to stable and removes the canary.
 pub const CANARY_ABORT: &str = "ringway.dev/canary-abort";
 

@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ConnectionSettings, DisruptionBudget, DrainSettings, Listener, NetworkPolicySettings, Route,
-    WebSocketGatewayStatus, defaults,
+    ConnectionSettings, DisruptionBudget, DrainSettings, Listener, NetworkPolicySettings,
+    RolloutSettings, Route, WebSocketGatewayStatus, defaults,
 };
 
 /// A WebSocket gateway: sharded data-plane pods that hold client WebSockets
@@ -118,6 +118,11 @@ pub struct WebSocketGatewaySpec {
     /// force to reconnect, across the whole gateway.
     #[serde(default)]
     pub disruption_budget: DisruptionBudget,
+
+    /// Automatic canary steps, and when a canary is judged worse than
+    /// stable and aborted.
+    #[serde(default)]
+    pub rollout: RolloutSettings,
 
     /// An optional NetworkPolicy that limits who reaches the data-plane
     /// pods' ports.

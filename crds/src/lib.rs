@@ -12,6 +12,7 @@ pub mod defaults;
 mod disruption;
 mod gateway;
 mod network;
+mod rollout;
 mod route;
 mod status;
 
@@ -19,10 +20,11 @@ pub use connection::{ConnectionSettings, Heartbeat, Listener};
 pub use disruption::{DisruptionBudget, DrainSettings};
 pub use gateway::{WebSocketGateway, WebSocketGatewaySpec};
 pub use network::{MetricsPeer, NetworkPolicySettings};
+pub use rollout::{AnalysisMargin, AnalysisSettings, RolloutSettings, RolloutStep};
 pub use route::{BackendRef, KeyKind, MissingKeyPolicy, Route, RouteKey};
 pub use status::{
-    CanaryPhase, CanaryStatus, DisruptionStatus, Slot, SlotStatus, WebSocketGatewayStatus,
-    condition_reasons, condition_types,
+    AbortedCanary, AnalysisStatus, CanaryPhase, CanaryStatus, DisruptionStatus, Slot, SlotStatus,
+    VersionFigures, WebSocketGatewayStatus, condition_reasons, condition_types,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

@@ -45,6 +45,11 @@ pub struct WebSocketGatewayStatus {
     /// The canary in progress, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// The last canary the analysis aborted, while the spec still asks for
+    /// its revision: the spec change is held until the spec changes again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<AbortedCanary>,
+
     /// Connections disrupted in the disruption budget's current window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<DisruptionStatus>,
@@ -122,6 +127,59 @@ pub struct CanaryStatus {
     /// reconnect to their new owner.
     #[serde(default)]
     pub drained: i64,
+    /// The comparison with stable at the current weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// The canary's analysis at its current weight: what each version's pods
+/// measured since the weight was reached, and what the operator makes of
+/// it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// When the figures began: the weight was reached (or the operator
+    /// restarted, which starts the hold again).
+    pub since: Time,
+    /// The verdict so far, in words: holding and why, no worse than
+    /// stable, or worse and by which measure, with both rates.
+    pub verdict: String,
+    /// What the stable version's pods measured.
+    pub stable: VersionFigures,
+    /// What the canary's pods measured.
+    pub canary: VersionFigures,
+}
+
+/// What one version's pods measured over the analysis, counted on the
+/// pods that own the connections' keys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionFigures {
+    /// Connection-minutes served, rounded down.
+    pub connection_minutes: i64,
+    /// Upgrades attempted towards backends.
+    pub upgrades: i64,
+    /// Restarts of its data-plane containers.
+    pub restarts: i64,
+    /// Bad outcomes by measure (`backendFailures`, `handshakeRefusals`,
+    /// `tooBigCloses`, `slowClientCloses`, `internalErrorCloses`,
+    /// `uncleanCloses`, `relayErrors`), those with any.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub events: std::collections::BTreeMap<String, i64>,
+}
+
+/// A canary the analysis aborted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortedCanary {
+    /// The revision of the spec it ran (`status.stable.revision`'s kind).
+    pub revision: String,
+    /// Its data-plane image.
+    pub image: String,
+    /// Which measure was worse than stable, with both figures.
+    pub reason: String,
+    /// When it was found worse.
+    pub at: Time,
 }
 
 /// Where a canary rollout is.
@@ -132,15 +190,17 @@ pub enum CanaryPhase {
     /// A weight change was pushed to the pods; connections whose keys moved
     /// are draining.
     Shifting,
-    /// Every pod runs the annotated weight; waiting for the next annotation.
+    /// Every pod runs the weight asked for: the analysis holds it for the
+    /// step's hold time, or it waits for the next annotation.
     Holding,
     /// The next step waits until the disruption budget allows it.
     WaitingForBudget,
     /// Weight 100 was reached: the canary becomes stable and the old
     /// version's pods drain and stop.
     Promoting,
-    /// `ringway.dev/canary-abort` was set: the canary's keys drain back to
-    /// stable and its pods stop.
+    /// `ringway.dev/canary-abort` was set, or the analysis found the
+    /// canary worse than stable: the canary's keys drain back to stable and
+    /// its pods stop.
     Aborting,
 }
 
@@ -191,4 +251,7 @@ pub mod condition_reasons {
     /// The version on its way out still holds connections, or pods whose
     /// count is not known yet.
     pub const VERSION_DRAINING: &str = "VersionDraining";
+    /// The analysis found the canary worse than stable and aborted it;
+    /// the spec change is held until the spec changes again.
+    pub const CANARY_ANALYSIS_FAILED: &str = "CanaryAnalysisFailed";
 }

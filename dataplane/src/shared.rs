@@ -352,6 +352,7 @@ impl Shared {
                 })
                 .collect(),
             relayed,
+            owned: None,
         }
     }
 

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use ringway_crds::annotations::{CANARY_ABORT, CANARY_WEIGHT, ROLLOUT, ROLLOUT_CANARY};
+use ringway_crds::annotations::{
+    CANARY_ABORT, CANARY_PAUSE, CANARY_WEIGHT, ROLLOUT, ROLLOUT_CANARY,
+};
 
 /// How spec changes roll out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct Intent {
     pub weight: Option<u8>,
     /// `ringway.dev/canary-abort: "true"`.
     pub abort: bool,
+    /// `ringway.dev/canary-pause: "true"`: automatic steps hold.
+    pub pause: bool,
     /// Annotations that could not be understood.
     pub problems: Vec<Problem>,
 }
@@ -77,22 +81,45 @@ pub fn read(annotations: &BTreeMap<String, String>) -> Intent {
                 None
             }
         });
-    let abort = match annotations.get(CANARY_ABORT).map(|v| v.trim()) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            problems.push(Problem {
-                annotation: CANARY_ABORT,
-                message: format!("{other:?} is neither \"true\" nor \"false\"; nothing is aborted"),
-            });
-            false
-        }
-    };
+    let abort = flag(
+        annotations,
+        CANARY_ABORT,
+        "nothing is aborted",
+        &mut problems,
+    );
+    let pause = flag(
+        annotations,
+        CANARY_PAUSE,
+        "the steps are not paused",
+        &mut problems,
+    );
     Intent {
         mode,
         weight,
         abort,
+        pause,
         problems,
+    }
+}
+
+/// A `"true"`/`"false"` annotation; absent is false, anything else a
+/// problem (`otherwise` says what happens then) and false.
+fn flag(
+    annotations: &BTreeMap<String, String>,
+    annotation: &'static str,
+    otherwise: &str,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    match annotations.get(annotation).map(|v| v.trim()) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            problems.push(Problem {
+                annotation,
+                message: format!("{other:?} is neither \"true\" nor \"false\"; {otherwise}"),
+            });
+            false
+        }
     }
 }
 
@@ -152,5 +179,16 @@ mod tests {
         let i = intent(&[(CANARY_ABORT, "yes")]);
         assert!(!i.abort);
         assert_eq!(i.problems[0].annotation, CANARY_ABORT);
+        let i = intent(&[(CANARY_PAUSE, "1")]);
+        assert!(!i.pause);
+        assert_eq!(i.problems[0].annotation, CANARY_PAUSE);
+        assert!(i.problems[0].message.contains("not paused"));
+    }
+
+    #[test]
+    fn pause_holds_until_removed_or_false() {
+        assert!(intent(&[(CANARY_PAUSE, " true ")]).pause);
+        assert!(!intent(&[(CANARY_PAUSE, "false")]).pause);
+        assert!(!intent(&[]).pause);
     }
 }

@@ -12,7 +12,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
 use crate::{
-    children::OperatorPods, events::Events, metrics::Metrics, rollout::PodCounts, steer::Steer,
+    children::OperatorPods,
+    events::Events,
+    metrics::Metrics,
+    rollout::{
+        PodCounts,
+        analysis::{Counters, Window},
+    },
+    steer::Steer,
     stores::Stores,
 };
 
@@ -49,6 +56,11 @@ pub(crate) struct Memory {
     pub polled: Option<Instant>,
     /// Live connections by pod name, from the last poll.
     pub connections: HashMap<String, PodCounts>,
+    /// What each pod reported of the connections it owns, from the last
+    /// poll, for the canary analysis.
+    pub counters: HashMap<String, Counters>,
+    /// The canary analysis's current window.
+    pub analysis: Option<Window>,
     /// Pods whose status polls have failed without a break, since when:
     /// the rollout's bound on waiting for them
     /// ([`crate::rollout::UNKNOWN_COUNT_BOUND`]) starts again on a

@@ -15,6 +15,8 @@ pub const FIELD_MANAGER: &str = "ringway-operator";
 
 /// Container port the pods' peers hand connections off to.
 pub const PEER_PORT: u16 = 7000;
+/// The data-plane container of every gateway pod.
+pub const CONTAINER: &str = "dataplane";
 /// Container port of the gRPC control channel (mutual TLS).
 pub const CONTROL_PORT: u16 = 7443;
 /// Container port of `/healthz`, `/readyz`, `/metrics` and `/drain`.

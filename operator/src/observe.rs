@@ -26,7 +26,7 @@ use crate::{
     Error, PodInputs,
     context::{Context, Memory},
     names::{self, CONTROL_PORT, GatewayRef, slot_label},
-    rollout::{PodCounts, PodView, SlotView},
+    rollout::{PodCounts, PodView, SlotView, analysis::Counters},
     snapshot,
     steer::Steer,
     stores::Stores,
@@ -141,6 +141,15 @@ pub(crate) fn slot_view(
                 updated,
                 connections: counts.get(&name).map(|c| c.owned),
                 relayed: counts.get(&name).map(|c| c.relayed),
+                uid: p.uid().unwrap_or_default(),
+                restarts: status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c.name == names::CONTAINER)
+                    .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+                    .sum(),
+                owned: memory.counters.get(&name).copied(),
                 unanswered_since: memory.unanswered.get(&name).copied(),
                 name,
             }
@@ -249,6 +258,7 @@ pub(crate) async fn poll<S: Steer>(
     let wanted: Vec<String> = targets.keys().cloned().collect();
     let answers = ctx.steer.status(key, ca, &wanted).await?;
     memory.connections.clear();
+    memory.counters.clear();
     for (address, answer) in answers {
         let Some(pod) = targets.get(&address) else {
             continue;
@@ -261,6 +271,11 @@ pub(crate) async fn poll<S: Steer>(
                     relayed: i64::try_from(status.relayed).unwrap_or(i64::MAX),
                 };
                 memory.connections.insert(pod.clone(), counts);
+                if let Some(owned) = &status.owned {
+                    memory
+                        .counters
+                        .insert(pod.clone(), Counters::from_report(owned));
+                }
             }
             Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),
         }
@@ -278,10 +293,12 @@ pub(crate) async fn poll<S: Steer>(
         let counts = memory.connections.get(&pod.name);
         pod.connections = counts.map(|c| c.owned);
         pod.relayed = counts.map(|c| c.relayed);
+        pod.owned = memory.counters.get(&pod.name).copied();
         pod.unanswered_since = memory.unanswered.get(&pod.name).copied();
     }
     ctx.remember(key, |m| {
         m.connections = memory.connections.clone();
+        m.counters = memory.counters.clone();
         m.unanswered = memory.unanswered.clone();
         m.polled = memory.polled;
     });

@@ -21,7 +21,7 @@ use crate::{
     children::{self, OperatorPods},
     names::{GatewayRef, slot_index},
     pki::ControlPki,
-    rollout::{self, Observed, SlotView},
+    rollout::{self, Observed, SlotView, analysis::Window},
     snapshot,
 };
 
@@ -45,6 +45,8 @@ pub struct Inputs<'a> {
     pub default_image: &'a str,
     /// The operator's own pods, for the NetworkPolicy.
     pub operator_pods: &'a OperatorPods,
+    /// The canary analysis's window, when a canary holds keys.
+    pub analysis: Option<&'a Window>,
     /// The time of this reconcile.
     pub now: Timestamp,
 }
@@ -90,6 +92,8 @@ pub fn plan(i: &Inputs<'_>) -> Desired {
         status: i.status,
         slots: i.slots,
         control_cert: &i.certificates.cert_version,
+        rollout: &i.spec.rollout,
+        analysis: i.analysis,
         now: i.now,
     });
     let children = children(i, &rollout);
@@ -216,6 +220,7 @@ mod tests {
                 namespace: "ringway-system".into(),
                 labels: BTreeMap::new(),
             },
+            analysis: None,
             now: Timestamp::from_second(1_000_000).expect("now"),
         })
     }

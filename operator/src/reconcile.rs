@@ -20,6 +20,7 @@ use crate::{
     names::GatewayRef,
     observe, pki,
     plan::{self, Desired},
+    rollout::analysis::Window,
     status::{self, Outcome},
     steer::Steer,
 };
@@ -111,6 +112,12 @@ async fn reconcile_gateway<S: Steer>(
         )
         .await?;
     }
+    memory.analysis = Window::follow(
+        memory.analysis.take(),
+        old_status.canary.as_ref(),
+        &seen.slots,
+        now,
+    );
     let targets = observe::control_targets(&seen.slots);
 
     // Plan.
@@ -129,6 +136,7 @@ async fn reconcile_gateway<S: Steer>(
         certificates: &certificates,
         default_image: &ctx.default_image,
         operator_pods: &ctx.operator_pods,
+        analysis: memory.analysis.as_ref(),
         now,
     });
 

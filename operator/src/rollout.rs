@@ -16,7 +16,10 @@
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use ringway_crds::{CanaryPhase, CanaryStatus, DisruptionBudget, Slot, WebSocketGatewayStatus};
+use ringway_crds::{
+    AbortedCanary, CanaryPhase, CanaryStatus, DisruptionBudget, RolloutSettings, Slot,
+    WebSocketGatewayStatus,
+};
 
 use crate::{
     PodInputs,
@@ -28,6 +31,7 @@ use crate::{
 pub mod analysis;
 mod canary;
 mod stable;
+mod steps;
 mod view;
 
 pub use view::{
@@ -52,6 +56,10 @@ pub struct Observed<'a> {
     pub slots: &'a [SlotView; 2],
     /// The current control certificate's version string.
     pub control_cert: &'a str,
+    /// `spec.rollout`: automatic steps and the analysis's thresholds.
+    pub rollout: &'a RolloutSettings,
+    /// The canary analysis's window, when a canary holds keys.
+    pub analysis: Option<&'a analysis::Window>,
     /// The wall clock.
     pub now: Timestamp,
 }
@@ -121,6 +129,9 @@ pub struct Plan {
     /// closes what they hold): for a Warning event, and named in the
     /// progress message.
     pub unreachable: Vec<String>,
+    /// The canary the analysis aborted, while the spec still asks for its
+    /// revision: `status.aborted`.
+    pub aborted: Option<AbortedCanary>,
 }
 
 /// The Warning event's reason for [`Plan::unreachable`] pods.
@@ -154,8 +165,16 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         requeue: None,
         transition: None,
         unreachable: Vec::new(),
+        aborted: None,
     };
     let spec_changed = o.spec.revision() != stable_inputs.revision();
+    plan.aborted = o
+        .status
+        .aborted
+        .clone()
+        .filter(|a| spec_changed && a.revision == o.spec.revision());
+    let canary_mode = o.intent.mode == Mode::Canary
+        || (o.intent.mode == Mode::Rolling && !o.rollout.steps.is_empty());
     match &o.status.canary {
         None => {
             if o.intent.abort && !spec_changed {
@@ -164,20 +183,21 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                     ringway_crds::annotations::CANARY_ABORT
                 ));
             }
-            let start_canary = spec_changed && o.intent.mode == Mode::Canary && !o.intent.abort;
+            let start_canary =
+                spec_changed && canary_mode && !o.intent.abort && plan.aborted.is_none();
             if start_canary {
                 canary::start(o, &mut plan, stable_slot, &stable_inputs);
             } else {
                 // Steady, scaling, or rolling in place.
-                let inputs = if spec_changed && o.intent.mode == Mode::Rolling {
+                let inputs = if spec_changed && !canary_mode && o.intent.mode == Mode::Rolling {
                     o.spec.clone()
                 } else {
                     stable_inputs.clone()
                 };
-                if spec_changed && o.intent.mode != Mode::Rolling {
+                if spec_changed && (canary_mode || o.intent.mode == Mode::Unknown) {
                     plan.progress = Some(Progress {
                         reason: reasons::STABLE,
-                        message: held_message(o.intent),
+                        message: held_message(o.intent, plan.aborted.as_ref()),
                     });
                 }
                 plan.stable.1 = inputs.clone();
@@ -218,8 +238,13 @@ fn view(slots: &[SlotView; 2], slot: Slot) -> &SlotView {
     &slots[slot_index(slot)]
 }
 
-fn held_message(intent: &Intent) -> String {
-    if intent.abort {
+fn held_message(intent: &Intent, aborted: Option<&AbortedCanary>) -> String {
+    if let Some(a) = aborted {
+        format!(
+            "the spec change is held: its canary (image {}) was aborted, {}; change the spec again, or revert it",
+            a.image, a.reason
+        )
+    } else if intent.abort {
         format!(
             "the spec differs from the stable version but {} is \"true\": revert the spec, or remove the annotation to start the canary again",
             ringway_crds::annotations::CANARY_ABORT

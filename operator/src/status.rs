@@ -190,6 +190,7 @@ fn status(o: &Outcome<'_>) -> WebSocketGatewayStatus {
             connections: stable_view.connections(),
         }),
         canary,
+        aborted: plan.aborted.clone(),
         disruption: budget::record(
             &o.spec.disruption_budget,
             o.old.disruption.as_ref(),
@@ -323,32 +324,42 @@ fn leaving(plan: &rollout::Plan) -> Option<Slot> {
 fn degraded(o: &Outcome<'_>) -> Decided {
     let problems: Vec<&String> = o.plan.problems.iter().chain(o.backend_problems).collect();
     let failed = &o.pushed.failed;
-    let (status, reason, message) =
-        if let Some(p) = problems.iter().find(|p| p.starts_with("ringway.dev/")) {
-            (
-                true,
-                reasons::INVALID_ANNOTATION,
-                format!("{p}; the gateway keeps running as it was"),
-            )
-        } else if !problems.is_empty() {
-            let all: Vec<&str> = problems.iter().map(|p| p.as_str()).collect();
-            (
-                true,
-                reasons::BACKEND_UNAVAILABLE,
-                all.join("; ").chars().take(1000).collect(),
-            )
-        } else if !failed.is_empty() {
-            (
-                true,
-                reasons::SNAPSHOT_NOT_ACKNOWLEDGED,
-                format!(
-                    "pods did not acknowledge the snapshot: {}",
-                    failed.join("; ")
-                ),
-            )
-        } else {
-            (false, reasons::HEALTHY, "nothing needs attention".into())
-        };
+    let (status, reason, message) = if let Some(p) =
+        problems.iter().find(|p| p.starts_with("ringway.dev/"))
+    {
+        (
+            true,
+            reasons::INVALID_ANNOTATION,
+            format!("{p}; the gateway keeps running as it was"),
+        )
+    } else if let Some(a) = &o.plan.aborted {
+        (
+            true,
+            reasons::CANARY_ANALYSIS_FAILED,
+            format!(
+                "the canary of image {} (revision {}) was worse than stable and is aborted: {}; its spec change is held until the spec changes again",
+                a.image, a.revision, a.reason
+            ),
+        )
+    } else if !problems.is_empty() {
+        let all: Vec<&str> = problems.iter().map(|p| p.as_str()).collect();
+        (
+            true,
+            reasons::BACKEND_UNAVAILABLE,
+            all.join("; ").chars().take(1000).collect(),
+        )
+    } else if !failed.is_empty() {
+        (
+            true,
+            reasons::SNAPSHOT_NOT_ACKNOWLEDGED,
+            format!(
+                "pods did not acknowledge the snapshot: {}",
+                failed.join("; ")
+            ),
+        )
+    } else {
+        (false, reasons::HEALTHY, "nothing needs attention".into())
+    };
     Decided {
         type_: types::DEGRADED,
         status,

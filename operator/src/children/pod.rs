@@ -42,9 +42,6 @@ use crate::{
 /// a close frame.
 pub const TERMINATION_MARGIN_SECONDS: i64 = 5;
 
-/// The data-plane container's name.
-const CONTAINER: &str = "dataplane";
-
 /// The termination grace period of a pod that drains with `drain`: the
 /// window over which its connections are closed, then up to twice the close
 /// timeout (the data plane waits `closeTimeoutSeconds` for close answers and
@@ -121,7 +118,7 @@ fn pod_spec(gw: &GatewayRef, slot: Slot, inputs: &PodInputs) -> PodSpec {
     let admin = IntOrString::String(PORT_ADMIN.to_owned());
     PodSpec {
         containers: vec![Container {
-            name: CONTAINER.to_owned(),
+            name: crate::names::CONTAINER.to_owned(),
             image: Some(inputs.image.clone()),
             args: Some(vec![
                 "--config".to_owned(),

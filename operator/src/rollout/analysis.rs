@@ -2,10 +2,10 @@
 //! measured over one hold, whether the canary advances, holds on, or is
 //! worse than stable and is aborted ([`decide`]).
 //!
-//! Not wired yet: nothing calls [`decide`]. The pods do not report
-//! per-version counters over the control channel yet, and the spec has no
-//! thresholds yet; both come with the automatic steps, and until then a
-//! canary moves only by its annotations.
+//! The pods report cumulative counters of the connections they own over
+//! the control channel; a [`Window`] turns them into each version's
+//! [`Sample`] since the canary reached its weight, and the thresholds come
+//! from `spec.rollout.analysis` ([`Thresholds::from_settings`]).
 //!
 //! Each [`Measure`] counts bad outcomes a version can be blamed for, from
 //! the data plane's counters, counted only on the pods of the version that
@@ -20,9 +20,13 @@
 
 use std::{fmt, time::Duration};
 
+use ringway_crds::{AnalysisMargin, AnalysisSettings};
+
 mod measure;
+mod window;
 
 pub use measure::{Exposure, Measure, PerMeasure};
+pub use window::{Counters, Window};
 
 /// What one version's pods measured since the hold began.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,42 +94,44 @@ pub struct Thresholds {
     pub restarts_to_abort: u32,
 }
 
-/// Upgrade measures: up to twice stable's rate plus 0.5% of the upgrades.
-const UPGRADE_MARGIN: Margin = Margin {
-    relative_percent: 100,
-    absolute_milli: 5,
-};
+impl From<AnalysisMargin> for Margin {
+    fn from(m: AnalysisMargin) -> Self {
+        Self {
+            relative_percent: m.percent,
+            absolute_milli: m.per_thousand,
+        }
+    }
+}
 
-/// Connection measures: up to twice stable's rate plus one per 1,000
-/// connection-minutes (at 50,000 canary connections, 250 more abnormal
-/// ends than stable's rate over a 5-minute hold).
-const CONNECTION_MARGIN: Margin = Margin {
-    relative_percent: 100,
-    absolute_milli: 1,
-};
-
-impl Default for Thresholds {
-    /// Defaults that stop a canary that clearly hurts its clients and
-    /// ignore the noise of a healthy one.
-    fn default() -> Self {
+impl Thresholds {
+    /// The spec's settings, holding each step `hold`.
+    pub fn from_settings(s: &AnalysisSettings, hold: Duration) -> Self {
+        let (upgrades, connections) = (s.upgrade_margin.into(), s.connection_margin.into());
         Self {
             margins: PerMeasure {
-                backend_failures: UPGRADE_MARGIN,
-                handshake_refusals: UPGRADE_MARGIN,
-                too_big_closes: CONNECTION_MARGIN,
-                slow_client_closes: CONNECTION_MARGIN,
-                internal_error_closes: CONNECTION_MARGIN,
-                unclean_closes: CONNECTION_MARGIN,
-                relay_errors: CONNECTION_MARGIN,
+                backend_failures: upgrades,
+                handshake_refusals: upgrades,
+                too_big_closes: connections,
+                slow_client_closes: connections,
+                internal_error_closes: connections,
+                unclean_closes: connections,
+                relay_errors: connections,
             },
-            // E.g. 20 clients for 5 minutes.
-            min_connection_minutes: 100,
-            min_events: 20,
-            hold: Duration::from_secs(300),
-            // A crash drops all of a pod's connections at once, outside
-            // the disruption budget.
-            restarts_to_abort: 1,
+            min_connection_minutes: s.min_connection_minutes,
+            min_events: s.min_events,
+            hold,
+            restarts_to_abort: s.restarts_to_abort,
         }
+    }
+}
+
+impl Default for Thresholds {
+    /// The spec's defaults (see `ringway_crds::defaults`): they stop a
+    /// canary that clearly hurts its clients and ignore the noise of a
+    /// healthy one.
+    fn default() -> Self {
+        let s = AnalysisSettings::default();
+        Self::from_settings(&s, Duration::from_secs(u64::from(s.hold_seconds)))
     }
 }
 

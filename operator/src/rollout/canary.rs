@@ -1,13 +1,16 @@
 //! A canary's phases: starting beside the stable slot, shifting the weight
 //! within the budget, promoting to stable, and aborting back.
 
-use ringway_crds::{CanaryPhase, CanaryStatus, Slot};
+use ringway_crds::{AbortedCanary, CanaryPhase, CanaryStatus, Slot};
 
 use super::{
-    Observed, Plan, Progress, Roles, SlotPlan, SlotView, budget_wait, reasons, retire,
-    retire_paced, view, wait,
+    Observed, Plan, Progress, Roles, SlotPlan, SlotView, analysis::Harm, budget_wait, reasons,
+    retire, retire_paced, steps, view, wait,
 };
 use crate::{PodInputs, budget, names::other_slot};
+
+/// The event's reason when the analysis aborts a canary.
+pub const CANARY_ANALYSIS_FAILED: &str = ringway_crds::condition_reasons::CANARY_ANALYSIS_FAILED;
 
 fn canary_status(
     slot: Slot,
@@ -30,6 +33,7 @@ fn canary_status(
         weight,
         target_weight: target,
         drained,
+        analysis: None,
     }
 }
 
@@ -105,8 +109,21 @@ pub(super) fn shift(
     let slot = canary.pods.slot;
     let cview = view(o.slots, slot);
     let stable = other_slot(slot);
+    let judged = steps::judge(o, canary);
+    if let Some(harm) = &judged.harm {
+        return abort_harmful(
+            o,
+            plan,
+            canary,
+            judged.analysis,
+            harm,
+            stable_inputs,
+            allowance,
+            live,
+        );
+    }
     canary_alongside_stable(o, plan, stable, stable_inputs, slot);
-    let target = o.intent.weight.unwrap_or(canary.weight);
+    let target = judged.target;
     let mut weight = canary.weight;
     let mut drained = canary.drained;
     let phase = if canary.phase == CanaryPhase::Starting && cview.ready() < o.shards {
@@ -153,13 +170,20 @@ pub(super) fn shift(
             }
         }
     } else {
-        plan.progress = Some(Progress {
-            reason: reasons::CANARY_IN_PROGRESS,
-            message: format!(
+        let message = match &judged.holding {
+            Some(why) => {
+                plan.requeue = Some(super::PROGRESS_REQUEUE);
+                format!("canary holds {weight}% of the keys, the step's analysis {why}")
+            }
+            None => format!(
                 "canary holds {weight}% of the keys; set {} to move it, \"100\" promotes, {}: \"true\" aborts",
                 ringway_crds::annotations::CANARY_WEIGHT,
                 ringway_crds::annotations::CANARY_ABORT
             ),
+        };
+        plan.progress = Some(Progress {
+            reason: reasons::CANARY_IN_PROGRESS,
+            message,
         });
         CanaryPhase::Holding
     };
@@ -170,14 +194,51 @@ pub(super) fn shift(
         ));
     }
     plan.roles.weight = weight;
-    plan.canary = Some(canary_status(
-        slot,
-        o.spec,
-        cview,
-        phase,
-        weight,
-        (target != weight).then_some(target),
-        drained,
+    plan.canary = Some(CanaryStatus {
+        analysis: judged.analysis,
+        ..canary_status(
+            slot,
+            o.spec,
+            cview,
+            phase,
+            weight,
+            (target != weight).then_some(target),
+            drained,
+        )
+    });
+}
+
+/// The analysis found the canary worse than stable: it aborts, and
+/// `status.aborted` holds the spec change until the spec changes again.
+#[allow(clippy::too_many_arguments)]
+fn abort_harmful(
+    o: &Observed<'_>,
+    plan: &mut Plan,
+    canary: &CanaryStatus,
+    analysis: Option<ringway_crds::AnalysisStatus>,
+    harm: &Harm,
+    stable_inputs: &PodInputs,
+    allowance: &budget::Allowance,
+    live: i64,
+) {
+    let reason = harm.to_string();
+    plan.aborted = Some(AbortedCanary {
+        revision: o.spec.revision(),
+        image: o.spec.image.clone(),
+        reason: reason.clone(),
+        at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(o.now),
+    });
+    let judged = CanaryStatus {
+        analysis,
+        ..canary.clone()
+    };
+    abort(o, plan, &judged, stable_inputs, allowance, live);
+    plan.transition = Some((
+        CANARY_ANALYSIS_FAILED,
+        format!(
+            "canary at {}% is worse than stable: {reason}; its keys drain back to stable and its pods stop",
+            canary.weight
+        ),
     ));
 }
 
@@ -356,13 +417,16 @@ pub(super) fn abort(
     });
     plan.roles.canary = Some(slot);
     plan.roles.weight = weight;
-    plan.canary = Some(canary_status(
-        slot,
-        &canary_inputs,
-        cview,
-        CanaryPhase::Aborting,
-        weight,
-        Some(0),
-        drained,
-    ));
+    plan.canary = Some(CanaryStatus {
+        analysis: canary.analysis.clone(),
+        ..canary_status(
+            slot,
+            &canary_inputs,
+            cview,
+            CanaryPhase::Aborting,
+            weight,
+            Some(0),
+            drained,
+        )
+    });
 }

@@ -25,6 +25,9 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             updated: true,
             connections: Some(connections),
             relayed: Some(0),
+            uid: format!("uid-{i}"),
+            restarts: 0,
+            owned: None,
             unanswered_since: None,
         })
         .collect()
@@ -91,6 +94,7 @@ fn canary(phase: CanaryPhase, slot: Slot, inputs: &PodInputs, weight: u8) -> Can
         weight,
         target_weight: None,
         drained: 0,
+        analysis: None,
     }
 }
 
@@ -109,6 +113,25 @@ fn run(
     status: &WebSocketGatewayStatus,
     slots: &[SlotView; 2],
 ) -> Plan {
+    run_with(
+        spec,
+        intent,
+        status,
+        slots,
+        &RolloutSettings::default(),
+        None,
+    )
+}
+
+/// [`run`] with `spec.rollout` and the analysis's window.
+fn run_with(
+    spec: &PodInputs,
+    intent: &Intent,
+    status: &WebSocketGatewayStatus,
+    slots: &[SlotView; 2],
+    rollout: &RolloutSettings,
+    analysis: Option<&analysis::Window>,
+) -> Plan {
     let budget = DisruptionBudget {
         max_reconnects_per_second: 1000,
         max_disrupted_percent: 100,
@@ -122,6 +145,8 @@ fn run(
         status,
         slots,
         control_cert: "cert",
+        rollout,
+        analysis,
         now: now(),
     })
 }
@@ -628,3 +653,5 @@ fn pods_that_answered_zero_or_are_not_running_are_not_waited_for() {
         "promoting slot B: stopping the old pods one at a time, 3 left (the next relays 0 connections)"
     );
 }
+
+mod automatic;

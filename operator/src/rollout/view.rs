@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use ringway_crds::Slot;
 
+use super::analysis::Counters;
 use crate::PodInputs;
 
 /// One data-plane pod as the API server shows it.
@@ -31,6 +32,15 @@ pub struct PodView {
     /// The clients that entered through it and that it relays to their
     /// owner on another pod, from the same report.
     pub relayed: Option<i64>,
+    /// `metadata.uid`: a pod deleted and made again under its name is
+    /// another pod.
+    pub uid: String,
+    /// Restarts of its data-plane container.
+    pub restarts: u32,
+    /// What it last reported of the connections it owns, for the canary
+    /// analysis; `None` before its first report, or from a data plane too
+    /// old to report it.
+    pub owned: Option<Counters>,
     /// Since when its status polls have failed without a break (the
     /// operator's memory: a restart starts the count again); `None` when
     /// it answered the last poll or was not asked.

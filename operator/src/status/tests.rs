@@ -57,6 +57,7 @@ impl Case {
                 requeue: None,
                 transition: None,
                 unreachable: Vec::new(),
+                aborted: None,
             },
             pushed: Pushed {
                 pods: 3,
@@ -109,6 +110,9 @@ fn slot(slot: Slot, pods: i32, ready: i32) -> SlotView {
                 updated: true,
                 connections: Some(10),
                 relayed: Some(0),
+                uid: format!("uid-{i}"),
+                restarts: 0,
+                owned: None,
                 unanswered_since: None,
             })
             .collect(),
@@ -138,6 +142,7 @@ fn canary(phase: CanaryPhase, weight: u8) -> CanaryStatus {
         weight,
         target_weight: None,
         drained: 0,
+        analysis: None,
     }
 }
 
@@ -262,6 +267,22 @@ fn each_condition_path_is_decided() {
             "True",
             reasons::INVALID_ANNOTATION,
             "ringway.dev/canary-weight: \"abc\" is not a number; the gateway keeps running as it was",
+        ),
+        (
+            "a canary the analysis aborted",
+            Case::steady().with(|c| {
+                c.plan.aborted = Some(ringway_crds::AbortedCanary {
+                    revision: "r2".into(),
+                    image: "img:2".into(),
+                    reason: "closes with 1009 (message too big): canary 0.5, stable 0".into(),
+                    at: Time(Timestamp::from_second(1).expect("time")),
+                });
+                c.backend_problems = vec!["route r: no endpoints".into()];
+            }),
+            types::DEGRADED,
+            "True",
+            reasons::CANARY_ANALYSIS_FAILED,
+            "the canary of image img:2 (revision r2) was worse than stable and is aborted: closes with 1009 (message too big): canary 0.5, stable 0; its spec change is held until the spec changes again",
         ),
         (
             "missing backends, and a rollout problem",

@@ -74,6 +74,19 @@ impl Measure {
         Self::RelayErrors,
     ];
 
+    /// Its name in `status.canary.analysis`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::BackendFailures => "backendFailures",
+            Self::HandshakeRefusals => "handshakeRefusals",
+            Self::TooBigCloses => "tooBigCloses",
+            Self::SlowClientCloses => "slowClientCloses",
+            Self::InternalErrorCloses => "internalErrorCloses",
+            Self::UncleanCloses => "uncleanCloses",
+            Self::RelayErrors => "relayErrors",
+        }
+    }
+
     /// What the measure's events are divided by.
     pub fn exposure(self) -> Exposure {
         match self {
