@@ -4,7 +4,9 @@
 //! are warm (and its readiness true) when it takes over, as
 //! controller-runtime's shared caches are. While this replica leads, each
 //! watch also hands every object it touched to the controller ([`Feed`]),
-//! after its store has it; while it stands by, it drops them.
+//! after its store has it; while it stands by, it drops them. A gateway is
+//! handed over only when its spec or annotations changed, not for the
+//! operator's own status writes.
 
 use std::{fmt::Debug, pin::pin};
 
@@ -13,7 +15,7 @@ use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
-        WatchStreamExt,
+        Predicate, PredicateConfig, WatchStreamExt, predicates,
         reflector::{Store, store::Writer},
         watcher,
     },
@@ -66,12 +68,14 @@ fn start_scope(client: &Client, writers: Writers, leading: &watch::Receiver<bool
     let (gateway_tx, gateway_changes) = mpsc::channel(FEED_BUFFER);
     let (pod_tx, pod_changes) = mpsc::channel(FEED_BUFFER);
     let (slice_tx, endpoint_slice_changes) = mpsc::channel(FEED_BUFFER);
-    let gateway_watch = reflected(
-        api::<WebSocketGateway>(client, ns),
-        watcher::Config::default(),
-        writers.gateways,
-    )
-    .applied_objects();
+    let gateway_watch = spec_or_annotation_changes(
+        reflected(
+            api::<WebSocketGateway>(client, ns),
+            watcher::Config::default(),
+            writers.gateways,
+        )
+        .applied_objects(),
+    );
     let pod_watch = reflected(
         api::<Pod>(client, ns),
         watcher::Config::default().labels(LABEL_GATEWAY),
@@ -124,6 +128,19 @@ where
         .default_backoff()
         .modify(lean)
         .reflect(writer)
+}
+
+/// The gateways of `applied` whose spec (their generation) or annotations
+/// changed: the operator's own status writes, which change figures at
+/// every reconcile of a canary, would otherwise start the next reconcile
+/// at once. The reconciles of a rollout are paced by their requeue.
+fn spec_or_annotation_changes(
+    applied: impl Stream<Item = Result<WebSocketGateway, watcher::Error>>,
+) -> impl Stream<Item = Result<WebSocketGateway, watcher::Error>> {
+    applied.predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        PredicateConfig::default(),
+    )
 }
 
 /// Drops what the reconcile never reads and the stores would keep for

@@ -76,3 +76,39 @@ async fn changes_reach_the_controller_only_while_leading_and_after_the_store() {
         .expect("the watch stops with its feed")
         .unwrap();
 }
+
+fn gateway(generation: i64, weight: &str, connections: i64) -> WebSocketGateway {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "ringway.dev/v1alpha1", "kind": "WebSocketGateway",
+        "metadata": {"name": "chat", "namespace": "prod", "uid": "u1",
+            "generation": generation,
+            "annotations": {"ringway.dev/canary-weight": weight}},
+        "spec": {"routes": [{"name": "r", "key": {"source": "Header", "name": "x"},
+            "backend": {"service": "s", "port": 80}}]},
+        "status": {"connections": connections}
+    }))
+    .expect("gateway")
+}
+
+#[tokio::test]
+async fn the_operators_own_status_writes_do_not_start_a_reconcile() {
+    let applied = stream::iter([
+        gateway(1, "5", 10),
+        gateway(1, "5", 11),
+        gateway(2, "5", 11),
+        gateway(2, "25", 11),
+        gateway(2, "25", 12),
+    ])
+    .map(Ok);
+    let heard: Vec<(i64, i64)> = spec_or_annotation_changes(applied)
+        .map(|g| {
+            let g = g.expect("no error");
+            (
+                g.metadata.generation.unwrap_or(0),
+                g.status.map_or(0, |s| s.connections),
+            )
+        })
+        .collect()
+        .await;
+    assert_eq!(heard, vec![(1, 10), (2, 11), (2, 11)]);
+}
