@@ -89,6 +89,19 @@ pub struct Roles {
     /// The slot on its way out, whose pods answer not ready so that no new
     /// client enters through them (see [`retire_paced`]).
     pub retiring: Option<Slot>,
+    /// The slot whose keys are moving away (stable's while a canary with
+    /// all its pods ready takes keys, the canary's while it is aborted):
+    /// its pods answer not ready too, so that a client whose key moved
+    /// reconnects through a pod that stays, but keep their places in the
+    /// ring until their keys have moved (see [`PodView::in_ring`]).
+    pub held_out: Option<Slot>,
+}
+
+impl Roles {
+    /// The slots whose pods take no new clients.
+    pub fn out_of_service(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.retiring.into_iter().chain(self.held_out)
+    }
 }
 
 /// Why the gateway is not at rest, for the `Progressing` condition.
@@ -156,6 +169,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             canary: None,
             weight: 0,
             retiring: None,
+            held_out: None,
         },
         stable: (stable_slot, stable_inputs.clone()),
         canary: None,

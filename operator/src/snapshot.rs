@@ -197,13 +197,12 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
             close_timeout_ms: i.spec.drain.close_timeout_seconds.saturating_mul(1000),
             max_closes_per_second: budget::per_pod_rate(&i.spec.disruption_budget, steered),
         }),
-        retiring: i.roles.retiring.map_or_else(Vec::new, |slot| {
-            i.slots[slot_index(slot)]
-                .pods
-                .iter()
-                .map(|p| p.name.clone())
-                .collect()
-        }),
+        retiring: i
+            .roles
+            .out_of_service()
+            .flat_map(|slot| &i.slots[slot_index(slot)].pods)
+            .map(|p| p.name.clone())
+            .collect(),
     }
 }
 

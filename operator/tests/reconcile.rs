@@ -330,8 +330,29 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
     w.settle();
     w.connections_per_pod(50);
     w.reconcile().await.unwrap();
+    // The canary's pods are ready: before any key moves, the stable pods
+    // leave the client Service (they answer not ready, keep their keys).
+    let snapshot = w.last_snapshot();
+    assert_eq!(snapshot.canary_basis_points, 0);
+    assert_eq!(snapshot.retiring, ["chat-a-0", "chat-a-1", "chat-a-2"]);
+    assert!(
+        w.condition("Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .contains("the stable pods leave the client Service"),
+        "{:#}",
+        w.condition("Progressing")
+    );
+    w.settle();
+    w.connections_per_pod(50);
+    w.reconcile().await.unwrap();
     let snapshot = w.last_snapshot();
     assert_eq!(snapshot.canary_basis_points, 1000);
+    assert_eq!(
+        snapshot.retiring,
+        ["chat-a-0", "chat-a-1", "chat-a-2"],
+        "out of the Service, in the ring"
+    );
     assert_eq!(
         shard_ids(&snapshot, Version::Canary),
         vec!["chat-b-0", "chat-b-1", "chat-b-2"]
@@ -452,6 +473,7 @@ async fn a_step_retried_until_acknowledged_is_one_event() {
     w.steer.down.lock().unwrap().push(address);
     for _ in 0..3 {
         w.reconcile().await.unwrap();
+        w.settle();
     }
     assert_eq!(w.status()["canary"]["weight"], 0, "not every pod runs 10%");
     w.steer.down.lock().unwrap().clear();
@@ -477,6 +499,8 @@ async fn a_canary_weight_step_is_cut_to_the_disruption_budget() {
     w.settle();
     w.connections_per_pod(100);
     w.reconcile().await.unwrap();
+    w.settle();
+    w.reconcile().await.unwrap();
     assert_eq!(
         w.status()["canary"]["weight"],
         10,
@@ -500,7 +524,7 @@ async fn canary_holding_20() -> World {
         steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "20"})).await;
     set_budget_percent(&w, 100);
     w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
-    w.run(3).await;
+    w.run(4).await;
     assert_eq!(w.status()["canary"]["weight"], 20);
     w
 }
@@ -512,6 +536,9 @@ async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
     let w = canary_holding_20().await;
     w.annotate("ringway.dev/canary-abort", Some("true"));
     w.connections_per_pod(0);
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["weight"], 20, "stable returns first");
+    w.settle();
     w.reconcile().await.unwrap();
     assert_eq!(w.status()["canary"]["weight"], 0);
     w.steer.down.lock().unwrap().push("10.0.2.1:7443".into());
@@ -542,6 +569,15 @@ async fn abort_drains_the_canary_back_and_removes_it() {
     w.connections_per_pod(5);
     w.reconcile().await.unwrap();
     assert_eq!(w.status()["canary"]["phase"], "Aborting");
+    // Before a key moves back, the canary's pods leave the client Service
+    // and stable's return to it.
+    assert_eq!(w.last_snapshot().canary_basis_points, 2000);
+    assert_eq!(
+        w.last_snapshot().retiring,
+        ["chat-b-0", "chat-b-1", "chat-b-2"]
+    );
+    w.settle();
+    w.reconcile().await.unwrap();
     assert_eq!(
         w.last_snapshot().canary_basis_points,
         0,

@@ -28,6 +28,7 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             uid: format!("uid-{i}"),
             restarts: 0,
             owned: None,
+            serving: false,
             unanswered_since: None,
         })
         .collect()
@@ -169,6 +170,16 @@ fn silent(mut view: SlotView, ordinals: &[i32], secs: i64) -> SlotView {
     view
 }
 
+/// `view`'s pods after they left the client Service on purpose: not
+/// ready, still serving their shard.
+fn out_of_service(mut view: SlotView) -> SlotView {
+    for pod in &mut view.pods {
+        pod.ready = false;
+        pod.serving = true;
+    }
+    view
+}
+
 fn message(p: &Plan) -> &str {
     p.progress.as_ref().map_or("", |p| p.message.as_str())
 }
@@ -198,6 +209,7 @@ fn a_new_gateway_gets_slot_a_with_every_shard() {
             canary: None,
             weight: 0,
             retiring: None,
+            held_out: None,
         }
     );
     assert!(p.progress.is_none() && p.problems.is_empty() && p.canary.is_none());
@@ -231,8 +243,22 @@ fn with_the_canary_annotation_a_spec_change_starts_a_canary_in_the_free_slot() {
 #[test]
 fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
-    let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "25")]);
+    // The canary's pods are ready: first the stable pods leave the client
+    // Service, and no key moves while any of them still takes clients.
+    let open = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
+    let p = run(&v2, &i, &during(CanaryPhase::Starting, 0, &v1, &v2), &open);
+    assert_eq!((p.roles.weight, p.roles.held_out), (0, Some(Slot::A)));
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Starting));
+    assert!(
+        message(&p).contains("3 stable pods still take new clients"),
+        "{}",
+        message(&p)
+    );
+    let slots = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 0),
+    ];
     let p = run(&v2, &i, &during(CanaryPhase::Starting, 0, &v1, &v2), &slots);
     assert_eq!(
         p.roles,
@@ -241,6 +267,7 @@ fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
             canary: Some(Slot::B),
             weight: 25,
             retiring: None,
+            held_out: Some(Slot::A),
         }
     );
     assert_eq!(phase_of(&p), Some(CanaryPhase::Shifting));
@@ -280,6 +307,7 @@ fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
             canary: None,
             weight: 0,
             retiring: Some(Slot::A),
+            held_out: None,
         }
     );
     assert_eq!(p.stable, (Slot::B, v2.clone()));
@@ -379,8 +407,25 @@ fn a_rolling_restart_costs_what_the_pod_owns_and_relays() {
 fn abort_steps_the_weight_to_zero_then_removes_the_canary() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_ABORT, "true")]);
-    let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 10)];
+    // First the canary's pods leave the client Service and stable's
+    // return; no key moves back before.
+    let slots = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 10),
+    ];
     let p = run(&v2, &i, &during(CanaryPhase::Holding, 30, &v1, &v2), &slots);
+    assert_eq!((p.roles.weight, p.roles.held_out), (30, Some(Slot::B)));
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
+    assert!(
+        message(&p).contains("3 canary pods still take new clients, 0 of 3 stable pods do"),
+        "{}",
+        message(&p)
+    );
+    let slots = [
+        slot(Slot::A, &v1, 3, 10),
+        out_of_service(slot(Slot::B, &v2, 3, 10)),
+    ];
+    let p = run(&v2, &i, &during(CanaryPhase::Aborting, 30, &v1, &v2), &slots);
     assert_eq!(p.roles.weight, 0);
     assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
     // The canary's pods own nothing at weight 0; they stop one at a time.

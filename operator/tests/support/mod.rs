@@ -576,6 +576,7 @@ impl Steer for FakeSteer {
                     Err(FakeSteer::error(a))
                 } else {
                     Ok(PodStatus {
+                        serving: true,
                         connections: vec![ConnectionCount {
                             version: 1,
                             route: "chat".into(),
@@ -751,9 +752,17 @@ impl World {
     }
 
     /// Plays the StatefulSet controller and the kubelet: every StatefulSet
-    /// gets its pods, running and ready; pods at or above the partition
-    /// run the latest template, the others keep theirs.
+    /// gets its pods, running and ready, but for those the last snapshot
+    /// takes out of the client Service (`retiring`), whose readiness probe
+    /// fails; pods at or above the partition run the latest template, the
+    /// others keep theirs.
     pub fn settle(&self) {
+        let retiring: BTreeSet<String> = self
+            .steer
+            .pushed()
+            .last()
+            .map(|(_, s)| s.retiring.iter().cloned().collect())
+            .unwrap_or_default();
         for mut sts in self.api.list("statefulsets") {
             let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
             let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -790,7 +799,8 @@ impl World {
                     json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": pod_name, "namespace": NS, "labels": labels},
                     "status": {"phase": "Running", "podIP": format!("10.0.{slot_octet}.{i}"),
-                        "conditions": [{"type": "Ready", "status": "True"}]}}),
+                        "conditions": [{"type": "Ready",
+                            "status": if retiring.contains(&pod_name) { "False" } else { "True" }}]}}),
                 );
             }
             for pod in self.api.list("pods") {

@@ -67,7 +67,12 @@ fn holding_at(weight: u8, minutes: u64, too_big: u64, canary_too_big: u64) -> Ca
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let status = during(CanaryPhase::Holding, weight, &v1, &v2);
     let slots = [
-        counted(slot(Slot::A, &v1, 3, 10), minutes, 100, too_big),
+        counted(
+            out_of_service(slot(Slot::A, &v1, 3, 10)),
+            minutes,
+            100,
+            too_big,
+        ),
         counted(slot(Slot::B, &v2, 3, 10), minutes, 100, canary_too_big),
     ];
     Case {
@@ -112,7 +117,10 @@ fn with_steps_a_spec_change_starts_a_canary_without_the_annotation() {
 #[test]
 fn a_ready_canary_moves_to_the_first_step_by_itself() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
-    let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
+    let slots = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 0),
+    ];
     let p = run_with(
         &v2,
         &intent(&[]),
@@ -183,7 +191,10 @@ fn a_canary_worse_than_stable_is_aborted_with_both_figures_and_its_revision_held
     let case = holding_at(25, 40, 0, 20);
     let p = case.run(&intent(&[]), &steps(&[5, 25, 50]), 30);
     let c = p.canary.as_ref().expect("canary");
-    assert_eq!((c.phase, c.weight), (CanaryPhase::Aborting, 0));
+    // The weight goes back once the canary's pods have left the client
+    // Service and stable's have returned.
+    assert_eq!((c.phase, c.weight), (CanaryPhase::Aborting, 25));
+    assert_eq!(p.roles.held_out, Some(Slot::B));
     let (reason, event) = p.transition.clone().expect("an event");
     assert_eq!(reason, "CanaryAnalysisFailed");
     assert!(
