@@ -72,7 +72,9 @@ async fn contained(task: impl Future<Output = ()>, metrics: Arc<Metrics>) {
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        metrics.failure("panic");
+        // The owner's tally counts it where the role is known: as an open
+        // owned connection unwinds (`Open`'s drop).
+        metrics.failure("panic", false);
         tracing::error!(panic = %message, "connection task panicked; the connection was closed");
     }
 }
@@ -126,7 +128,7 @@ impl Future for ConnectionTask {
                 },
                 TaskProj::Relaying { relay, open } => {
                     let outcome = ready!(relay.poll(cx));
-                    open.metrics.close(outcome.code, outcome.reason);
+                    open.metrics.close(outcome.code, outcome.reason, open.owned);
                     tracing::debug!(code = ?outcome.code, reason = outcome.reason, "connection closed");
                     self.set(Self::Done);
                     return Poll::Ready(());
@@ -141,6 +143,8 @@ impl Future for ConnectionTask {
 /// counted in the gauge and the connection limit, until dropped.
 struct Open {
     metrics: Arc<Metrics>,
+    /// This pod owns the connection (its outcomes go in the owner's tally).
+    owned: bool,
     gauge: Gauge,
     _registered: RegistryGuard,
     _permit: OwnedSemaphorePermit,
@@ -149,6 +153,9 @@ struct Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.gauge.dec();
+        if self.owned && std::thread::panicking() {
+            self.metrics.owned.failure("panic");
+        }
     }
 }
 
@@ -339,6 +346,7 @@ async fn establish(
         })
         .clone();
     gauge.inc();
+    let owned = control.is_owned();
     let relay = Relay::new(
         client,
         Io::Tcp(upgrade.stream),
@@ -353,6 +361,7 @@ async fn establish(
     );
     let open = Open {
         metrics: Arc::clone(&shared.metrics),
+        owned,
         gauge,
         _registered: registered,
         _permit: permit,
@@ -439,8 +448,14 @@ async fn serve_here(
         limits.backend_connect_timeout,
         limits.backend_handshake_timeout,
     )
-    .await
-    .map_err(Failed::Upstream)?;
+    .await;
+    // Only here is this pod the key's owner facing its backend: an edge's
+    // failed hand-off is the owner's to count.
+    shared
+        .metrics
+        .owned
+        .upgrade(upgrade.as_ref().err().map(BackendFailure::outcome));
+    let upgrade = upgrade.map_err(Failed::Upstream)?;
     let seat = Seat {
         version: routed.version,
         owner: shared.shard_id().cloned(),
