@@ -281,3 +281,49 @@ impl Drop for RegistryGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{KeyHash, Seat, Version};
+
+    fn owned() -> Arc<ConnControl> {
+        let seat = Seat {
+            version: Version::Stable,
+            owner: None,
+            backend: None,
+        };
+        Arc::new(ConnControl::new("r".into(), KeyHash(1), Role::Owner(seat)))
+    }
+
+    fn relayed() -> Arc<ConnControl> {
+        Arc::new(ConnControl::new(
+            "r".into(),
+            KeyHash(2),
+            Role::Edge("owner".into()),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn owned_millis_add_the_ended_lifetimes_and_the_live_ages_of_owned_connections_only() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.register(owned());
+        let _edge = registry.register(relayed());
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let second = registry.register(owned());
+        assert_eq!(registry.owned_millis(), 300);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(registry.owned_millis(), 500 + 200);
+        drop(first);
+        assert_eq!(registry.owned_millis(), 700, "an ending changes nothing");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(registry.owned_millis(), 500 + 300);
+        drop(second);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            registry.owned_millis(),
+            800,
+            "ended, so no longer growing; the edge's relay never counts"
+        );
+    }
+}
