@@ -133,6 +133,13 @@ fn wire_code(label: &str) -> u32 {
 mod tests {
     use super::*;
 
+    fn counts(reasons: &[v1::ReasonCount]) -> Vec<(&str, u64)> {
+        reasons
+            .iter()
+            .map(|r| (r.reason.as_str(), r.count))
+            .collect()
+    }
+
     fn closes(tally: &OwnerTally) -> Vec<(u32, String, u64)> {
         tally
             .report(0)
@@ -152,12 +159,10 @@ mod tests {
         let report = tally.report(1234);
         assert_eq!(report.upgrades, 4);
         assert_eq!(report.connection_millis, 1234);
-        let failures: Vec<(&str, u64)> = report
-            .upgrade_failures
-            .iter()
-            .map(|r| (r.reason.as_str(), r.count))
-            .collect();
-        assert_eq!(failures, [("backend_refused", 2), ("backend_rejected", 1)]);
+        assert_eq!(
+            counts(&report.upgrade_failures),
+            [("backend_refused", 2), ("backend_rejected", 1)]
+        );
     }
 
     #[test]
@@ -191,12 +196,7 @@ mod tests {
         tally.failure("io");
         tally.failure("panic");
         let first = tally.report(0);
-        let kinds: Vec<(&str, u64)> = first
-            .failures
-            .iter()
-            .map(|r| (r.reason.as_str(), r.count))
-            .collect();
-        assert_eq!(kinds, [("io", 2), ("panic", 1)]);
+        assert_eq!(counts(&first.failures), [("io", 2), ("panic", 1)]);
         assert_eq!(tally.report(0).boot, first.boot);
         assert_ne!(
             OwnerTally::new().boot,
