@@ -9,7 +9,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use futures_util::FutureExt;
@@ -23,7 +22,7 @@ use tracing::Instrument;
 use crate::{
     handoff,
     handshake::{
-        self, BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
+        BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
     },
     io::Io,
     metrics::{Metrics, RouteLabel},
@@ -34,6 +33,10 @@ use crate::{
     shared::Shared,
 };
 use prometheus_client::metrics::gauge::Gauge;
+
+mod answer;
+
+use self::answer::{answer, failure_response, refuse};
 
 /// Where a connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,76 +159,6 @@ impl Drop for Open {
         if self.owned && std::thread::panicking() {
             self.metrics.owned.failure("panic");
         }
-    }
-}
-
-/// Counts a refusal, logs it and answers it.
-async fn refuse(client: &mut Io, metrics: &Metrics, refusal: &Refusal) {
-    metrics.handshake(refusal.outcome);
-    tracing::debug!(
-        status = refusal.status,
-        outcome = refusal.outcome,
-        "upgrade refused"
-    );
-    answer(client, &refusal.response()).await;
-}
-
-/// How long a refused client may go on sending after its answer.
-const LINGER: Duration = Duration::from_secs(1);
-/// How much of what it sends then is read (and dropped).
-const LINGER_BYTES: usize = 256 * 1024;
-
-/// Writes `response` to the client, briefly, then closes so that the
-/// client can read it: a socket closed with unread bytes (the rest of a
-/// request too large to read) sends a reset, which may destroy the answer
-/// in flight. So the gateway half-closes and reads what comes for a
-/// bounded time and amount first, like nginx's lingering close.
-async fn answer(client: &mut Io, response: &[u8]) {
-    if let Ok(Ok(())) = timeout(Duration::from_secs(1), client.write_all(response)).await {
-        linger(client).await;
-    }
-}
-
-async fn linger(client: &mut Io) {
-    let deadline = Instant::now() + LINGER;
-    let shut = std::future::poll_fn(|cx| client.poll_shutdown(cx));
-    if !matches!(timeout_at(deadline, shut).await, Ok(Ok(()))) {
-        return;
-    }
-    // Only refused connections get here, and only for a second: the
-    // buffer is not part of every connection's future.
-    let mut sink = vec![0; 4096];
-    let mut left = LINGER_BYTES;
-    while left > 0 {
-        match timeout_at(deadline, client.read_some(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => return,
-        }
-    }
-}
-
-/// What a failed upgrade toward a backend (or an owner shard) tells the client.
-fn failure_response(failure: BackendFailure) -> Vec<u8> {
-    match failure {
-        BackendFailure::Rejected { response, .. } => response,
-        BackendFailure::Connect(e) => handshake::error_response(
-            502,
-            &format!("the backend refused the connection: {e}"),
-            &[],
-        ),
-        BackendFailure::ConnectTimeout => handshake::error_response(
-            504,
-            "the backend did not accept the connection in time",
-            &[],
-        ),
-        BackendFailure::HandshakeTimeout => {
-            handshake::error_response(504, "the backend did not answer the upgrade in time", &[])
-        }
-        BackendFailure::BadResponse(m) => handshake::error_response(
-            502,
-            &format!("the backend's answer was not a WebSocket upgrade: {m}"),
-            &[],
-        ),
     }
 }
 
@@ -612,47 +545,4 @@ fn describe(key: &KeySource) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::sync::Semaphore;
-
-    use super::*;
-    use crate::registry::Registry;
-
-    #[tokio::test]
-    async fn a_panicking_connection_is_contained_counted_and_releases_its_slot() {
-        let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::default());
-        let limit = Arc::new(Semaphore::new(1));
-        let permit = Arc::clone(&limit).try_acquire_owned().expect("a permit");
-        let control = Arc::new(ConnControl::new(
-            "r".into(),
-            KeyHash(1),
-            Role::Edge("s".into()),
-        ));
-        let guard = registry.register(control);
-        let doomed = tokio::spawn(contained(
-            async move {
-                let _held = (guard, permit);
-                panic!("a bug in one connection");
-            },
-            Arc::clone(&metrics),
-        ));
-        doomed.await.expect("the panic does not escape the task");
-        assert!(registry.is_empty(), "the registry entry was released");
-        assert_eq!(
-            limit.available_permits(),
-            1,
-            "the connection-limit permit was released"
-        );
-        assert!(
-            metrics
-                .render()
-                .contains("ringway_connection_failures_total{kind=\"panic\"} 1"),
-            "{}",
-            metrics.render()
-        );
-        // The process goes on: other connections' tasks still run.
-        let fine = tokio::spawn(contained(async {}, Arc::clone(&metrics)));
-        fine.await.expect("runs");
-    }
-}
+mod tests;
