@@ -9,7 +9,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
-    time::Duration,
 };
 
 use futures_util::FutureExt;
@@ -23,7 +22,7 @@ use tracing::Instrument;
 use crate::{
     handoff,
     handshake::{
-        self, BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
+        BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
     },
     io::Io,
     metrics::{Metrics, RouteLabel},
@@ -34,6 +33,10 @@ use crate::{
     shared::Shared,
 };
 use prometheus_client::metrics::gauge::Gauge;
+
+mod answer;
+
+use self::answer::{answer, failure_response, refuse};
 
 /// Where a connection came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +75,9 @@ async fn contained(task: impl Future<Output = ()>, metrics: Arc<Metrics>) {
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        metrics.failure("panic");
+        // The owner's tally counts it where the role is known: as an open
+        // owned connection unwinds (`Open`'s drop).
+        metrics.failure("panic", false);
         tracing::error!(panic = %message, "connection task panicked; the connection was closed");
     }
 }
@@ -126,7 +131,7 @@ impl Future for ConnectionTask {
                 },
                 TaskProj::Relaying { relay, open } => {
                     let outcome = ready!(relay.poll(cx));
-                    open.metrics.close(outcome.code, outcome.reason);
+                    open.metrics.close(outcome.code, outcome.reason, open.owned);
                     tracing::debug!(code = ?outcome.code, reason = outcome.reason, "connection closed");
                     self.set(Self::Done);
                     return Poll::Ready(());
@@ -141,6 +146,8 @@ impl Future for ConnectionTask {
 /// counted in the gauge and the connection limit, until dropped.
 struct Open {
     metrics: Arc<Metrics>,
+    /// This pod owns the connection (its outcomes go in the owner's tally).
+    owned: bool,
     gauge: Gauge,
     _registered: RegistryGuard,
     _permit: OwnedSemaphorePermit,
@@ -149,76 +156,9 @@ struct Open {
 impl Drop for Open {
     fn drop(&mut self) {
         self.gauge.dec();
-    }
-}
-
-/// Counts a refusal, logs it and answers it.
-async fn refuse(client: &mut Io, metrics: &Metrics, refusal: &Refusal) {
-    metrics.handshake(refusal.outcome);
-    tracing::debug!(
-        status = refusal.status,
-        outcome = refusal.outcome,
-        "upgrade refused"
-    );
-    answer(client, &refusal.response()).await;
-}
-
-/// How long a refused client may go on sending after its answer.
-const LINGER: Duration = Duration::from_secs(1);
-/// How much of what it sends then is read (and dropped).
-const LINGER_BYTES: usize = 256 * 1024;
-
-/// Writes `response` to the client, briefly, then closes so that the
-/// client can read it: a socket closed with unread bytes (the rest of a
-/// request too large to read) sends a reset, which may destroy the answer
-/// in flight. So the gateway half-closes and reads what comes for a
-/// bounded time and amount first, like nginx's lingering close.
-async fn answer(client: &mut Io, response: &[u8]) {
-    if let Ok(Ok(())) = timeout(Duration::from_secs(1), client.write_all(response)).await {
-        linger(client).await;
-    }
-}
-
-async fn linger(client: &mut Io) {
-    let deadline = Instant::now() + LINGER;
-    let shut = std::future::poll_fn(|cx| client.poll_shutdown(cx));
-    if !matches!(timeout_at(deadline, shut).await, Ok(Ok(()))) {
-        return;
-    }
-    // Only refused connections get here, and only for a second: the
-    // buffer is not part of every connection's future.
-    let mut sink = vec![0; 4096];
-    let mut left = LINGER_BYTES;
-    while left > 0 {
-        match timeout_at(deadline, client.read_some(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => return,
+        if self.owned && std::thread::panicking() {
+            self.metrics.owned.failure("panic");
         }
-    }
-}
-
-/// What a failed upgrade toward a backend (or an owner shard) tells the client.
-fn failure_response(failure: BackendFailure) -> Vec<u8> {
-    match failure {
-        BackendFailure::Rejected { response, .. } => response,
-        BackendFailure::Connect(e) => handshake::error_response(
-            502,
-            &format!("the backend refused the connection: {e}"),
-            &[],
-        ),
-        BackendFailure::ConnectTimeout => handshake::error_response(
-            504,
-            "the backend did not accept the connection in time",
-            &[],
-        ),
-        BackendFailure::HandshakeTimeout => {
-            handshake::error_response(504, "the backend did not answer the upgrade in time", &[])
-        }
-        BackendFailure::BadResponse(m) => handshake::error_response(
-            502,
-            &format!("the backend's answer was not a WebSocket upgrade: {m}"),
-            &[],
-        ),
     }
 }
 
@@ -339,6 +279,7 @@ async fn establish(
         })
         .clone();
     gauge.inc();
+    let owned = control.is_owned();
     let relay = Relay::new(
         client,
         Io::Tcp(upgrade.stream),
@@ -353,6 +294,7 @@ async fn establish(
     );
     let open = Open {
         metrics: Arc::clone(&shared.metrics),
+        owned,
         gauge,
         _registered: registered,
         _permit: permit,
@@ -439,8 +381,14 @@ async fn serve_here(
         limits.backend_connect_timeout,
         limits.backend_handshake_timeout,
     )
-    .await
-    .map_err(Failed::Upstream)?;
+    .await;
+    // Only here is this pod the key's owner facing its backend: an edge's
+    // failed hand-off is the owner's to count.
+    shared
+        .metrics
+        .owned
+        .upgrade(upgrade.as_ref().err().map(BackendFailure::outcome));
+    let upgrade = upgrade.map_err(Failed::Upstream)?;
     let seat = Seat {
         version: routed.version,
         owner: shared.shard_id().cloned(),
@@ -597,47 +545,4 @@ fn describe(key: &KeySource) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::sync::Semaphore;
-
-    use super::*;
-    use crate::registry::Registry;
-
-    #[tokio::test]
-    async fn a_panicking_connection_is_contained_counted_and_releases_its_slot() {
-        let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::default());
-        let limit = Arc::new(Semaphore::new(1));
-        let permit = Arc::clone(&limit).try_acquire_owned().expect("a permit");
-        let control = Arc::new(ConnControl::new(
-            "r".into(),
-            KeyHash(1),
-            Role::Edge("s".into()),
-        ));
-        let guard = registry.register(control);
-        let doomed = tokio::spawn(contained(
-            async move {
-                let _held = (guard, permit);
-                panic!("a bug in one connection");
-            },
-            Arc::clone(&metrics),
-        ));
-        doomed.await.expect("the panic does not escape the task");
-        assert!(registry.is_empty(), "the registry entry was released");
-        assert_eq!(
-            limit.available_permits(),
-            1,
-            "the connection-limit permit was released"
-        );
-        assert!(
-            metrics
-                .render()
-                .contains("ringway_connection_failures_total{kind=\"panic\"} 1"),
-            "{}",
-            metrics.render()
-        );
-        // The process goes on: other connections' tasks still run.
-        let fine = tokio::spawn(contained(async {}, Arc::clone(&metrics)));
-        fine.await.expect("runs");
-    }
-}
+mod tests;

@@ -1,12 +1,17 @@
 //! Prometheus metrics, all prefixed `ringway_`. Handles that the relay
 //! touches per message are resolved once, so the hot path only does atomic
-//! adds.
+//! adds. Beside them, the owner's tally ([`OwnerTally`]) that the control
+//! channel reports.
+
+mod owned;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+pub use self::owned::OwnerTally;
 
 /// Labels of per-route metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +127,8 @@ pub struct Metrics {
     /// Refused upgrades by reason, for the status RPC (the counter family
     /// cannot be read back).
     refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// What the connections this pod owns came to, for the status RPC.
+    pub owned: OwnerTally,
 }
 
 impl Default for Metrics {
@@ -291,6 +298,7 @@ impl Metrics {
             send_queue_bytes,
             stalled_clients,
             refusals: std::sync::Mutex::default(),
+            owned: OwnerTally::new(),
         }
     }
 
@@ -338,12 +346,18 @@ impl Metrics {
         }
     }
 
-    /// Counts one connection close.
-    pub fn close(&self, code: Option<u16>, reason: &'static str) {
-        let code = close_code_label(code);
+    /// Counts one connection close, and in the owner's tally when this
+    /// pod `owned` the connection.
+    pub fn close(&self, code: Option<u16>, reason: &'static str, owned: bool) {
         self.closes
-            .get_or_create(&CloseLabels { code, reason })
+            .get_or_create(&CloseLabels {
+                code: close_code_label(code),
+                reason,
+            })
             .inc();
+        if owned {
+            self.owned.close(code, reason);
+        }
     }
 
     /// Counts one connection failed because `from` (`client` or
@@ -354,11 +368,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one failed connection.
-    pub fn failure(&self, kind: &'static str) {
+    /// Counts one failed connection, and in the owner's tally when this
+    /// pod `owned` it.
+    pub fn failure(&self, kind: &'static str, owned: bool) {
         self.connection_failures
             .get_or_create(&KindLabel { kind })
             .inc();
+        if owned {
+            self.owned.failure(kind);
+        }
     }
 
     /// The metrics in Prometheus' text format.
@@ -410,7 +428,7 @@ mod tests {
     fn close_codes_from_peers_make_a_bounded_set_of_series() {
         let metrics = Metrics::new();
         for code in (0..=u16::MAX).map(Some).chain([None]) {
-            metrics.close(code, "client");
+            metrics.close(code, "client", false);
         }
         let rendered = metrics.render();
         let series: Vec<&str> = rendered

@@ -1,14 +1,20 @@
 //! The live connections of this process, so that a drain can find them and
 //! tell each one to close. A connection registers after its upgrade and is
 //! removed by a guard when its task ends, however it ends (even by panic).
+//! It also knows how long the connections this pod owns have lived, for
+//! the owner's tally ([`crate::metrics::OwnerTally`]).
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicBool, AtomicU8, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+    },
+    time::Duration,
 };
 
 use futures_util::task::AtomicWaker;
 use slab::Slab;
+use tokio::time::Instant;
 
 use crate::routing::{KeyHash, Seat};
 
@@ -97,6 +103,11 @@ pub struct ConnControl {
 }
 
 impl ConnControl {
+    /// Whether this pod owns the connection (relays it to its backend).
+    pub fn is_owned(&self) -> bool {
+        matches!(self.role, Role::Owner(_))
+    }
+
     /// A control for a new connection.
     pub fn new(route: Arc<str>, key_hash: KeyHash, role: Role) -> Self {
         Self {
@@ -156,15 +167,46 @@ impl ConnControl {
 /// Every live connection.
 #[derive(Default)]
 pub struct Registry {
-    conns: Mutex<Slab<Arc<ConnControl>>>,
+    conns: Mutex<Conns>,
     /// Told when the last connection leaves.
     emptied: tokio::sync::Notify,
+}
+
+/// What the registry's lock guards: the live connections and the owned
+/// ones' lifetimes, changed together so that a reading of both is exact.
+#[derive(Default)]
+struct Conns {
+    live: Slab<Live>,
+    /// The lifetimes of the owned connections that ended.
+    owned_ended: Duration,
+}
+
+/// One live connection and when it was registered.
+struct Live {
+    control: Arc<ConnControl>,
+    since: Instant,
+}
+
+impl Conns {
+    /// The owned connections integrated over time until `now`: the ended
+    /// ones' lifetimes and the live ones' ages.
+    fn owned_time(&self, now: Instant) -> Duration {
+        self.live
+            .iter()
+            .filter(|(_, l)| l.control.is_owned())
+            .map(|(_, l)| now.saturating_duration_since(l.since))
+            .sum::<Duration>()
+            + self.owned_ended
+    }
 }
 
 impl Registry {
     /// Adds a connection; dropping the guard removes it.
     pub fn register(self: &Arc<Self>, control: Arc<ConnControl>) -> RegistryGuard {
-        let key = self.lock().insert(control);
+        let key = self.lock().live.insert(Live {
+            control,
+            since: Instant::now(),
+        });
         RegistryGuard {
             registry: Arc::clone(self),
             key,
@@ -173,7 +215,7 @@ impl Registry {
 
     /// Live connections.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
 
     /// No live connections.
@@ -188,10 +230,25 @@ impl Registry {
 
     /// A copy of the current connections (for a drain to work through).
     pub fn connections(&self) -> Vec<Arc<ConnControl>> {
-        self.lock().iter().map(|(_, c)| Arc::clone(c)).collect()
+        self.lock()
+            .live
+            .iter()
+            .map(|(_, l)| Arc::clone(&l.control))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<ConnControl>>> {
+    /// The connections this pod owns, integrated over time since the
+    /// process started, in milliseconds: the ended ones' lifetimes and the
+    /// live ones' ages. Never less than an earlier reading: the clock is
+    /// read under the lock that an ending connection's lifetime is added
+    /// under.
+    pub fn owned_millis(&self) -> u64 {
+        let conns = self.lock();
+        let owned = conns.owned_time(Instant::now());
+        u64::try_from(owned.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
         // A panic while holding this lock cannot leave the slab half-changed
         // (insert and remove are single calls), so a poisoned lock is usable.
         self.conns
@@ -210,13 +267,63 @@ impl Drop for RegistryGuard {
     fn drop(&mut self) {
         let (removed, empty) = {
             let mut conns = self.registry.lock();
-            (conns.try_remove(self.key), conns.is_empty())
+            let removed = conns.live.try_remove(self.key);
+            if let Some(ended) = removed.as_ref().filter(|l| l.control.is_owned()) {
+                conns.owned_ended += Instant::now().saturating_duration_since(ended.since);
+            }
+            (removed, conns.live.is_empty())
         };
-        if let Some(control) = removed {
-            control.ended.store(true, Ordering::Release);
+        if let Some(ended) = removed {
+            ended.control.ended.store(true, Ordering::Release);
         }
         if empty {
             self.registry.emptied.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{KeyHash, Seat, Version};
+
+    fn owned() -> Arc<ConnControl> {
+        let seat = Seat {
+            version: Version::Stable,
+            owner: None,
+            backend: None,
+        };
+        Arc::new(ConnControl::new("r".into(), KeyHash(1), Role::Owner(seat)))
+    }
+
+    fn relayed() -> Arc<ConnControl> {
+        Arc::new(ConnControl::new(
+            "r".into(),
+            KeyHash(2),
+            Role::Edge("owner".into()),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn owned_millis_add_the_ended_lifetimes_and_the_live_ages_of_owned_connections_only() {
+        let registry = Arc::new(Registry::default());
+        let first = registry.register(owned());
+        let _edge = registry.register(relayed());
+        tokio::time::advance(Duration::from_millis(300)).await;
+        let second = registry.register(owned());
+        assert_eq!(registry.owned_millis(), 300);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(registry.owned_millis(), 500 + 200);
+        drop(first);
+        assert_eq!(registry.owned_millis(), 700, "an ending changes nothing");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(registry.owned_millis(), 500 + 300);
+        drop(second);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            registry.owned_millis(),
+            800,
+            "ended, so no longer growing; the edge's relay never counts"
+        );
     }
 }

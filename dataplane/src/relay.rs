@@ -89,6 +89,7 @@ impl Relay {
             relays.metrics,
             relays.queues,
             queue_charge,
+            control.is_owned(),
         );
         let first = (!first.0.is_empty() || !first.1.is_empty()).then(|| Box::new(first));
         Self {

@@ -313,7 +313,7 @@ impl Shared {
         Ok(Applied::Changed { draining })
     }
 
-    /// The pod's epoch, readiness and live counts.
+    /// The pod's epoch, readiness, live counts and the owner's tally.
     pub fn status(&self) -> v1::PodStatus {
         let running = self.running.load();
         let mut by_seat: BTreeMap<(i32, Arc<str>), u64> = BTreeMap::new();
@@ -355,7 +355,7 @@ impl Shared {
                 })
                 .collect(),
             relayed,
-            owned: None,
+            owned: Some(self.metrics.owned.report(self.registry.owned_millis())),
             serving: self.is_serving(),
         }
     }

@@ -335,3 +335,67 @@ async fn a_header_key_routes_like_a_query_key() {
         assert_eq!(first, again);
     }
 }
+
+/// The close `(code, reason)` counts in a status's owner tally.
+fn owned_closes(status: &ringway_dataplane_api::v1::PodStatus) -> Vec<(u32, String, u64)> {
+    let owned = status.owned.as_ref().expect("the owner's tally");
+    owned
+        .closes
+        .iter()
+        .map(|c| (c.code, c.reason.clone(), c.count))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_status_reports_the_upgrades_closes_and_lifetimes_of_owned_connections() {
+    let backend = echo_backend("b1").await;
+    let yaml = "listener: {address: 127.0.0.1:0}\nconnections: {maxFrameBytes: 1024, maxMessageBytes: 4096, backendConnectTimeoutSeconds: 1}\nroutes:\n  - {name: echo, pathPrefix: /echo, key: {source: Query, name: room}, backends: {BACKENDS}}\n  - {name: dead, pathPrefix: /dead, key: {source: Query, name: room}, backends: [\"127.0.0.1:1\"]}\n";
+    let gw = Gateway::start(yaml, &[backend]).await;
+    let (mut kept, _) = connect(&gw.url("/echo?room=1")).await;
+    let (mut too_big, _) = connect(&gw.url("/echo?room=2")).await;
+    let refused = support::raw(gw.addr, &support::upgrade_request("/dead?room=3", "")).await;
+    assert!(refused.starts_with("HTTP/1.1 502"), "{refused}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = gw.shared.status();
+    let owned = before.owned.clone().expect("the owner's tally");
+    assert_eq!(owned.upgrades, 3, "two to the echo backend, one refused");
+    let failures: Vec<(&str, u64)> = owned
+        .upgrade_failures
+        .iter()
+        .map(|r| (r.reason.as_str(), r.count))
+        .collect();
+    assert_eq!(failures, [("backend_refused", 1)]);
+    assert!(owned.connection_millis >= 2 * 50, "{owned:?}");
+    assert!(owned_closes(&before).is_empty());
+
+    too_big
+        .send(Message::binary(vec![1u8; 5000]))
+        .await
+        .expect("send");
+    let (code, _) = close_of(&mut too_big).await.expect("a close frame");
+    assert_eq!(code, 1009);
+    let closed = (1009, "client_protocol_error".to_owned(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let status = gw.shared.status();
+        if owned_closes(&status).contains(&closed) {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let later = after.owned.expect("the owner's tally");
+    assert_eq!(owned_closes(&gw.shared.status()), [closed]);
+    assert_eq!(later.boot, owned.boot, "the same process");
+    assert_eq!(later.upgrades, 3);
+    assert!(later.connection_millis > owned.connection_millis);
+    assert!(later.failures.is_empty(), "{later:?}");
+
+    kept.send(Message::text("still here")).await.expect("send");
+    assert_eq!(
+        next_data(&mut kept).await,
+        Some(Message::text("still here"))
+    );
+    kept.close(None).await.expect("close");
+    gw.stop(ringway_dataplane::Shutdown::Fast).await;
+}

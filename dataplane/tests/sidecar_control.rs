@@ -221,6 +221,11 @@ async fn with_its_files_a_sidecar_serves_the_control_port_to_the_operator_only()
     let status = operator.status(sc.control()).await.expect("the status");
     assert!(status.ready);
     assert_eq!(status.connections.iter().map(|c| c.count).sum::<u64>(), 2);
+    let owned = status.owned.expect("the owner's tally");
+    assert_eq!(
+        owned.upgrades, 2,
+        "a sidecar owns every connection it relays"
+    );
     let snapshot = v1::Snapshot {
         epoch: 1,
         ..v1::Snapshot::default()

@@ -650,3 +650,125 @@ async fn a_retiring_shard_answers_not_ready_and_keeps_relaying_what_it_holds() {
     fleet.push(&back).await.expect("pushed");
     fleet.wait_ready(&[0, 1, 2]).await.expect("ready again");
 }
+
+/// Each shard's owner tally (`PodStatus.owned`), in shard order.
+async fn tallies(fleet: &Fleet) -> Vec<v1::OwnerCounters> {
+    fleet
+        .statuses()
+        .await
+        .expect("statuses")
+        .into_iter()
+        .map(|s| s.owned.expect("every shard reports its owner tally"))
+        .collect()
+}
+
+fn close_counts(tally: &v1::OwnerCounters) -> Vec<(u32, &str, u64)> {
+    tally
+        .closes
+        .iter()
+        .map(|c| (c.code, c.reason.as_str(), c.count))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connection_counts_in_the_owner_tally_of_its_owner_only_whichever_shard_it_entered() {
+    let mut fleet = Fleet::start(binaries(), 2, 1).await.expect("fleet");
+    let mut snapshot = fleet.snapshot(&[0, 1], &[], 0, &[0]);
+    snapshot.limits = Some(v1::ConnectionLimits {
+        max_frame_bytes: 1024,
+        max_message_bytes: 4096,
+        ..Default::default()
+    });
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&[0, 1]).await.expect("ready");
+    let boots: Vec<u64> = tallies(&fleet).await.iter().map(|t| t.boot).collect();
+
+    // Every key through the shard that does not own it, then once more
+    // straight to its owner.
+    let expect = Expect::stable(&fleet, &[0, 1], &[0]);
+    let shard_index = |id: &str| {
+        fleet
+            .shards
+            .iter()
+            .position(|s| s.id == id)
+            .expect("a shard")
+    };
+    let keys = keys(20);
+    let mut handed = Vec::new();
+    let mut direct = Vec::new();
+    for key in &keys {
+        let owner = shard_index(&expect.owner(key));
+        let edge = 1 - owner;
+        handed.push(
+            KeyedConn::open(fleet.shards[edge].client, edge, key)
+                .await
+                .expect("connects"),
+        );
+        direct.push(
+            KeyedConn::open(fleet.shards[owner].client, owner, key)
+                .await
+                .expect("connects"),
+        );
+    }
+    let conns: Vec<KeyedConn> = handed.into_iter().chain(direct).collect();
+    all_echo(&conns, "hello").await;
+    let mut owned_keys = [0u64; 2];
+    for key in &keys {
+        owned_keys[shard_index(&expect.owner(key))] += 1;
+    }
+    assert!(owned_keys.iter().all(|&n| n > 0), "{owned_keys:?}");
+
+    let first = tallies(&fleet).await;
+    for (i, tally) in first.iter().enumerate() {
+        assert_eq!(tally.boot, boots[i], "the same process");
+        assert_eq!(
+            tally.upgrades,
+            2 * owned_keys[i],
+            "shard {i} counts the upgrades of the keys it owns, not those it handed off"
+        );
+        assert!(tally.upgrade_failures.is_empty(), "{tally:?}");
+        assert!(tally.connection_millis > 0, "{tally:?}");
+        assert!(tally.closes.is_empty(), "{tally:?}");
+    }
+
+    // Too big, once straight to its owner and once through an edge: each
+    // is closed with 1009, counted on the owner alone. Through an edge,
+    // the edge's relay enforces the same limits first and passes the
+    // close on to the owner, which sees it as its client's.
+    let big = "x".repeat(5_000);
+    let (through_edge, straight) = (&conns[0], &conns[keys.len()]);
+    for conn in [through_edge, straight] {
+        assert!(
+            !conn.echo(&big).await,
+            "no echo of a message over the limit"
+        );
+        let ended = conn.wait_ended(Duration::from_secs(5)).await;
+        assert_eq!(
+            ended.as_ref().and_then(Ended::code),
+            Some(1009),
+            "{ended:?}"
+        );
+    }
+    let owner = shard_index(&straight.shard);
+    assert_eq!(shard_index(&through_edge.shard), owner, "the same key");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let later = loop {
+        let now = tallies(&fleet).await;
+        if now[owner].closes.iter().map(|c| c.count).sum::<u64>() == 2 {
+            break now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        close_counts(&later[owner]),
+        [(1009, "client", 1), (1009, "client_protocol_error", 1)]
+    );
+    assert!(later[1 - owner].closes.is_empty(), "{:?}", later[1 - owner]);
+    for (i, tally) in later.iter().enumerate() {
+        assert_eq!(tally.boot, boots[i]);
+        assert_eq!(tally.upgrades, first[i].upgrades);
+        assert!(tally.connection_millis > first[i].connection_millis);
+        assert!(tally.failures.is_empty(), "{tally:?}");
+    }
+}

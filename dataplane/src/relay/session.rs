@@ -55,6 +55,8 @@ pub(super) struct Session {
     client_spoke_last: bool,
     /// The timer has our waker for its current deadline.
     timer_armed: bool,
+    /// This pod owns the connection: its failures go in the owner's tally.
+    owned: bool,
 }
 
 /// What refused more work in one wake-up of a connection.
@@ -75,6 +77,7 @@ impl Session {
         metrics: Arc<Metrics>,
         queues: Arc<SendQueues>,
         queue_charge: u64,
+        owned: bool,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -91,6 +94,7 @@ impl Session {
             saw_data: false,
             client_spoke_last: false,
             timer_armed: false,
+            owned,
             settings,
             metrics,
             queues,
@@ -124,7 +128,7 @@ impl Session {
             let now = Instant::now();
             if control.shed_requested() {
                 // Stalled, so no close frame would reach the client: cut.
-                self.metrics.failure("send_queue_full");
+                self.metrics.failure("send_queue_full", self.owned);
                 return Poll::Ready(self.close.end(End::Shed));
             }
             if self.close.is_open()
@@ -483,7 +487,7 @@ impl Session {
 
     fn on_timer(&mut self, now: Instant) {
         if self.tell(Event::Tick, now).is_some() {
-            self.metrics.failure("close_timeout");
+            self.metrics.failure("close_timeout", self.owned);
             return;
         }
         if !self.close.is_open() {
@@ -492,7 +496,7 @@ impl Session {
         if let Some(since) = self.b2c.pending_since
             && now >= since + self.settings.slow_consumer
         {
-            self.metrics.failure("slow_consumer");
+            self.metrics.failure("slow_consumer", self.owned);
             self.end = Some(self.close.end(End::SlowConsumer));
             return;
         }
@@ -537,7 +541,7 @@ impl Session {
         let reason = match e.kind() {
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => "reset",
             _ => {
-                self.metrics.failure("io");
+                self.metrics.failure("io", self.owned);
                 "io_error"
             }
         };
