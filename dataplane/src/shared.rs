@@ -357,6 +357,7 @@ impl Shared {
             relayed,
             owned: Some(self.metrics.owned.report(self.registry.owned_millis())),
             serving: self.is_serving(),
+            edge_closes: Vec::new(),
         }
     }
 
