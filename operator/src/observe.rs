@@ -289,9 +289,10 @@ pub(crate) async fn poll<S: Steer>(
                 memory.connections.insert(pod.clone(), counts);
                 memory.serving.insert(pod.clone(), status.serving);
                 if let Some(owned) = &status.owned {
-                    memory
-                        .counters
-                        .insert(pod.clone(), Counters::from_report(owned));
+                    memory.counters.insert(
+                        pod.clone(),
+                        Counters::from_report(owned, &status.edge_closes),
+                    );
                 }
             }
             Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),

@@ -298,12 +298,17 @@ async fn a_change_of_limits_is_a_version_of_its_own() {
     let template = sts(&w, "chat-a")["spec"]["template"].clone();
     w.edit(|gw| gw["spec"]["connections"] = json!({"maxMessageBytes": 1024}));
     w.run(2).await;
-    assert_eq!(sts(&w, "chat-a")["spec"]["template"], template, "no pod restarts");
+    assert_eq!(
+        sts(&w, "chat-a")["spec"]["template"],
+        template,
+        "no pod restarts"
+    );
     assert_eq!(partition(&w, "chat-a"), 0);
     assert_eq!(max_message(&w.last_snapshot(), Version::Stable), Some(1024));
     assert_eq!(w.condition("Progressing")["status"], "False");
 
-    let w = steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
     set_budget_percent(&w, 100);
     let before = max_message(&w.last_snapshot(), Version::Stable);
     assert!(before.is_some_and(|b| b > 1024), "{before:?}");
