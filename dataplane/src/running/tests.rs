@@ -27,6 +27,7 @@ fn snapshot() -> v1::Snapshot {
                 })
                 .collect(),
         }],
+        limits: None,
     };
     v1::Snapshot {
         epoch: 7,
