@@ -187,8 +187,14 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         .aborted
         .clone()
         .filter(|a| spec_changed && a.revision == o.spec.revision());
+    // A new version runs beside the old one, in the other slot, whenever
+    // something baked into the pods changes: as a canary, or, without the
+    // annotation or steps, walked straight to 100% within the budget, so
+    // that no connection is disrupted twice. A change of limits alone
+    // restarts no pod, and reaches the pods in the next snapshot.
+    let baked_change = o.spec.template_revision() != stable_inputs.template_revision();
     let canary_mode = o.intent.mode == Mode::Canary
-        || (o.intent.mode == Mode::Rolling && !o.rollout.steps.is_empty());
+        || (o.intent.mode == Mode::Rolling && (!o.rollout.steps.is_empty() || baked_change));
     match &o.status.canary {
         None => {
             if o.intent.abort && !spec_changed {

@@ -384,18 +384,19 @@ fn an_old_pod_that_relays_connections_stops_only_when_the_budget_allows() {
 }
 
 #[test]
-fn a_rolling_restart_costs_what_the_pod_owns_and_relays() {
-    let (v1, v2) = (spec("img:1"), spec("img:2"));
+fn a_restart_in_place_costs_what_the_pod_owns_and_relays() {
+    // A new control certificate restarts the pods in place, one at a time.
+    let v1 = spec("img:1");
     let mut stable = relaying(slot(Slot::A, &v1, 3, 10), 5);
-    // The template is the new revision; no pod runs it yet.
-    stable.template = Some((v2.template_revision(), "cert".into()));
+    // The template has the new certificate; no pod runs it yet.
+    stable.template = Some((v1.template_revision(), "cert".into()));
     stable.partition = 3;
     for pod in &mut stable.pods {
         pod.updated = false;
     }
     let empty = SlotView::empty(Slot::B);
     let p = run(
-        &v2,
+        &v1,
         &intent(&[]),
         &status(Slot::A, &v1, None),
         &[stable, empty],
@@ -464,20 +465,42 @@ fn reverting_the_spec_during_a_canary_aborts_it() {
 }
 
 #[test]
-fn without_the_annotation_a_spec_change_rolls_the_stable_slot_in_place() {
+fn without_the_annotation_a_new_version_runs_beside_the_old_and_walks_straight_to_100() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let slots = [slot(Slot::A, &v1, 3, 10), SlotView::empty(Slot::B)];
     let p = run(&v2, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Starting));
+    let stable = p.slots.iter().find(|s| s.slot == Slot::A).expect("stable");
     assert_eq!(
-        p.slots,
-        vec![SlotPlan {
-            slot: Slot::A,
-            inputs: v2,
-            replicas: 3,
-            partition: 3
-        }]
+        (&stable.inputs, stable.partition),
+        (&v1, 0),
+        "no pod restarts in place"
     );
-    assert_eq!(p.progress.map(|p| p.reason), Some(reasons::ROLLING_UPDATE));
+    let ready = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 0),
+    ];
+    let p = run(
+        &v2,
+        &intent(&[]),
+        &during(CanaryPhase::Starting, 0, &v1, &v2),
+        &ready,
+    );
+    assert_eq!(p.roles.weight, 100, "no hold: the budget alone paces it");
+}
+
+#[test]
+fn a_change_of_limits_alone_starts_no_second_slot() {
+    let v1 = spec("img:1");
+    let mut lower = v1.clone();
+    if let Some(l) = lower.limits.as_mut() {
+        l.max_message_bytes = 1024;
+    }
+    let slots = [slot(Slot::A, &v1, 3, 10), SlotView::empty(Slot::B)];
+    let p = run(&lower, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    assert!(p.canary.is_none());
+    assert_eq!(p.stable, (Slot::A, lower));
+    assert_eq!(p.slots[0].partition, 0);
 }
 
 #[test]
@@ -623,23 +646,23 @@ fn abort_waits_to_hear_from_a_canary_pod_whose_poll_failed() {
 
 #[test]
 fn a_paced_stop_waits_to_hear_from_the_next_pod() {
-    // A rolling restart: the next pod to restart (the highest ordinal)
-    // did not answer.
-    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    // A restart in place (a new control certificate): the next pod to
+    // restart (the highest ordinal) did not answer.
+    let v1 = spec("img:1");
     let mut stable = silent(slot(Slot::A, &v1, 3, 10), &[2], 30);
-    stable.template = Some((v2.template_revision(), "cert".into()));
+    stable.template = Some((v1.template_revision(), "cert".into()));
     stable.partition = 3;
     for pod in &mut stable.pods {
         pod.updated = false;
     }
     let slots = [stable, SlotView::empty(Slot::B)];
-    let p = run(&v2, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    let p = run(&v1, &intent(&[]), &status(Slot::A, &v1, None), &slots);
     assert_eq!((p.slots[0].partition, p.disrupting), (3, 0));
     assert_eq!(
         message(&p),
         format!(
             "rolling update to revision {}: 0 of 3 pods updated; waiting to hear how many connections pod gw-a-2 holds (its status polls failed)",
-            v2.revision()
+            v1.revision()
         )
     );
 }
