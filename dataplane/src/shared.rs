@@ -356,6 +356,7 @@ impl Shared {
                 .collect(),
             relayed,
             owned: Some(self.metrics.owned.report(self.registry.owned_millis())),
+            edge_closes: self.metrics.edge.report(),
             serving: self.is_serving(),
         }
     }
