@@ -68,28 +68,26 @@ mod tests {
         tally.close(Version::Canary, Some(1009), "client_protocol_error");
         tally.close(Version::Stable, Some(1008), "slow_consumer");
         tally.close(Version::Canary, Some(1011), "heartbeat_timeout");
-        let report: Vec<(i32, Vec<(u32, String, u64)>)> = tally
-            .report()
-            .into_iter()
-            .map(|v| {
-                let closes = v.closes.into_iter().map(|c| (c.code, c.reason, c.count));
-                (v.version, closes.collect())
-            })
-            .collect();
+        let closes = |c: &[v1::CloseCount]| -> Vec<(u32, String, u64)> {
+            c.iter()
+                .map(|c| (c.code, c.reason.clone(), c.count))
+                .collect()
+        };
+        let report = tally.report();
+        let versions: Vec<i32> = report.iter().map(|v| v.version).collect();
         assert_eq!(
-            report,
+            versions,
+            [v1::Version::Stable as i32, v1::Version::Canary as i32]
+        );
+        assert_eq!(
+            closes(&report[0].closes),
+            [(1008, "slow_consumer".to_owned(), 1)]
+        );
+        assert_eq!(
+            closes(&report[1].closes),
             [
-                (
-                    v1::Version::Stable as i32,
-                    vec![(1008, "slow_consumer".to_owned(), 1)]
-                ),
-                (
-                    v1::Version::Canary as i32,
-                    vec![
-                        (1009, "client_protocol_error".to_owned(), 2),
-                        (1011, "heartbeat_timeout".to_owned(), 1),
-                    ]
-                ),
+                (1009, "client_protocol_error".to_owned(), 2),
+                (1011, "heartbeat_timeout".to_owned(), 1),
             ]
         );
     }
