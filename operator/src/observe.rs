@@ -163,7 +163,9 @@ pub(crate) fn slot_view(
                     .sum(),
                 owned: memory.counters.get(&name).copied(),
                 serving: memory.serving.get(&name).copied().unwrap_or(false)
-                    && memory.polled.is_some_and(|t| t.elapsed() < SERVING_FRESH)
+                    && memory
+                        .polled
+                        .is_some_and(|t| t.elapsed() < SERVING_FRESH)
                     && !memory.unanswered.contains_key(&name),
                 unanswered_since: memory.unanswered.get(&name).copied(),
                 name,

@@ -425,12 +425,7 @@ fn abort_steps_the_weight_to_zero_then_removes_the_canary() {
         slot(Slot::A, &v1, 3, 10),
         out_of_service(slot(Slot::B, &v2, 3, 10)),
     ];
-    let p = run(
-        &v2,
-        &i,
-        &during(CanaryPhase::Aborting, 30, &v1, &v2),
-        &slots,
-    );
+    let p = run(&v2, &i, &during(CanaryPhase::Aborting, 30, &v1, &v2), &slots);
     assert_eq!(p.roles.weight, 0);
     assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
     // The canary's pods own nothing at weight 0; they stop one at a time.
