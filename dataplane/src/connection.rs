@@ -483,12 +483,21 @@ async fn read_and_route(
         let Some(req) = parse_request(&buf, &mut headers)? else {
             continue;
         };
-        if !shared.is_ready() {
+        // A retiring pod takes no new client, but takes hand-offs for the
+        // keys it still owns (its version's keys are moving away, and it
+        // owns them until they have).
+        let open = match origin {
+            Origin::Client => shared.is_ready(),
+            Origin::Peer => shared.is_serving(),
+        };
+        if !open {
             return Err(Refusal::new(
                 503,
                 "not_ready",
                 if shared.drain_cause().is_some() {
                     "this gateway pod is stopping"
+                } else if shared.is_serving() {
+                    "this gateway pod is retiring: connect again through the gateway's Service"
                 } else {
                     "this gateway pod has no routing snapshot yet"
                 },

@@ -772,6 +772,44 @@ async fn a_connection_counts_in_the_owner_tally_of_its_owner_only_whichever_shar
     }
 }
 
+#[tokio::test]
+async fn a_retiring_shard_that_owns_keys_takes_their_hand_offs_but_no_new_client() {
+    // All three shards own keys; shard 0's version is having its keys
+    // moved away, so it leaves the client Service but keeps its keys.
+    let mut fleet = serving(3, 2).await;
+    let mut held_out = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
+    held_out.retiring = vec![fleet.shards[0].id.clone()];
+    fleet.push(&held_out).await.expect("pushed");
+    let statuses = fleet.statuses().await.expect("statuses");
+    let seen: Vec<(bool, bool)> = statuses.iter().map(|s| (s.ready, s.serving)).collect();
+    assert_eq!(
+        seen,
+        [(false, true), (true, true), (true, true)],
+        "the retiring shard answers not ready and still serves"
+    );
+
+    // Every key connects through the other shards; shard 0's keys are
+    // handed off to it.
+    let conns = open_all(&fleet, &keys(150), &[1, 2]).await;
+    let through_0 = conns
+        .iter()
+        .filter(|c| c.shard == fleet.shards[0].id)
+        .count();
+    assert!(
+        through_0 > 10,
+        "only {through_0} of 150 keys owned by shard 0"
+    );
+    all_echo(&conns, "held-out").await;
+
+    // A new client straight to it is refused, with what to do.
+    let refused = KeyedConn::open(fleet.shards[0].client, 0, "direct").await;
+    let Err(error) = refused else {
+        panic!("a retiring shard took a new client");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("503"), "{error}");
+}
+
 /// Each version's own limits, over the snapshot's.
 fn version_limits(max_frame_bytes: u32, max_message_bytes: u32) -> Option<v1::ConnectionLimits> {
     Some(v1::ConnectionLimits {

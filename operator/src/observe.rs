@@ -85,6 +85,7 @@ pub(crate) async fn gateway(
     for view in &mut slots {
         let sts = get(&statefulsets, &gwref.slot_name(view.slot)).await?;
         *view = slot_view(view.slot, sts.as_ref(), &pods, memory);
+        view.inputs = view.inputs.take().map(|i| i.or_limits_of(&gw.spec));
     }
     let services = backend_services(client, ns, gw).await?;
     let (endpoints, backend_problems) = backends(stores, ns, gw, &services);
@@ -163,9 +164,7 @@ pub(crate) fn slot_view(
                     .sum(),
                 owned: memory.counters.get(&name).copied(),
                 serving: memory.serving.get(&name).copied().unwrap_or(false)
-                    && memory
-                        .polled
-                        .is_some_and(|t| t.elapsed() < SERVING_FRESH)
+                    && memory.polled.is_some_and(|t| t.elapsed() < SERVING_FRESH)
                     && !memory.unanswered.contains_key(&name),
                 unanswered_since: memory.unanswered.get(&name).copied(),
                 name,
@@ -290,9 +289,10 @@ pub(crate) async fn poll<S: Steer>(
                 memory.connections.insert(pod.clone(), counts);
                 memory.serving.insert(pod.clone(), status.serving);
                 if let Some(owned) = &status.owned {
-                    memory
-                        .counters
-                        .insert(pod.clone(), Counters::from_report(owned));
+                    memory.counters.insert(
+                        pod.clone(),
+                        Counters::from_report(owned, &status.edge_closes),
+                    );
                 }
             }
             Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),

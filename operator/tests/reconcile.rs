@@ -279,6 +279,47 @@ async fn a_spec_change_without_the_canary_annotation_rolls_one_pod_at_a_time() {
     );
 }
 
+/// The limit of message sizes of `version` in `snapshot`.
+fn max_message(snapshot: &ringway_control::proto::Snapshot, version: Version) -> Option<u32> {
+    snapshot
+        .versions
+        .iter()
+        .find(|v| v.version == version as i32)
+        .and_then(|v| v.limits.as_ref())
+        .map(|l| l.max_message_bytes)
+}
+
+/// A change of limits is a new version: without the canary annotation it
+/// reaches every pod in the next snapshot and restarts none; with it, it
+/// runs as a canary, each version with its own limits.
+#[tokio::test]
+async fn a_change_of_limits_is_a_version_of_its_own() {
+    let w = steady(Value::Null).await;
+    let template = sts(&w, "chat-a")["spec"]["template"].clone();
+    w.edit(|gw| gw["spec"]["connections"] = json!({"maxMessageBytes": 1024}));
+    w.run(2).await;
+    assert_eq!(
+        sts(&w, "chat-a")["spec"]["template"],
+        template,
+        "no pod restarts"
+    );
+    assert_eq!(partition(&w, "chat-a"), 0);
+    assert_eq!(max_message(&w.last_snapshot(), Version::Stable), Some(1024));
+    assert_eq!(w.condition("Progressing")["status"], "False");
+
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
+    set_budget_percent(&w, 100);
+    let before = max_message(&w.last_snapshot(), Version::Stable);
+    assert!(before.is_some_and(|b| b > 1024), "{before:?}");
+    w.edit(|gw| gw["spec"]["connections"] = json!({"maxMessageBytes": 1024}));
+    w.run(4).await;
+    assert_eq!(w.status()["canary"]["weight"], 10, "{:#}", w.status());
+    let snapshot = w.last_snapshot();
+    assert_eq!(max_message(&snapshot, Version::Stable), before);
+    assert_eq!(max_message(&snapshot, Version::Canary), Some(1024));
+}
+
 #[tokio::test]
 async fn a_rolling_step_waits_for_the_disruption_budget() {
     let w = steady(Value::Null).await;

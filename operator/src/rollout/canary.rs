@@ -387,10 +387,7 @@ pub(super) fn abort(
     let mut weight = canary.weight;
     let mut drained = canary.drained;
     plan.roles.held_out = Some(slot);
-    let (canary_open, stable_open) = (
-        taking_clients(cview),
-        taking_clients(view(o.slots, stable)),
-    );
+    let (canary_open, stable_open) = (taking_clients(cview), taking_clients(view(o.slots, stable)));
     let stable_pods = view(o.slots, stable)
         .pods
         .iter()

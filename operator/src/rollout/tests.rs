@@ -40,7 +40,7 @@ fn slot(slot: Slot, inputs: &PodInputs, n: i32, connections: i64) -> SlotView {
         inputs: Some(inputs.clone()),
         replicas: n,
         partition: 0,
-        template: Some((inputs.revision(), "cert".into())),
+        template: Some((inputs.template_revision(), "cert".into())),
         pods: pods(slot, n, connections),
     }
 }
@@ -388,7 +388,7 @@ fn a_rolling_restart_costs_what_the_pod_owns_and_relays() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let mut stable = relaying(slot(Slot::A, &v1, 3, 10), 5);
     // The template is the new revision; no pod runs it yet.
-    stable.template = Some((v2.revision(), "cert".into()));
+    stable.template = Some((v2.template_revision(), "cert".into()));
     stable.partition = 3;
     for pod in &mut stable.pods {
         pod.updated = false;
@@ -425,7 +425,12 @@ fn abort_steps_the_weight_to_zero_then_removes_the_canary() {
         slot(Slot::A, &v1, 3, 10),
         out_of_service(slot(Slot::B, &v2, 3, 10)),
     ];
-    let p = run(&v2, &i, &during(CanaryPhase::Aborting, 30, &v1, &v2), &slots);
+    let p = run(
+        &v2,
+        &i,
+        &during(CanaryPhase::Aborting, 30, &v1, &v2),
+        &slots,
+    );
     assert_eq!(p.roles.weight, 0);
     assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
     // The canary's pods own nothing at weight 0; they stop one at a time.
@@ -622,7 +627,7 @@ fn a_paced_stop_waits_to_hear_from_the_next_pod() {
     // did not answer.
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let mut stable = silent(slot(Slot::A, &v1, 3, 10), &[2], 30);
-    stable.template = Some((v2.revision(), "cert".into()));
+    stable.template = Some((v2.template_revision(), "cert".into()));
     stable.partition = 3;
     for pod in &mut stable.pods {
         pod.updated = false;

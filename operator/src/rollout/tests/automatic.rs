@@ -324,3 +324,67 @@ fn a_restarted_pod_counts_from_zero_and_a_window_of_another_weight_is_not_used()
         message(&p)
     );
 }
+
+#[test]
+fn closes_an_edge_decided_count_for_the_version_of_the_key() {
+    let case = holding_at(25, 40, 0, 0);
+    let canary = case.status.canary.as_ref().expect("canary");
+    let w = window(canary, &case.slots, 30);
+    // Each stable pod, as the edge of canary keys' connections, closed 10
+    // clients with 1009 under the canary's limits.
+    let mut slots = case.slots.clone();
+    for pod in &mut slots[0].pods {
+        let c = pod.owned.as_mut().expect("counters");
+        c.edge[1].too_big_closes = 10;
+    }
+    assert_eq!(w.sample(&slots, Slot::B).events.too_big_closes, 30);
+    assert_eq!(w.sample(&slots, Slot::A).events.too_big_closes, 0);
+    let p = run_with(
+        &case.v2,
+        &intent(&[]),
+        &case.status,
+        &slots,
+        &steps(&[25, 50]),
+        Some(&w),
+    );
+    assert_eq!(p.transition.expect("event").0, "CanaryAnalysisFailed");
+}
+
+#[test]
+fn a_report_counts_each_close_in_its_measure_and_each_edge_close_by_version() {
+    use ringway_control::proto as v1;
+    let close = |code, reason: &str, count| v1::CloseCount {
+        code,
+        reason: reason.into(),
+        count,
+    };
+    let report = v1::OwnerCounters {
+        boot: 1,
+        connection_millis: 5_000,
+        upgrades: 9,
+        upgrade_failures: vec![v1::ReasonCount {
+            reason: "backend_refused".into(),
+            count: 2,
+        }],
+        closes: vec![
+            close(1009, "client_protocol_error", 3),
+            close(1000, "client", 50),
+            close(0, "backend_eof", 4),
+        ],
+        failures: vec![v1::ReasonCount {
+            reason: "io".into(),
+            count: 1,
+        }],
+    };
+    let edge = [v1::VersionCloses {
+        version: v1::Version::Canary as i32,
+        closes: vec![close(1009, "client_protocol_error", 7)],
+    }];
+    let c = Counters::from_report(&report, &edge);
+    assert_eq!(c.events.backend_failures, 2);
+    assert_eq!(c.events.too_big_closes, 3);
+    assert_eq!(c.events.unclean_closes, 4);
+    assert_eq!(c.events.relay_errors, 1);
+    assert_eq!(c.edge[1].too_big_closes, 7);
+    assert_eq!(c.edge[0].too_big_closes, 0);
+}
