@@ -356,8 +356,8 @@ impl Shared {
                 .collect(),
             relayed,
             owned: Some(self.metrics.owned.report(self.registry.owned_millis())),
+            edge_closes: self.metrics.edge.report(),
             serving: self.is_serving(),
-            edge_closes: Vec::new(),
         }
     }
 
