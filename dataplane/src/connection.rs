@@ -526,6 +526,13 @@ async fn read_and_route(
             }
         };
         let place = running.routing.place(index, key_hash);
+        if origin == Origin::Peer {
+            handoff::refuse_another_versions_key(
+                &running,
+                shared.shard_id().map(|s| &**s),
+                place.version,
+            )?;
+        }
         // One hop at most: a handed-off connection is served here, and a
         // standalone pod (no shard id) serves everything.
         let handoff = match (origin, shared.shard_id(), place.owner) {

@@ -20,7 +20,7 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use crate::{ConfigError, TokenError, handshake::Refusal};
+use crate::{ConfigError, TokenError, handshake::Refusal, routing::Version, running::RunningState};
 
 /// The preamble's first word.
 const MAGIC: &str = "RINGWAY-HANDOFF/1";
@@ -132,6 +132,33 @@ pub fn parse_preamble(
         return Err(malformed());
     }
     Ok(Some((HandedOff { client, tls }, end + 2)))
+}
+
+/// Refuses a hand-off of a key that this shard's snapshot puts on another
+/// version than its own (or on any version, when it is in none): the edge
+/// ran another snapshot, mid-step. Served here, the connection would sit
+/// on a shard that no later snapshot moves it from. Refused, the client
+/// retries, and lands where every pod agrees. A key of this shard's own
+/// version is served even when another shard owns it: the edge's
+/// fallback when the owner did not answer.
+pub(crate) fn refuse_another_versions_key(
+    running: &RunningState,
+    me: Option<&str>,
+    version: Version,
+) -> Result<(), Refusal> {
+    let mine = me.and_then(|me| running.routing.version_of_shard(me));
+    if mine == Some(version) {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        503,
+        "peer_not_owner",
+        format!(
+            "this shard's snapshot (epoch {}) puts the key on the {} version, not on this shard's",
+            running.routing.epoch,
+            version.label()
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -910,3 +910,35 @@ async fn a_connection_follows_its_key_versions_limits_on_its_owner_and_on_an_edg
     );
     assert!(owned[0].closes.is_empty(), "{:?}", owned[0]);
 }
+
+#[tokio::test]
+async fn a_hand_off_of_a_key_of_another_version_is_refused_and_the_retry_lands_right() {
+    // Shards 0 and 1 are stable, shard 2 the canary. The edge (shard 0)
+    // runs weight 100; the canary shard still runs weight 0 (mid-step).
+    let mut fleet = serving(3, 2).await;
+    let at_zero = fleet.snapshot(&[0, 1], &[2], 0, &[0, 1]);
+    fleet.push(&at_zero).await.expect("pushed");
+    let at_100 = fleet.snapshot(&[0, 1], &[2], 10_000, &[0, 1]);
+    fleet
+        .push_to(&at_100, Some(&[0, 1]))
+        .await
+        .expect("pushed to the stable shards");
+    // Every key is the canary's for the edge, the stable's for the canary
+    // shard: it refuses the hand-off rather than hold a connection that
+    // no later snapshot would move.
+    let refused = KeyedConn::open(fleet.shards[0].client, 0, "room-1").await;
+    let Err(error) = refused else {
+        panic!("the canary shard served a key its snapshot gives to stable");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("503"), "{error}");
+    // Once it runs the same snapshot, the retry lands on it.
+    fleet
+        .push_to(&at_100, Some(&[2]))
+        .await
+        .expect("pushed to the canary shard");
+    let conn = KeyedConn::open(fleet.shards[0].client, 0, "room-1")
+        .await
+        .expect("the retry connects");
+    assert_eq!(conn.shard, fleet.shards[2].id);
+}

@@ -15,8 +15,8 @@
 //! - decided by the operator or the snapshot, the same for both versions
 //!   (`not_ready`, `no_backend`);
 //! - about hand-offs between pods, whose fault is the other pod's
-//!   (`no_shard` counted by the edge, `peer_malformed` and
-//!   `peer_unauthenticated` by the owner);
+//!   (`no_shard` counted by the edge, `peer_malformed`,
+//!   `peer_unauthenticated` and `peer_not_owner` by the owner);
 //! - not refusals (`ok`, `handed_off`).
 //!
 //! Close reasons (`ringway_closes_total`) left out: the endpoints' own

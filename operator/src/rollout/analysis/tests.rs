@@ -365,6 +365,7 @@ fn the_data_planes_counters_fall_in_the_chosen_measures() {
         "no_shard",
         "peer_malformed",
         "peer_unauthenticated",
+        "peer_not_owner",
     ];
     for outcome in left_out {
         assert_eq!(Measure::of_handshake(outcome), None, "{outcome}");
