@@ -131,7 +131,8 @@ fn not_found(what: &str) -> Response<Body> {
     )
 }
 
-fn merge(target: &mut Value, patch: &Value) {
+/// Merges `patch` into `target` as a JSON merge patch does (null removes).
+pub fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
