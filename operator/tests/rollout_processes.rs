@@ -159,6 +159,82 @@ async fn a_healthy_canary_walks_every_step_to_promotion_by_itself() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_canary_is_aborted_and_every_key_comes_back_to_stable() -> anyhow::Result<()> {
+    let begun = Instant::now();
+    let mut gateway = Gateway::start(spec(json!({
+        "steps": [{"weight": 50}],
+        "analysis": {"holdSeconds": 60},
+    })))
+    .await?;
+    let clients = Clients::start(&keys(), &gateway.service, None);
+    clients.wait_connected(CONNECT).await?;
+    let stable_set = gateway.stable_set();
+    let canary_set = other_set(&stable_set);
+
+    gateway
+        .world
+        .edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:crashes"));
+    gateway
+        .drive_until(ROLLOUT, |g| {
+            let canary = &g.world.status()["canary"];
+            canary["weight"] == 50 && canary["phase"] == "Holding"
+        })
+        .await?;
+    // The new build crashes once it owns keys; the kubelet restarts it.
+    let abort = Instant::now();
+    gateway.kubelet.crash(&format!("{canary_set}-")).await?;
+    let mut phases: Vec<String> = Vec::new();
+    gateway
+        .drive_until(ROLLOUT, |g| {
+            let status = g.world.status();
+            if let Some(phase) = status["canary"]["phase"].as_str()
+                && phases.last().map(String::as_str) != Some(phase)
+            {
+                phases.push(phase.to_owned());
+            }
+            !status["aborted"].is_null()
+                && status["canary"].is_null()
+                && g.kubelet.running(&format!("{canary_set}-")) == 0
+        })
+        .await?;
+    let abort = abort.elapsed();
+
+    assert!(
+        phases.iter().any(|p| p == "Aborting"),
+        "phases seen: {phases:?}"
+    );
+    let reason = gateway.world.status()["aborted"]["reason"].clone();
+    assert!(
+        reason.as_str().is_some_and(|r| r.contains("restarts")
+            && r.contains("canary")
+            && r.contains("stable")),
+        "the abort names the restarts of both versions: {reason}"
+    );
+    let reasons = gateway.event_reasons();
+    assert!(
+        reasons.iter().any(|r| r == "CanaryAnalysisFailed"),
+        "no CanaryAnalysisFailed event in {reasons:?}"
+    );
+    assert_eq!(
+        gateway.world.condition("Degraded")["reason"],
+        "CanaryAnalysisFailed"
+    );
+    assert_eq!(
+        gateway.stable_set(),
+        stable_set,
+        "stable stays where it was"
+    );
+    assert_all_served_by(&clients, &stable_set).await?;
+    println!(
+        "crashing canary: aborted {abort:.1?} after the crash (test {:.1?}); disruptions per \
+         client:\n{}",
+        begun.elapsed(),
+        clients.distribution()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a maxMessageBytes change starts no canary: the snapshot gives connection limits to \
             every pod, not to one version's (PodInputs leaves them out), so stable's pods close \
             the clients too"]

@@ -5,8 +5,10 @@
 //! ConfigMap and Secret volumes written to files, with the mount paths and
 //! the `0.0.0.0` bind addresses rewritten for a process on loopback). A
 //! pod is Ready in the fake API while its readiness probe answers 200; a
-//! pod the StatefulSet no longer wants is Terminating and gets SIGTERM,
-//! and is removed once its process exits (killed after its grace period).
+//! process that exits by itself is started again in its pod and counted in
+//! its `restartCount` (`restartPolicy: Always`); a pod the StatefulSet no
+//! longer wants is Terminating and gets SIGTERM, and is removed once its
+//! process exits (killed after its grace period).
 //!
 //! Every image runs the one `ringway-dataplane` binary of this build.
 
@@ -55,7 +57,35 @@ struct PodProcess {
     /// Set once it got SIGTERM: when it is killed if still running.
     kill_at: Option<Instant>,
     grace: Duration,
+    /// The container's name and image, for its status.
+    container: (String, String),
+    restarts: u32,
+    launch: Launch,
     child: Child,
+}
+
+/// How a pod's process is started, and started again.
+struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self, binary: &Path) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        Command::new(binary)
+            .args(&self.args)
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))
+    }
 }
 
 /// The pods of every StatefulSet in the fake API, as processes.
@@ -129,6 +159,18 @@ impl Kubelet {
         self.pods.keys().filter(|n| n.starts_with(prefix)).count()
     }
 
+    /// Kills the processes of the pods whose name starts with `prefix`
+    /// (SIGKILL), as a crash would; the next [`Kubelet::sync`] starts them
+    /// again in their pods.
+    pub async fn crash(&mut self, prefix: &str) -> anyhow::Result<()> {
+        for (name, pod) in &mut self.pods {
+            if name.starts_with(prefix) {
+                pod.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The last lines of the log of every pod process, for a failure
     /// message.
     pub fn logs(&self) -> String {
@@ -146,18 +188,27 @@ impl Kubelet {
         out
     }
 
-    /// Removes the pods whose process exited; kills those past their grace.
+    /// Starts again the processes that exited by themselves; removes the
+    /// Terminating pods whose process exited, and kills those past their
+    /// grace.
     async fn reap<S: Steer>(&mut self, world: &World<S>) -> anyhow::Result<()> {
-        let mut exited = Vec::new();
+        let mut gone = Vec::new();
         for (name, pod) in &mut self.pods {
-            if pod.child.try_wait()?.is_some() {
-                exited.push(name.clone());
-            } else if pod.kill_at.is_some_and(|t| Instant::now() >= t) {
-                pod.child.kill().await?;
-                exited.push(name.clone());
+            let exited = pod.child.try_wait()?.is_some();
+            match pod.kill_at {
+                None if exited => {
+                    pod.child = pod.launch.spawn(&self.binary)?;
+                    pod.restarts += 1;
+                }
+                Some(_) if exited => gone.push(name.clone()),
+                Some(at) if Instant::now() >= at => {
+                    pod.child.kill().await?;
+                    gone.push(name.clone());
+                }
+                _ => {}
             }
         }
-        for name in exited {
+        for name in gone {
             self.pods.remove(&name);
             world.api.remove("pods", &name);
         }
@@ -196,16 +247,17 @@ impl Kubelet {
             };
             (e.name.clone(), value)
         });
-        let args = container.args.iter().flatten().map(|a| files.localize(a));
-        let log = std::fs::File::create(dir.join("log"))?;
-        let child = Command::new(&self.binary)
-            .args(args)
-            .envs(env)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
+        let launch = Launch {
+            args: container
+                .args
+                .iter()
+                .flatten()
+                .map(|a| files.localize(a))
+                .collect(),
+            env: env.collect(),
+            log: dir.join("log"),
+        };
+        let child = launch.spawn(&self.binary)?;
         let port =
             |name: &str| named_port(container, name).map(|p| SocketAddr::new(IpAddr::V4(ip), p));
         let http = container
@@ -225,6 +277,12 @@ impl Kubelet {
             probe: (probe_port, http.path.clone().unwrap_or_else(|| "/".into())),
             ready: false,
             kill_at: None,
+            container: (
+                container.name.clone(),
+                container.image.clone().unwrap_or_default(),
+            ),
+            restarts: 0,
+            launch,
             grace: Duration::from_secs(
                 u64::try_from(spec.termination_grace_period_seconds.unwrap_or(30)).unwrap_or(30),
             ),
@@ -251,8 +309,8 @@ impl PodProcess {
         Ok(())
     }
 
-    /// The pod as the API shows it: Running with its IP, Ready or not, and
-    /// Terminating once stopped.
+    /// The pod as the API shows it: Running with its IP, Ready or not, its
+    /// container's restarts, and Terminating once stopped.
     fn object(&self, name: &str) -> Value {
         let mut metadata =
             json!({"name": name, "namespace": NS, "uid": self.uid, "labels": self.labels});
@@ -260,9 +318,12 @@ impl PodProcess {
             metadata["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         }
         let ready = if self.ready { "True" } else { "False" };
+        let (container, image) = &self.container;
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
             "status": {"phase": "Running", "podIP": self.ip.to_string(),
-                "conditions": [{"type": "Ready", "status": ready}]}})
+                "conditions": [{"type": "Ready", "status": ready}],
+                "containerStatuses": [{"name": container, "image": image, "imageID": "",
+                    "ready": self.ready, "restartCount": self.restarts}]}})
     }
 }
 
