@@ -90,6 +90,59 @@ async fn assert_all_served_by(clients: &Clients, set: &str) -> anyhow::Result<()
     Ok(())
 }
 
+/// Drives `gateway` until its canary is aborted and the canary's pods are
+/// gone, and checks that the analysis did it and says why: the `Aborting`
+/// phase, `status.aborted`'s reason naming `measure` with the canary's and
+/// stable's figures, the `CanaryAnalysisFailed` event and `Degraded`
+/// reason; stable stays in `stable_set`.
+async fn abort_by_analysis(
+    gateway: &mut Gateway,
+    stable_set: &str,
+    measure: &str,
+) -> anyhow::Result<()> {
+    let canary_pods = format!("{}-", other_set(stable_set));
+    let mut phases: Vec<String> = Vec::new();
+    gateway
+        .drive_until(ROLLOUT, |g| {
+            let status = g.world.status();
+            if let Some(phase) = status["canary"]["phase"].as_str()
+                && phases.last().map(String::as_str) != Some(phase)
+            {
+                phases.push(phase.to_owned());
+            }
+            !status["aborted"].is_null()
+                && status["canary"].is_null()
+                && g.kubelet.running(&canary_pods) == 0
+        })
+        .await?;
+    assert!(
+        phases.iter().any(|p| p == "Aborting"),
+        "phases seen: {phases:?}"
+    );
+    let reason = gateway.world.status()["aborted"]["reason"].clone();
+    assert!(
+        reason
+            .as_str()
+            .is_some_and(|r| r.contains(measure) && r.contains("canary") && r.contains("stable")),
+        "the abort names {measure} with the figures of both versions: {reason}"
+    );
+    let reasons = gateway.event_reasons();
+    assert!(
+        reasons.iter().any(|r| r == "CanaryAnalysisFailed"),
+        "no CanaryAnalysisFailed event in {reasons:?}"
+    );
+    assert_eq!(
+        gateway.world.condition("Degraded")["reason"],
+        "CanaryAnalysisFailed"
+    );
+    assert_eq!(
+        gateway.stable_set(),
+        stable_set,
+        "stable stays where it was"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_walks_every_step_to_promotion_by_itself() -> anyhow::Result<()> {
     let begun = Instant::now();
@@ -183,47 +236,8 @@ async fn a_crashing_canary_is_aborted_and_every_key_comes_back_to_stable() -> an
     // The new build crashes once it owns keys; the kubelet restarts it.
     let abort = Instant::now();
     gateway.kubelet.crash(&format!("{canary_set}-")).await?;
-    let mut phases: Vec<String> = Vec::new();
-    gateway
-        .drive_until(ROLLOUT, |g| {
-            let status = g.world.status();
-            if let Some(phase) = status["canary"]["phase"].as_str()
-                && phases.last().map(String::as_str) != Some(phase)
-            {
-                phases.push(phase.to_owned());
-            }
-            !status["aborted"].is_null()
-                && status["canary"].is_null()
-                && g.kubelet.running(&format!("{canary_set}-")) == 0
-        })
-        .await?;
+    abort_by_analysis(&mut gateway, &stable_set, "restarts").await?;
     let abort = abort.elapsed();
-
-    assert!(
-        phases.iter().any(|p| p == "Aborting"),
-        "phases seen: {phases:?}"
-    );
-    let reason = gateway.world.status()["aborted"]["reason"].clone();
-    assert!(
-        reason.as_str().is_some_and(|r| r.contains("restarts")
-            && r.contains("canary")
-            && r.contains("stable")),
-        "the abort names the restarts of both versions: {reason}"
-    );
-    let reasons = gateway.event_reasons();
-    assert!(
-        reasons.iter().any(|r| r == "CanaryAnalysisFailed"),
-        "no CanaryAnalysisFailed event in {reasons:?}"
-    );
-    assert_eq!(
-        gateway.world.condition("Degraded")["reason"],
-        "CanaryAnalysisFailed"
-    );
-    assert_eq!(
-        gateway.stable_set(),
-        stable_set,
-        "stable stays where it was"
-    );
     assert_all_served_by(&clients, &stable_set).await?;
     println!(
         "crashing canary: aborted {abort:.1?} after the crash (test {:.1?}); disruptions per \
@@ -261,49 +275,9 @@ async fn a_harmful_canary_is_aborted_and_exactly_its_keys_come_back_to_stable() 
         gw["spec"]["connections"]["maxMessageBytes"] = json!(1024);
         gw["spec"]["connections"]["maxFrameBytes"] = json!(1024);
     });
-    let mut phases: Vec<String> = Vec::new();
     let abort = Instant::now();
-    gateway
-        .drive_until(ROLLOUT, |g| {
-            let status = g.world.status();
-            if let Some(phase) = status["canary"]["phase"].as_str()
-                && phases.last().map(String::as_str) != Some(phase)
-            {
-                phases.push(phase.to_owned());
-            }
-            !status["aborted"].is_null()
-                && status["canary"].is_null()
-                && g.kubelet.running(&format!("{canary_set}-")) == 0
-        })
-        .await?;
+    abort_by_analysis(&mut gateway, &stable_set, "1009").await?;
     let abort = abort.elapsed();
-
-    assert!(
-        phases.iter().any(|p| p == "Aborting"),
-        "phases seen: {phases:?}"
-    );
-    let reason = gateway.world.status()["aborted"]["reason"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        reason.contains("1009") && reason.contains("canary") && reason.contains("stable"),
-        "the abort names the 1009 measure and both rates: {reason:?}"
-    );
-    let reasons = gateway.event_reasons();
-    assert!(
-        reasons.iter().any(|r| r == "CanaryAnalysisFailed"),
-        "no CanaryAnalysisFailed event in {reasons:?}"
-    );
-    assert_eq!(
-        gateway.world.condition("Degraded")["reason"],
-        "CanaryAnalysisFailed"
-    );
-    assert_eq!(
-        gateway.stable_set(),
-        stable_set,
-        "stable stays where it was"
-    );
     assert_all_served_by(&clients, &stable_set).await?;
 
     let too_big: BTreeSet<String> = clients
