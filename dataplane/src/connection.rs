@@ -25,9 +25,9 @@ use crate::{
         BackendFailure, BackendUpgrade, MAX_HEADERS, Refusal, parse_request, upgrade_backend,
     },
     io::Io,
-    metrics::{Metrics, RouteLabel},
+    metrics::{Metrics, RouteLabel, Tally},
     registry::{ConnControl, DrainCause, RegistryGuard, Role},
-    relay::{Relay, Relays},
+    relay::{Outcome, Relay, Relays},
     routing::{Backend, KeyHash, KeySource, MissingKey, Seat, Shard, Version, hash_key},
     running::RunningState,
     shared::Shared,
@@ -131,7 +131,8 @@ impl Future for ConnectionTask {
                 },
                 TaskProj::Relaying { relay, open } => {
                     let outcome = ready!(relay.poll(cx));
-                    open.metrics.close(outcome.code, outcome.reason, open.owned);
+                    let tally = open.tally(&outcome);
+                    open.metrics.close(outcome.code, outcome.reason, tally);
                     tracing::debug!(code = ?outcome.code, reason = outcome.reason, "connection closed");
                     self.set(Self::Done);
                     return Poll::Ready(());
@@ -148,9 +149,25 @@ struct Open {
     metrics: Arc<Metrics>,
     /// This pod owns the connection (its outcomes go in the owner's tally).
     owned: bool,
+    /// The version that owns its key.
+    version: Version,
     gauge: Gauge,
     _registered: RegistryGuard,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Open {
+    /// The tally the connection's close goes in: the owner's, or as the
+    /// edge's by the key's version when the gateway decided it here.
+    fn tally(&self, outcome: &Outcome) -> Tally {
+        if self.owned {
+            Tally::Owner
+        } else if outcome.decided_by_gateway() {
+            Tally::EdgeDecided(self.version)
+        } else {
+            Tally::None
+        }
+    }
 }
 
 impl Drop for Open {
@@ -242,7 +259,8 @@ async fn establish(
     {
         control.request_drain(DrainCause::Rebalance);
     }
-    let relay_settings = Arc::clone(&now.relay);
+    // The limits of the key's version, on the owner and on an edge alike.
+    let relay_settings = Arc::clone(now.relay_for(routed.version));
     drop(now);
     match timeout(
         relay_settings.close_timeout,
@@ -295,6 +313,7 @@ async fn establish(
     let open = Open {
         metrics: Arc::clone(&shared.metrics),
         owned,
+        version: routed.version,
         gauge,
         _registered: registered,
         _permit: permit,
@@ -464,12 +483,21 @@ async fn read_and_route(
         let Some(req) = parse_request(&buf, &mut headers)? else {
             continue;
         };
-        if !shared.is_ready() {
+        // A retiring pod takes no new client, but takes hand-offs for the
+        // keys it still owns (its version's keys are moving away, and it
+        // owns them until they have).
+        let open = match origin {
+            Origin::Client => shared.is_ready(),
+            Origin::Peer => shared.is_serving(),
+        };
+        if !open {
             return Err(Refusal::new(
                 503,
                 "not_ready",
                 if shared.drain_cause().is_some() {
                     "this gateway pod is stopping"
+                } else if shared.is_serving() {
+                    "this gateway pod is retiring: connect again through the gateway's Service"
                 } else {
                     "this gateway pod has no routing snapshot yet"
                 },

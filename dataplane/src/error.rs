@@ -270,6 +270,21 @@ pub enum SnapshotError {
         /// The message limit it leads to.
         max_message: u64,
     },
+    /// A version's own frame and message limits do not fit together.
+    #[error(
+        "versions[{index}] ({}).limits: max_frame_bytes ({max_frame}) must be at least {MIN_FRAME_BYTES} and at most max_message_bytes ({max_message})",
+        version.label()
+    )]
+    VersionFrameLimits {
+        /// The version's index.
+        index: usize,
+        /// Which version.
+        version: Version,
+        /// The frame limit the version leads to.
+        max_frame: u64,
+        /// The message limit it leads to.
+        max_message: u64,
+    },
 }
 
 /// What is wrong with a shard of a snapshot (the message goes on from its

@@ -1,8 +1,9 @@
 //! Prometheus metrics, all prefixed `ringway_`. Handles that the relay
 //! touches per message are resolved once, so the hot path only does atomic
-//! adds. Beside them, the owner's tally ([`OwnerTally`]) that the control
-//! channel reports.
+//! adds. Beside them, the owner's tally ([`OwnerTally`]) and the edge's
+//! ([`EdgeTally`]) that the control channel reports.
 
+mod edge;
 mod owned;
 
 use prometheus_client::{
@@ -11,7 +12,21 @@ use prometheus_client::{
     registry::Registry,
 };
 
-pub use self::owned::OwnerTally;
+pub use self::{edge::EdgeTally, owned::OwnerTally};
+use crate::routing::Version;
+
+/// Which tally a connection's close goes in, besides `ringway_closes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tally {
+    /// The owner's: this pod owns the connection.
+    Owner,
+    /// The edge's: this pod relays the connection to its owner and decided
+    /// the close itself; the key's version.
+    EdgeDecided(Version),
+    /// Neither: an edge's close that an endpoint decided (the owner
+    /// counts it as its client's close).
+    None,
+}
 
 /// Labels of per-route metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,6 +144,8 @@ pub struct Metrics {
     refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// What the connections this pod owns came to, for the status RPC.
     pub owned: OwnerTally,
+    /// The closes this pod decided as an edge, for the status RPC.
+    pub edge: EdgeTally,
 }
 
 impl Default for Metrics {
@@ -299,6 +316,7 @@ impl Metrics {
             stalled_clients,
             refusals: std::sync::Mutex::default(),
             owned: OwnerTally::new(),
+            edge: EdgeTally::default(),
         }
     }
 
@@ -346,17 +364,18 @@ impl Metrics {
         }
     }
 
-    /// Counts one connection close, and in the owner's tally when this
-    /// pod `owned` the connection.
-    pub fn close(&self, code: Option<u16>, reason: &'static str, owned: bool) {
+    /// Counts one connection close, and in `tally`.
+    pub fn close(&self, code: Option<u16>, reason: &'static str, tally: Tally) {
         self.closes
             .get_or_create(&CloseLabels {
                 code: close_code_label(code),
                 reason,
             })
             .inc();
-        if owned {
-            self.owned.close(code, reason);
+        match tally {
+            Tally::Owner => self.owned.close(code, reason),
+            Tally::EdgeDecided(version) => self.edge.close(version, code, reason),
+            Tally::None => {}
         }
     }
 
@@ -428,7 +447,7 @@ mod tests {
     fn close_codes_from_peers_make_a_bounded_set_of_series() {
         let metrics = Metrics::new();
         for code in (0..=u16::MAX).map(Some).chain([None]) {
-            metrics.close(code, "client", false);
+            metrics.close(code, "client", Tally::None);
         }
         let rendered = metrics.render();
         let series: Vec<&str> = rendered

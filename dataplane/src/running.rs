@@ -4,6 +4,10 @@
 //! over the pod's configured limits, which the snapshot's override. A
 //! snapshot that does not make sense is refused whole, with a
 //! [`SnapshotError`] naming the field. Replaced whole, never changed.
+//!
+//! A connection's relay follows the limits of its key's version (which
+//! the version's spec may set over the snapshot's), on the owner and on
+//! an edge alike: a canary's limits are canaried with it.
 
 use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -44,8 +48,12 @@ pub struct HandshakeLimits {
 pub struct RunningState {
     /// Routes, versions, shards and backends.
     pub routing: RoutingState,
-    /// Limits of new connections' relays.
+    /// Limits of new connections' relays: the snapshot's, which a version
+    /// that sets none of its own keeps. Its close timeout is every
+    /// version's.
     pub relay: Arc<RelaySettings>,
+    /// Limits of the relays of new connections by their key's version.
+    version_relays: VersionRelays,
     /// Limits of new connections' handshakes.
     pub handshake: HandshakeLimits,
     /// How connections are drained.
@@ -57,7 +65,42 @@ pub struct RunningState {
     pub retiring: bool,
 }
 
+/// The relay limits of each version: the snapshot's, or the version's own
+/// over them.
+#[derive(Debug)]
+struct VersionRelays {
+    stable: Arc<RelaySettings>,
+    canary: Arc<RelaySettings>,
+}
+
+impl VersionRelays {
+    /// Every version on `relay`.
+    fn all(relay: &Arc<RelaySettings>) -> Self {
+        Self {
+            stable: Arc::clone(relay),
+            canary: Arc::clone(relay),
+        }
+    }
+
+    fn of_mut(&mut self, version: Version) -> &mut Arc<RelaySettings> {
+        match version {
+            Version::Stable => &mut self.stable,
+            Version::Canary => &mut self.canary,
+        }
+    }
+}
+
 impl RunningState {
+    /// The relay limits of a new connection whose key `version` owns,
+    /// whichever pod its client came in through. A version the state
+    /// does not run (a canary just removed) has the snapshot's.
+    pub fn relay_for(&self, version: Version) -> &Arc<RelaySettings> {
+        match version {
+            Version::Stable => &self.version_relays.stable,
+            Version::Canary => &self.version_relays.canary,
+        }
+    }
+
     /// The standalone state: the snapshot the config compiles into (its
     /// routes and backends, one version with no shards: this process
     /// serves every key itself).
@@ -106,24 +149,27 @@ impl RunningState {
         if let Some(drain) = &snapshot.drain {
             running.apply_drain(drain);
         }
+        running.version_relays = version_relays(&snapshot.versions, &running.relay)?;
         Ok(running)
     }
 
     /// `routing` under the pod's configured limits and drain policy.
     fn configured(config: &Config, routing: RoutingState, gateway: String) -> Self {
         let c = &config.connections;
+        let relay = Arc::new(RelaySettings {
+            max_frame: c.max_frame_bytes,
+            max_message: c.max_message_bytes,
+            heartbeat_interval: secs(c.heartbeat.interval_seconds),
+            heartbeat_timeout: secs(c.heartbeat.timeout_seconds),
+            idle_timeout: (c.idle_timeout_seconds > 0.0).then(|| secs(c.idle_timeout_seconds)),
+            slow_consumer: secs(c.slow_consumer_seconds),
+            close_timeout: secs(config.drain.close_timeout_seconds),
+            reconnect_jitter_ms: config.drain.reconnect_jitter_ms,
+        });
         Self {
             routing,
-            relay: Arc::new(RelaySettings {
-                max_frame: c.max_frame_bytes,
-                max_message: c.max_message_bytes,
-                heartbeat_interval: secs(c.heartbeat.interval_seconds),
-                heartbeat_timeout: secs(c.heartbeat.timeout_seconds),
-                idle_timeout: (c.idle_timeout_seconds > 0.0).then(|| secs(c.idle_timeout_seconds)),
-                slow_consumer: secs(c.slow_consumer_seconds),
-                close_timeout: secs(config.drain.close_timeout_seconds),
-                reconnect_jitter_ms: config.drain.reconnect_jitter_ms,
-            }),
+            version_relays: VersionRelays::all(&relay),
+            relay,
             handshake: HandshakeLimits {
                 timeout: secs(c.handshake_timeout_seconds),
                 max_request_header_bytes: c.max_request_header_bytes,
@@ -141,26 +187,12 @@ impl RunningState {
 
     /// The snapshot's connection limits over the configured ones.
     fn apply_limits(&mut self, l: &v1::ConnectionLimits) -> Result<(), SnapshotError> {
-        let relay = Arc::make_mut(&mut self.relay);
-        if l.max_frame_bytes > 0 {
-            relay.max_frame = u64::from(l.max_frame_bytes);
-        }
-        if l.max_message_bytes > 0 {
-            relay.max_message = u64::from(l.max_message_bytes);
-        }
-        if !frame_limits_ok(relay.max_frame, relay.max_message) {
-            return Err(SnapshotError::FrameLimits {
-                max_frame: relay.max_frame,
-                max_message: relay.max_message,
-            });
-        }
-        if l.heartbeat_interval_ms > 0 {
-            relay.heartbeat_interval = ms(l.heartbeat_interval_ms);
-        }
-        if l.heartbeat_timeout_ms > 0 {
-            relay.heartbeat_timeout = ms(l.heartbeat_timeout_ms);
-        }
-        relay.idle_timeout = (l.idle_timeout_ms > 0).then(|| ms(l.idle_timeout_ms));
+        limit_relay(Arc::make_mut(&mut self.relay), l).map_err(|(max_frame, max_message)| {
+            SnapshotError::FrameLimits {
+                max_frame,
+                max_message,
+            }
+        })?;
         if l.handshake_timeout_ms > 0 {
             self.handshake.timeout = ms(l.handshake_timeout_ms);
         }
@@ -181,6 +213,55 @@ impl RunningState {
     }
 }
 
+/// The relay limits `l` sets over `relay`'s: those left at 0 stay (but
+/// an idle timeout of 0 is off). The frame and message limits it leads to
+/// when they do not fit together.
+fn limit_relay(relay: &mut RelaySettings, l: &v1::ConnectionLimits) -> Result<(), (u64, u64)> {
+    if l.max_frame_bytes > 0 {
+        relay.max_frame = u64::from(l.max_frame_bytes);
+    }
+    if l.max_message_bytes > 0 {
+        relay.max_message = u64::from(l.max_message_bytes);
+    }
+    if !frame_limits_ok(relay.max_frame, relay.max_message) {
+        return Err((relay.max_frame, relay.max_message));
+    }
+    if l.heartbeat_interval_ms > 0 {
+        relay.heartbeat_interval = ms(l.heartbeat_interval_ms);
+    }
+    if l.heartbeat_timeout_ms > 0 {
+        relay.heartbeat_timeout = ms(l.heartbeat_timeout_ms);
+    }
+    relay.idle_timeout = (l.idle_timeout_ms > 0).then(|| ms(l.idle_timeout_ms));
+    Ok(())
+}
+
+/// Each version's relay limits: its own over the snapshot's `relay`, or
+/// the snapshot's. `specs` were read by [`versions`] already.
+fn version_relays(
+    specs: &[v1::VersionSpec],
+    relay: &Arc<RelaySettings>,
+) -> Result<VersionRelays, SnapshotError> {
+    let mut relays = VersionRelays::all(relay);
+    for (index, spec) in specs.iter().enumerate() {
+        let Some(limits) = &spec.limits else {
+            continue;
+        };
+        let version = spec_version(index, spec)?;
+        let mut own = RelaySettings::clone(relay);
+        limit_relay(&mut own, limits).map_err(|(max_frame, max_message)| {
+            SnapshotError::VersionFrameLimits {
+                index,
+                version,
+                max_frame,
+                max_message,
+            }
+        })?;
+        *relays.of_mut(version) = Arc::new(own);
+    }
+    Ok(relays)
+}
+
 fn ms(v: u32) -> Duration {
     Duration::from_millis(u64::from(v))
 }
@@ -194,10 +275,7 @@ fn versions(
     let mut canary = None;
     let mut shard_ids = HashSet::new();
     for (index, spec) in specs.iter().enumerate() {
-        let version = v1::Version::try_from(spec.version)
-            .ok()
-            .and_then(|v| Version::try_from(v).ok())
-            .ok_or(SnapshotError::UnknownVersion { index })?;
+        let version = spec_version(index, spec)?;
         let state = version_state(index, version, spec, table, &mut shard_ids)?;
         let slot = match version {
             Version::Stable => &mut stable,
@@ -208,6 +286,14 @@ fn versions(
         }
     }
     Ok((stable.ok_or(SnapshotError::NoStable)?, canary))
+}
+
+/// Which version `specs[index]` is.
+fn spec_version(index: usize, spec: &v1::VersionSpec) -> Result<Version, SnapshotError> {
+    v1::Version::try_from(spec.version)
+        .ok()
+        .and_then(|v| Version::try_from(v).ok())
+        .ok_or(SnapshotError::UnknownVersion { index })
 }
 
 fn version_state(

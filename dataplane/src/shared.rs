@@ -138,15 +138,18 @@ impl Shared {
         self.ready.store(true, Ordering::SeqCst);
     }
 
-    /// Accepting connections and not stopping; a shard also needs its
-    /// first snapshot, and must not be retiring.
+    /// Ready for new clients: [serving](Shared::is_serving), and a shard
+    /// must not be retiring.
     pub fn is_ready(&self) -> bool {
+        self.is_serving() && (self.shard.is_none() || !self.running.load().retiring)
+    }
+
+    /// Accepting connections and not stopping; a shard also needs its
+    /// first snapshot.
+    pub fn is_serving(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
             && self.drain_cause().is_none()
-            && (self.shard.is_none() || {
-                let running = self.running.load();
-                running.routing.epoch > 0 && !running.retiring
-            })
+            && (self.shard.is_none() || self.running.load().routing.epoch > 0)
     }
 
     /// Connections held now (each takes a permit of the connection limit
@@ -353,6 +356,8 @@ impl Shared {
                 .collect(),
             relayed,
             owned: Some(self.metrics.owned.report(self.registry.owned_millis())),
+            edge_closes: self.metrics.edge.report(),
+            serving: self.is_serving(),
         }
     }
 

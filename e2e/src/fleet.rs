@@ -514,6 +514,7 @@ impl Fleet {
             image: format!("ringway:{}", version.as_str_name()),
             shards: shards.iter().map(|&s| self.shards[s].as_shard()).collect(),
             backends: route_backends.clone(),
+            limits: None,
         };
         let mut versions = vec![version(v1::Version::Stable, v1::Slot::A, stable)];
         if !canary.is_empty() {

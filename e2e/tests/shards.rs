@@ -662,9 +662,8 @@ async fn tallies(fleet: &Fleet) -> Vec<v1::OwnerCounters> {
         .collect()
 }
 
-fn close_counts(tally: &v1::OwnerCounters) -> Vec<(u32, &str, u64)> {
-    tally
-        .closes
+fn close_counts(closes: &[v1::CloseCount]) -> Vec<(u32, &str, u64)> {
+    closes
         .iter()
         .map(|c| (c.code, c.reason.as_str(), c.count))
         .collect()
@@ -761,7 +760,7 @@ async fn a_connection_counts_in_the_owner_tally_of_its_owner_only_whichever_shar
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(
-        close_counts(&later[owner]),
+        close_counts(&later[owner].closes),
         [(1009, "client", 1), (1009, "client_protocol_error", 1)]
     );
     assert!(later[1 - owner].closes.is_empty(), "{:?}", later[1 - owner]);
@@ -771,4 +770,143 @@ async fn a_connection_counts_in_the_owner_tally_of_its_owner_only_whichever_shar
         assert!(tally.connection_millis > first[i].connection_millis);
         assert!(tally.failures.is_empty(), "{tally:?}");
     }
+}
+
+#[tokio::test]
+async fn a_retiring_shard_that_owns_keys_takes_their_hand_offs_but_no_new_client() {
+    // All three shards own keys; shard 0's version is having its keys
+    // moved away, so it leaves the client Service but keeps its keys.
+    let mut fleet = serving(3, 2).await;
+    let mut held_out = fleet.snapshot(&[0, 1, 2], &[], 0, &[0, 1]);
+    held_out.retiring = vec![fleet.shards[0].id.clone()];
+    fleet.push(&held_out).await.expect("pushed");
+    let statuses = fleet.statuses().await.expect("statuses");
+    let seen: Vec<(bool, bool)> = statuses.iter().map(|s| (s.ready, s.serving)).collect();
+    assert_eq!(
+        seen,
+        [(false, true), (true, true), (true, true)],
+        "the retiring shard answers not ready and still serves"
+    );
+
+    // Every key connects through the other shards; shard 0's keys are
+    // handed off to it.
+    let conns = open_all(&fleet, &keys(150), &[1, 2]).await;
+    let through_0 = conns
+        .iter()
+        .filter(|c| c.shard == fleet.shards[0].id)
+        .count();
+    assert!(
+        through_0 > 10,
+        "only {through_0} of 150 keys owned by shard 0"
+    );
+    all_echo(&conns, "held-out").await;
+
+    // A new client straight to it is refused, with what to do.
+    let refused = KeyedConn::open(fleet.shards[0].client, 0, "direct").await;
+    let Err(error) = refused else {
+        panic!("a retiring shard took a new client");
+    };
+    let error = format!("{error:#}");
+    assert!(error.contains("503"), "{error}");
+}
+
+/// Each version's own limits, over the snapshot's.
+fn version_limits(max_frame_bytes: u32, max_message_bytes: u32) -> Option<v1::ConnectionLimits> {
+    Some(v1::ConnectionLimits {
+        max_frame_bytes,
+        max_message_bytes,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_connection_follows_its_key_versions_limits_on_its_owner_and_on_an_edge_of_the_other_version()
+ {
+    // Shard 0 is stable (64 KiB messages), shard 1 the canary (1 KiB),
+    // each owning half the keys.
+    let mut fleet = Fleet::start(binaries(), 2, 1).await.expect("fleet");
+    let (stable, canary) = ([0], [1]);
+    let mut snapshot = fleet.snapshot(&stable, &canary, 5_000, &[0]);
+    snapshot.versions[0].limits = version_limits(16 * 1024, 64 * 1024);
+    snapshot.versions[1].limits = version_limits(1024, 1024);
+    fleet.push(&snapshot).await.expect("pushed");
+    fleet.wait_ready(&[0, 1]).await.expect("ready");
+    let expect = Expect {
+        fleet: &fleet,
+        stable: &stable,
+        canary: &canary,
+        basis_points: 5_000,
+        backends: &[0],
+    };
+    let keyed_to = |shard: usize| {
+        keys(100)
+            .into_iter()
+            .find(|k| expect.owner(k) == fleet.shards[shard].id)
+            .expect("a key of each version among 100")
+    };
+    let (stable_key, canary_key) = (keyed_to(0), keyed_to(1));
+
+    // Each key straight to its owner and through the other version's shard.
+    let mut open = Vec::new();
+    for (key, owner) in [(&stable_key, 0), (&canary_key, 1)] {
+        for edge in [owner, 1 - owner] {
+            let conn = KeyedConn::open(fleet.shards[edge].client, edge, key)
+                .await
+                .expect("connects");
+            assert_eq!(conn.shard, fleet.shards[owner].id, "{key}");
+            open.push(conn);
+        }
+    }
+    let (stable_conns, canary_conns) = open.split_at(2);
+    let two_kib = "x".repeat(2 * 1024);
+    for conn in stable_conns {
+        assert!(
+            conn.echo(&two_kib).await,
+            "stable's limits let 2 KiB through, entering at shard {}",
+            conn.edge
+        );
+    }
+    for conn in canary_conns {
+        assert!(!conn.echo(&two_kib).await, "over the canary's limit");
+        let ended = conn.wait_ended(Duration::from_secs(5)).await;
+        assert_eq!(
+            ended.as_ref().and_then(Ended::code),
+            Some(1009),
+            "entering at shard {}: {ended:?}",
+            conn.edge
+        );
+    }
+    all_echo(stable_conns, "still-open").await;
+
+    // The stable shard decided the close of the canary key it relayed,
+    // and counts it under the canary; the canary owner counts the one
+    // it decided as its own, and the other as its client's close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let statuses = loop {
+        let now = fleet.statuses().await.expect("statuses");
+        let owned = now[1].owned.as_ref().expect("the owner tally");
+        if owned.closes.iter().map(|c| c.count).sum::<u64>() == 2 && !now[0].edge_closes.is_empty()
+        {
+            break now;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let edge_closes = &statuses[0].edge_closes;
+    assert_eq!(edge_closes.len(), 1, "{edge_closes:?}");
+    assert_eq!(edge_closes[0].version, v1::Version::Canary as i32);
+    assert_eq!(
+        close_counts(&edge_closes[0].closes),
+        [(1009, "client_protocol_error", 1)]
+    );
+    assert!(statuses[1].edge_closes.is_empty(), "{:?}", statuses[1]);
+    let owned: Vec<&v1::OwnerCounters> = statuses
+        .iter()
+        .map(|s| s.owned.as_ref().expect("the owner tally"))
+        .collect();
+    assert_eq!(
+        close_counts(&owned[1].closes),
+        [(1009, "client", 1), (1009, "client_protocol_error", 1)]
+    );
+    assert!(owned[0].closes.is_empty(), "{:?}", owned[0]);
 }

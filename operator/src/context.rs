@@ -59,6 +59,9 @@ pub(crate) struct Memory {
     /// What each pod reported of the connections it owns, from the last
     /// poll, for the canary analysis.
     pub counters: HashMap<String, Counters>,
+    /// Whether each pod said it serves its shard, from its last answer
+    /// (kept while its polls fail; see [`crate::observe::SERVING_GRACE`]).
+    pub serving: HashMap<String, bool>,
     /// The canary analysis's current window.
     pub analysis: Option<Window>,
     /// Pods whose status polls have failed without a break, since when:

@@ -36,6 +36,18 @@ use crate::{
 /// so that a storm of watch events never becomes a storm of RPCs.
 pub const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
+/// How long a pod's word that it serves its shard counts: polls run at
+/// every reconcile (5 s apart) while a version is moving, the only time a
+/// pod is out of the client Service on purpose; at rest, when they run
+/// every 30 s, the `Ready` condition alone decides.
+pub const SERVING_FRESH: Duration = Duration::from_secs(15);
+
+/// How long a pod out of the client Service on purpose keeps its place in
+/// the ring while its polls fail: a poll lost now and then moves no keys;
+/// past it (as long as Kubernetes takes to mark an unreachable node's
+/// pods not ready) its keys go to the others.
+pub const SERVING_GRACE: Duration = Duration::from_secs(40);
+
 /// What the cluster shows of one gateway.
 pub(crate) struct Cluster {
     /// The Secret with the control channel's CA, if any.
@@ -73,6 +85,7 @@ pub(crate) async fn gateway(
     for view in &mut slots {
         let sts = get(&statefulsets, &gwref.slot_name(view.slot)).await?;
         *view = slot_view(view.slot, sts.as_ref(), &pods, memory);
+        view.inputs = view.inputs.take().map(|i| i.or_limits_of(&gw.spec));
     }
     let services = backend_services(client, ns, gw).await?;
     let (endpoints, backend_problems) = backends(stores, ns, gw, &services);
@@ -150,6 +163,9 @@ pub(crate) fn slot_view(
                     .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
                     .sum(),
                 owned: memory.counters.get(&name).copied(),
+                serving: memory.serving.get(&name).copied().unwrap_or(false)
+                    && memory.polled.is_some_and(|t| t.elapsed() < SERVING_FRESH)
+                    && !memory.unanswered.contains_key(&name),
                 unanswered_since: memory.unanswered.get(&name).copied(),
                 name,
             }
@@ -271,16 +287,21 @@ pub(crate) async fn poll<S: Steer>(
                     relayed: i64::try_from(status.relayed).unwrap_or(i64::MAX),
                 };
                 memory.connections.insert(pod.clone(), counts);
+                memory.serving.insert(pod.clone(), status.serving);
                 if let Some(owned) = &status.owned {
-                    memory
-                        .counters
-                        .insert(pod.clone(), Counters::from_report(owned));
+                    memory.counters.insert(
+                        pod.clone(),
+                        Counters::from_report(owned, &status.edge_closes),
+                    );
                 }
             }
             Err(e) => debug!(gateway = %key, pod = %pod, error = %e, "status poll failed"),
         }
     }
     memory.polled = Some(Instant::now());
+    memory
+        .serving
+        .retain(|pod, _| targets.values().any(|t| t == pod));
     memory.unanswered = targets
         .into_values()
         .filter(|pod| !memory.connections.contains_key(pod))
@@ -294,11 +315,17 @@ pub(crate) async fn poll<S: Steer>(
         pod.connections = counts.map(|c| c.owned);
         pod.relayed = counts.map(|c| c.relayed);
         pod.owned = memory.counters.get(&pod.name).copied();
+        let silent_for = pod
+            .unanswered_since
+            .map_or(0, |since| now.duration_since(since).as_secs());
+        pod.serving = memory.serving.get(&pod.name).copied().unwrap_or(false)
+            && silent_for < SERVING_GRACE.as_secs().try_into().unwrap_or(i64::MAX);
         pod.unanswered_since = memory.unanswered.get(&pod.name).copied();
     }
     ctx.remember(key, |m| {
         m.connections = memory.connections.clone();
         m.counters = memory.counters.clone();
+        m.serving = memory.serving.clone();
         m.unanswered = memory.unanswered.clone();
         m.polled = memory.polled;
     });

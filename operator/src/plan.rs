@@ -148,22 +148,15 @@ fn children(i: &Inputs<'_>, rollout: &rollout::Plan) -> Children {
 
 /// The snapshot for the planned roles, with epoch 0.
 fn snapshot(i: &Inputs<'_>, rollout: &rollout::Plan) -> Snapshot {
-    // A slot's image: as planned, else as it runs.
-    let image = |slot: Slot| -> String {
+    // What a slot's version is: as planned, else as it runs.
+    let version = |slot: Slot| -> Option<&PodInputs> {
         rollout
             .slots
             .iter()
             .find(|s| s.slot == slot)
-            .map(|s| s.inputs.image.clone())
-            .or_else(|| {
-                i.slots[slot_index(slot)]
-                    .inputs
-                    .as_ref()
-                    .map(|p| p.image.clone())
-            })
-            .unwrap_or_default()
+            .map(|s| &s.inputs)
+            .or_else(|| i.slots[slot_index(slot)].inputs.as_ref())
     };
-    let images = [image(Slot::A), image(Slot::B)];
     snapshot::build(
         0,
         &snapshot::Inputs {
@@ -171,7 +164,7 @@ fn snapshot(i: &Inputs<'_>, rollout: &rollout::Plan) -> Snapshot {
             spec: i.spec,
             roles: rollout.roles,
             slots: i.slots,
-            images: [&images[0], &images[1]],
+            versions: [version(Slot::A), version(Slot::B)],
             endpoints: i.endpoints,
         },
     )

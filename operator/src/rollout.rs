@@ -89,6 +89,19 @@ pub struct Roles {
     /// The slot on its way out, whose pods answer not ready so that no new
     /// client enters through them (see [`retire_paced`]).
     pub retiring: Option<Slot>,
+    /// The slot whose keys are moving away (stable's while a canary with
+    /// all its pods ready takes keys, the canary's while it is aborted):
+    /// its pods answer not ready too, so that a client whose key moved
+    /// reconnects through a pod that stays, but keep their places in the
+    /// ring until their keys have moved (see [`PodView::in_ring`]).
+    pub held_out: Option<Slot>,
+}
+
+impl Roles {
+    /// The slots whose pods take no new clients.
+    pub fn out_of_service(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.retiring.into_iter().chain(self.held_out)
+    }
 }
 
 /// Why the gateway is not at rest, for the `Progressing` condition.
@@ -156,6 +169,7 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             canary: None,
             weight: 0,
             retiring: None,
+            held_out: None,
         },
         stable: (stable_slot, stable_inputs.clone()),
         canary: None,
@@ -173,8 +187,14 @@ pub fn plan(o: &Observed<'_>) -> Plan {
         .aborted
         .clone()
         .filter(|a| spec_changed && a.revision == o.spec.revision());
+    // A new version runs beside the old one, in the other slot, whenever
+    // something baked into the pods changes: as a canary, or, without the
+    // annotation or steps, walked straight to 100% within the budget, so
+    // that no connection is disrupted twice. A change of limits alone
+    // restarts no pod, and reaches the pods in the next snapshot.
+    let baked_change = o.spec.template_revision() != stable_inputs.template_revision();
     let canary_mode = o.intent.mode == Mode::Canary
-        || (o.intent.mode == Mode::Rolling && !o.rollout.steps.is_empty());
+        || (o.intent.mode == Mode::Rolling && (!o.rollout.steps.is_empty() || baked_change));
     match &o.status.canary {
         None => {
             if o.intent.abort && !spec_changed {

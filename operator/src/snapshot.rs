@@ -12,7 +12,8 @@ use ringway_control::proto as v1;
 use ringway_crds::{Slot, WebSocketGatewaySpec};
 
 use crate::{
-    budget,
+    PodInputs, budget,
+    inputs::VersionLimits,
     names::{PEER_PORT, slot_index},
     rollout::{Roles, SlotView},
 };
@@ -105,8 +106,9 @@ pub struct Inputs<'a> {
     pub roles: Roles,
     /// Slots A and B.
     pub slots: &'a [SlotView; 2],
-    /// The image each slot runs (for the pods' status and logs).
-    pub images: [&'a str; 2],
+    /// What each slot runs: its image (for the pods' status and logs) and
+    /// the limits of its version's connections.
+    pub versions: [Option<&'a PodInputs>; 2],
     /// Ready endpoints by route name (a route without any has none).
     pub endpoints: &'a BTreeMap<String, Vec<Endpoint>>,
 }
@@ -144,10 +146,11 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
         .collect();
     let version = |version: v1::Version, slot: Slot| {
         let view = &i.slots[slot_index(slot)];
+        let inputs = i.versions[slot_index(slot)];
         v1::VersionSpec {
             version: version as i32,
             slot: v1::Slot::from(slot) as i32,
-            image: i.images[slot_index(slot)].to_owned(),
+            image: inputs.map(|p| p.image.clone()).unwrap_or_default(),
             shards: view
                 .pods
                 .iter()
@@ -160,6 +163,9 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
                 })
                 .collect(),
             backends: backends.clone(),
+            limits: inputs
+                .and_then(|p| p.limits.as_ref())
+                .map(v1::ConnectionLimits::from),
         }
     };
     let mut versions = vec![version(v1::Version::Stable, i.roles.stable)];
@@ -184,26 +190,37 @@ pub fn build(epoch: u64, i: &Inputs<'_>) -> v1::Snapshot {
             0
         },
         limits: Some(v1::ConnectionLimits {
-            heartbeat_interval_ms: c.heartbeat.interval_seconds.saturating_mul(1000),
-            heartbeat_timeout_ms: c.heartbeat.timeout_seconds.saturating_mul(1000),
-            idle_timeout_ms: c.idle_timeout_seconds.saturating_mul(1000),
-            max_frame_bytes: c.max_frame_bytes,
-            max_message_bytes: c.max_message_bytes,
             max_connections: c.max_connections_per_pod,
             handshake_timeout_ms: c.handshake_timeout_seconds.saturating_mul(1000),
+            ..v1::ConnectionLimits::from(&VersionLimits::from(c))
         }),
         drain: Some(v1::DrainSettings {
             window_ms: i.spec.drain.window_seconds.saturating_mul(1000),
             close_timeout_ms: i.spec.drain.close_timeout_seconds.saturating_mul(1000),
             max_closes_per_second: budget::per_pod_rate(&i.spec.disruption_budget, steered),
         }),
-        retiring: i.roles.retiring.map_or_else(Vec::new, |slot| {
-            i.slots[slot_index(slot)]
-                .pods
-                .iter()
-                .map(|p| p.name.clone())
-                .collect()
-        }),
+        retiring: i
+            .roles
+            .out_of_service()
+            .flat_map(|slot| &i.slots[slot_index(slot)].pods)
+            .map(|p| p.name.clone())
+            .collect(),
+    }
+}
+
+/// A version's limits as the pods take them; the pod's connection cap and
+/// the handshake timeout are the snapshot's.
+impl From<&VersionLimits> for v1::ConnectionLimits {
+    fn from(l: &VersionLimits) -> Self {
+        Self {
+            heartbeat_interval_ms: l.heartbeat_interval_seconds.saturating_mul(1000),
+            heartbeat_timeout_ms: l.heartbeat_timeout_seconds.saturating_mul(1000),
+            idle_timeout_ms: l.idle_timeout_seconds.saturating_mul(1000),
+            max_frame_bytes: l.max_frame_bytes,
+            max_message_bytes: l.max_message_bytes,
+            max_connections: 0,
+            handshake_timeout_ms: 0,
+        }
     }
 }
 

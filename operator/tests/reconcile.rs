@@ -235,66 +235,99 @@ async fn status_is_server_side_applied_with_the_whole_picture() {
     assert_eq!(partition(&w, "chat-a"), 0, "a limit change restarts no pod");
 }
 
+/// Without the canary annotation or steps, a new version still runs
+/// beside the old one and takes its keys, straight to 100% within the
+/// budget: no pod restarts in place, so no client is closed twice.
 #[tokio::test]
-async fn a_spec_change_without_the_canary_annotation_rolls_one_pod_at_a_time() {
+async fn a_spec_change_without_the_canary_annotation_runs_beside_the_old_version() {
     let w = steady(Value::Null).await;
     set_budget_percent(&w, 100);
     w.connections_per_pod(10);
     w.reconcile().await.unwrap();
     w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
-    w.reconcile().await.unwrap();
-    assert_eq!(image(&w, "chat-a"), "ringway/dataplane:2");
-    assert_eq!(
-        partition(&w, "chat-a"),
-        3,
-        "the template changes with every pod held back"
-    );
-    assert_eq!(w.condition("Progressing")["reason"], "RollingUpdate");
-    assert!(
-        w.api.get("statefulsets", "chat-b").is_none(),
-        "no second slot for a rolling update"
-    );
-    let mut seen = vec![3];
-    for _ in 0..8 {
+    // Once their keys have moved, the old pods hold nothing.
+    w.connections_per_pod(0);
+    let mut weights = Vec::new();
+    for _ in 0..12 {
         w.settle();
         w.reconcile().await.unwrap();
-        let p = partition(&w, "chat-a");
-        if seen.last() != Some(&p) {
-            seen.push(p);
+        assert_eq!(partition(&w, "chat-a"), 0, "no pod restarts in place");
+        let weight = w.status()["canary"]["weight"].as_i64();
+        if let Some(weight) = weight
+            && weights.last() != Some(&weight)
+        {
+            weights.push(weight);
+        }
+        if w.status()["canary"].is_null() && w.status()["stable"]["slot"] == "B" {
+            break;
         }
     }
-    assert_eq!(
-        seen,
-        vec![3, 2, 1, 0],
-        "one pod per step, highest ordinal first"
-    );
+    assert_eq!(weights, [0, 100], "no hold between");
+    assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
+    assert_eq!(replicas(&w, "chat-a"), 0);
+    let reasons: Vec<String> = w.api.events().into_iter().map(|(r, _)| r).collect();
+    for reason in ["CanaryStarted", "CanaryPromoting", "CanaryPromoted"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason}: {reasons:?}");
+    }
     w.settle();
     w.reconcile().await.unwrap();
-    assert_eq!(w.status()["stable"]["image"], "ringway/dataplane:2");
+    assert_eq!(w.condition("Progressing")["status"], "False");
+}
+
+/// The limit of message sizes of `version` in `snapshot`.
+fn max_message(snapshot: &ringway_control::proto::Snapshot, version: Version) -> Option<u32> {
+    snapshot
+        .versions
+        .iter()
+        .find(|v| v.version == version as i32)
+        .and_then(|v| v.limits.as_ref())
+        .map(|l| l.max_message_bytes)
+}
+
+/// A change of limits is a new version: without the canary annotation it
+/// reaches every pod in the next snapshot and restarts none; with it, it
+/// runs as a canary, each version with its own limits.
+#[tokio::test]
+async fn a_change_of_limits_is_a_version_of_its_own() {
+    let w = steady(Value::Null).await;
+    let template = sts(&w, "chat-a")["spec"]["template"].clone();
+    w.edit(|gw| gw["spec"]["connections"] = json!({"maxMessageBytes": 1024}));
+    w.run(2).await;
     assert_eq!(
-        w.condition("Progressing")["status"],
-        "False",
-        "{:#}",
-        w.status()
+        sts(&w, "chat-a")["spec"]["template"],
+        template,
+        "no pod restarts"
     );
+    assert_eq!(partition(&w, "chat-a"), 0);
+    assert_eq!(max_message(&w.last_snapshot(), Version::Stable), Some(1024));
+    assert_eq!(w.condition("Progressing")["status"], "False");
+
+    let w =
+        steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "10"})).await;
+    set_budget_percent(&w, 100);
+    let before = max_message(&w.last_snapshot(), Version::Stable);
+    assert!(before.is_some_and(|b| b > 1024), "{before:?}");
+    w.edit(|gw| gw["spec"]["connections"] = json!({"maxMessageBytes": 1024}));
+    w.run(4).await;
+    assert_eq!(w.status()["canary"]["weight"], 10, "{:#}", w.status());
+    let snapshot = w.last_snapshot();
+    assert_eq!(max_message(&snapshot, Version::Stable), before);
+    assert_eq!(max_message(&snapshot, Version::Canary), Some(1024));
 }
 
 #[tokio::test]
-async fn a_rolling_step_waits_for_the_disruption_budget() {
+async fn a_rolling_update_waits_for_the_disruption_budget() {
     let w = steady(Value::Null).await;
-    // 10% of 3 × 100 connections per window: one pod (100) fits only in a
-    // fresh window.
+    // 10% of the live connections per window.
     w.connections_per_pod(100);
     w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
     for _ in 0..4 {
         w.settle();
+        w.connections_per_pod(100);
         w.reconcile().await.unwrap();
     }
-    assert_eq!(
-        partition(&w, "chat-a"),
-        2,
-        "one pod restarted, the next waits"
-    );
+    assert_eq!(w.status()["canary"]["weight"], 10, "{:#}", w.status());
+    assert_eq!(w.status()["canary"]["targetWeight"], 100);
     let progressing = w.condition("Progressing");
     assert_eq!(progressing["reason"], "WaitingForBudget", "{progressing:#}");
     assert!(
@@ -303,7 +336,6 @@ async fn a_rolling_step_waits_for_the_disruption_budget() {
             .unwrap()
             .contains("disruption budget")
     );
-    assert_eq!(w.status()["disruption"]["disrupted"], 100);
 }
 
 #[tokio::test]
@@ -330,8 +362,29 @@ async fn canary_starts_steps_and_promotes_by_annotation() {
     w.settle();
     w.connections_per_pod(50);
     w.reconcile().await.unwrap();
+    // The canary's pods are ready: before any key moves, the stable pods
+    // leave the client Service (they answer not ready, keep their keys).
+    let snapshot = w.last_snapshot();
+    assert_eq!(snapshot.canary_basis_points, 0);
+    assert_eq!(snapshot.retiring, ["chat-a-0", "chat-a-1", "chat-a-2"]);
+    assert!(
+        w.condition("Progressing")["message"]
+            .as_str()
+            .unwrap()
+            .contains("the stable pods leave the client Service"),
+        "{:#}",
+        w.condition("Progressing")
+    );
+    w.settle();
+    w.connections_per_pod(50);
+    w.reconcile().await.unwrap();
     let snapshot = w.last_snapshot();
     assert_eq!(snapshot.canary_basis_points, 1000);
+    assert_eq!(
+        snapshot.retiring,
+        ["chat-a-0", "chat-a-1", "chat-a-2"],
+        "out of the Service, in the ring"
+    );
     assert_eq!(
         shard_ids(&snapshot, Version::Canary),
         vec!["chat-b-0", "chat-b-1", "chat-b-2"]
@@ -452,6 +505,7 @@ async fn a_step_retried_until_acknowledged_is_one_event() {
     w.steer.down.lock().unwrap().push(address);
     for _ in 0..3 {
         w.reconcile().await.unwrap();
+        w.settle();
     }
     assert_eq!(w.status()["canary"]["weight"], 0, "not every pod runs 10%");
     w.steer.down.lock().unwrap().clear();
@@ -477,6 +531,8 @@ async fn a_canary_weight_step_is_cut_to_the_disruption_budget() {
     w.settle();
     w.connections_per_pod(100);
     w.reconcile().await.unwrap();
+    w.settle();
+    w.reconcile().await.unwrap();
     assert_eq!(
         w.status()["canary"]["weight"],
         10,
@@ -500,7 +556,7 @@ async fn canary_holding_20() -> World {
         steady(json!({"ringway.dev/rollout": "canary", "ringway.dev/canary-weight": "20"})).await;
     set_budget_percent(&w, 100);
     w.edit(|gw| gw["spec"]["image"] = json!("ringway/dataplane:2"));
-    w.run(3).await;
+    w.run(4).await;
     assert_eq!(w.status()["canary"]["weight"], 20);
     w
 }
@@ -512,6 +568,9 @@ async fn abort_waits_to_hear_from_a_canary_pod_that_does_not_answer() {
     let w = canary_holding_20().await;
     w.annotate("ringway.dev/canary-abort", Some("true"));
     w.connections_per_pod(0);
+    w.reconcile().await.unwrap();
+    assert_eq!(w.status()["canary"]["weight"], 20, "stable returns first");
+    w.settle();
     w.reconcile().await.unwrap();
     assert_eq!(w.status()["canary"]["weight"], 0);
     w.steer.down.lock().unwrap().push("10.0.2.1:7443".into());
@@ -542,6 +601,15 @@ async fn abort_drains_the_canary_back_and_removes_it() {
     w.connections_per_pod(5);
     w.reconcile().await.unwrap();
     assert_eq!(w.status()["canary"]["phase"], "Aborting");
+    // Before a key moves back, the canary's pods leave the client Service
+    // and stable's return to it.
+    assert_eq!(w.last_snapshot().canary_basis_points, 2000);
+    assert_eq!(
+        w.last_snapshot().retiring,
+        ["chat-b-0", "chat-b-1", "chat-b-2"]
+    );
+    w.settle();
+    w.reconcile().await.unwrap();
     assert_eq!(
         w.last_snapshot().canary_basis_points,
         0,

@@ -87,15 +87,7 @@ impl OwnerTally {
             connection_millis,
             upgrades: self.upgrades.load(Ordering::Relaxed),
             upgrade_failures: reason_counts(&outcomes.upgrade_failures),
-            closes: outcomes
-                .closes
-                .iter()
-                .map(|(&(code, reason), &count)| v1::CloseCount {
-                    code: wire_code(code),
-                    reason: reason.to_owned(),
-                    count,
-                })
-                .collect(),
+            closes: close_counts(&outcomes.closes),
             failures: reason_counts(&outcomes.failures),
         }
     }
@@ -111,6 +103,20 @@ fn reason_counts(counts: &BTreeMap<&'static str, u64>) -> Vec<v1::ReasonCount> {
     counts
         .iter()
         .map(|(&reason, &count)| v1::ReasonCount {
+            reason: reason.to_owned(),
+            count,
+        })
+        .collect()
+}
+
+/// Closes counted by code label and reason, as the proto gives them.
+pub(super) fn close_counts(
+    closes: &BTreeMap<(&'static str, &'static str), u64>,
+) -> Vec<v1::CloseCount> {
+    closes
+        .iter()
+        .map(|(&(code, reason), &count)| v1::CloseCount {
+            code: wire_code(code),
             reason: reason.to_owned(),
             count,
         })

@@ -50,6 +50,17 @@ impl Outcome {
         matches!(self.reason, "slow_consumer" | "send_queue_full")
     }
 
+    /// Whether the gateway decided this end (a limit, a timer, a drain, a
+    /// broken peer), rather than an endpoint's close, end of stream or
+    /// failed socket. A gateway's close whose socket then failed keeps its
+    /// reason, so it counts here.
+    pub fn decided_by_gateway(&self) -> bool {
+        !matches!(
+            self.reason,
+            "client" | "backend" | "client_eof" | "backend_eof" | "eof" | "reset" | "io_error"
+        )
+    }
+
     /// A connection cut by the gateway without a close handshake.
     fn cut(code: u16, reason: &'static str) -> Self {
         Self {

@@ -24,7 +24,7 @@ pub fn bucket(key: KeyHash) -> u32 {
 }
 
 /// The two versions a gateway runs during a canary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Version {
     /// The version that owns the key space outside the canary's share.
     Stable,

@@ -27,6 +27,7 @@ fn snapshot() -> v1::Snapshot {
                 })
                 .collect(),
         }],
+        limits: None,
     };
     v1::Snapshot {
         epoch: 7,
@@ -156,6 +157,16 @@ fn a_bad_snapshot_is_refused_with_the_field_named() {
             }),
         ),
         (
+            "versions[1] (canary).limits: max_frame_bytes (2048) must be at least 125 and at most max_message_bytes (1024)",
+            Box::new(|s| {
+                s.versions[1].limits = Some(v1::ConnectionLimits {
+                    max_frame_bytes: 2_048,
+                    max_message_bytes: 1_024,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
             "limits: max_frame_bytes (100) must be at least 125",
             Box::new(|s| {
                 s.limits = Some(v1::ConnectionLimits {
@@ -172,6 +183,58 @@ fn a_bad_snapshot_is_refused_with_the_field_named() {
             "expected {expected:?}, got {message:?}"
         );
     }
+}
+
+#[test]
+fn each_version_relays_by_its_own_limits_over_the_snapshots() {
+    let config = config();
+    let mut s = snapshot();
+    s.versions[1].limits = Some(v1::ConnectionLimits {
+        max_frame_bytes: 512,
+        max_message_bytes: 1_024,
+        heartbeat_timeout_ms: 700,
+        // Neither is a version's: the pod's and the snapshot's stay.
+        max_connections: 1,
+        handshake_timeout_ms: 1,
+        ..Default::default()
+    });
+    let running = RunningState::from_snapshot(&s, &config).expect("valid");
+    assert!(
+        Arc::ptr_eq(running.relay_for(Version::Stable), &running.relay),
+        "a version without limits of its own has the snapshot's"
+    );
+    let canary = running.relay_for(Version::Canary);
+    assert_eq!((canary.max_frame, canary.max_message), (512, 1_024));
+    assert_eq!(canary.heartbeat_timeout, Duration::from_millis(700));
+    // What the version leaves at 0 is the snapshot's, drain's included.
+    assert_eq!(canary.heartbeat_interval, Duration::from_millis(1_500));
+    assert_eq!(canary.close_timeout, running.relay.close_timeout);
+    assert_eq!(canary.idle_timeout, None, "idle 0 is off");
+    assert_eq!(
+        running.handshake.timeout,
+        secs(config.connections.handshake_timeout_seconds)
+    );
+    assert_eq!(
+        running.relay.max_message,
+        config.connections.max_message_bytes
+    );
+}
+
+#[test]
+fn a_version_the_state_does_not_run_relays_by_the_snapshots_limits() {
+    let mut s = snapshot();
+    s.versions.pop();
+    s.canary_basis_points = 0;
+    s.versions[0].limits = Some(v1::ConnectionLimits {
+        max_message_bytes: 1 << 20,
+        ..Default::default()
+    });
+    let running = RunningState::from_snapshot(&s, &config()).expect("valid");
+    assert_eq!(running.relay_for(Version::Stable).max_message, 1 << 20);
+    assert!(Arc::ptr_eq(
+        running.relay_for(Version::Canary),
+        &running.relay
+    ));
 }
 
 /// `examples/standalone.yaml`.

@@ -249,6 +249,49 @@ pub fn canary_steps(
         );
         Ok(())
     })?;
+    analysis_status_is_kept(kubectl, gateway)
+}
+
+/// The API server keeps the analysis's figures and an aborted canary in
+/// the status as the operator writes them (a dry run: the operator's own
+/// status stays as it is).
+fn analysis_status_is_kept(kubectl: &Kubectl, gateway: &str) -> anyhow::Result<()> {
+    let figures = json!({"connectionMinutes": 120, "upgrades": 300, "restarts": 0,
+        "events": {"tooBigCloses": 60}});
+    let patch = json!({"status": {
+        "canary": {"analysis": {"since": "2026-12-06T12:00:00Z",
+            "verdict": "worse than stable: closes with 1009", "stable": {"connectionMinutes": 900,
+            "upgrades": 2000, "restarts": 0}, "canary": figures}},
+        "aborted": {"revision": "0123456789abcdef", "image": "img:2",
+            "reason": "closes with 1009 (message too big): canary 0.500, stable 0",
+            "at": "2026-12-06T12:05:00Z"}}});
+    let out = kubectl
+        .run(
+            &[
+                "patch",
+                "--namespace",
+                &kubectl.namespace,
+                &format!("websocketgateways.ringway.dev/{gateway}"),
+                "--subresource=status",
+                "--type=merge",
+                "--dry-run=server",
+                "--output=json",
+                "--patch",
+                &patch.to_string(),
+            ],
+            None,
+        )
+        .context("a dry-run status patch with the analysis and an aborted canary")?;
+    let gw: Value = serde_json::from_str(&out).context("kubectl patch: not JSON")?;
+    let kept = (
+        gw.pointer("/status/canary/analysis/canary/events/tooBigCloses"),
+        gw.pointer("/status/aborted/reason").and_then(Value::as_str),
+    );
+    ensure!(
+        kept.0 == Some(&json!(60)) && kept.1.is_some_and(|r| r.starts_with("closes with 1009")),
+        "the API server did not keep the analysis or the abort: {}",
+        gw.pointer("/status").unwrap_or(&Value::Null)
+    );
     Ok(())
 }
 

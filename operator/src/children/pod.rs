@@ -65,7 +65,7 @@ pub fn stateful_set(
     partition: i32,
     control_cert: &str,
 ) -> StatefulSet {
-    let revision = inputs.revision();
+    let revision = inputs.template_revision();
     let mut metadata = gw.child_meta(gw.slot_name(slot));
     metadata.annotations = Some(BTreeMap::from([
         (ANNOTATION_POD_INPUTS.to_owned(), inputs.to_annotation()),
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(sts.metadata.name.as_deref(), Some("chat-b"));
         assert_eq!(sts.metadata.owner_references, Some(vec![gw.owner.clone()]));
         let annotations = sts.metadata.annotations.clone().expect("annotations");
-        assert_eq!(annotations[ANNOTATION_REVISION], inputs.revision());
+        assert_eq!(annotations[ANNOTATION_REVISION], inputs.template_revision());
         assert_eq!(
             PodInputs::from_annotation(&annotations[ANNOTATION_POD_INPUTS]).expect("pod inputs"),
             inputs,
@@ -261,7 +261,10 @@ mod tests {
             assert_eq!(labels.get(&k), Some(&v), "pods carry the gateway's labels");
         }
         let pod_annotations = meta.annotations.clone().expect("pod annotations");
-        assert_eq!(pod_annotations[ANNOTATION_REVISION], inputs.revision());
+        assert_eq!(
+            pod_annotations[ANNOTATION_REVISION],
+            inputs.template_revision()
+        );
         assert_eq!(pod_annotations[ANNOTATION_CONTROL_CERT], "cert-7");
     }
 

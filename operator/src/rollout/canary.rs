@@ -37,6 +37,15 @@ fn canary_status(
     }
 }
 
+/// Pods of `view` that the client Service still sends new clients to (their
+/// `Ready` condition): a slot left the Service once this is 0.
+fn taking_clients(view: &SlotView) -> usize {
+    view.pods
+        .iter()
+        .filter(|p| p.steerable() && p.ready)
+        .count()
+}
+
 /// During a canary the stable slot keeps its version and at least the
 /// spec's number of shards.
 fn keep_stable(o: &Observed<'_>, plan: &mut Plan, stable: Slot, inputs: &PodInputs) {
@@ -126,7 +135,12 @@ pub(super) fn shift(
     let target = judged.target;
     let mut weight = canary.weight;
     let mut drained = canary.drained;
-    let phase = if canary.phase == CanaryPhase::Starting && cview.ready() < o.shards {
+    let canary_ready = cview.ready() >= o.shards;
+    if canary_ready {
+        plan.roles.held_out = Some(stable);
+    }
+    let still_open = taking_clients(view(o.slots, stable));
+    let phase = if canary.phase == CanaryPhase::Starting && !canary_ready {
         wait(
             plan,
             reasons::CANARY_IN_PROGRESS,
@@ -139,6 +153,24 @@ pub(super) fn shift(
         CanaryPhase::Starting
     } else if weight == 100 && target == 100 {
         return promote_start(o, plan, canary, allowance);
+    } else if target > weight && (!canary_ready || still_open > 0) {
+        let why = if canary_ready {
+            format!("{still_open} stable pods still take new clients")
+        } else {
+            format!("{} of {} canary pods ready", cview.ready(), o.shards)
+        };
+        wait(
+            plan,
+            reasons::CANARY_IN_PROGRESS,
+            format!(
+                "canary at {weight}%, next {target}%: before keys move to the canary, the stable pods leave the client Service, so that a moved client reconnects through a pod that stays ({why})"
+            ),
+        );
+        if canary.phase == CanaryPhase::Starting {
+            CanaryPhase::Starting
+        } else {
+            CanaryPhase::Holding
+        }
     } else if target != weight {
         match budget::next_weight(weight, target, live, allowance) {
             Some(next) => {
@@ -279,6 +311,7 @@ pub(super) fn promote(
         canary: None,
         weight: 0,
         retiring: Some(old),
+        held_out: None,
     };
     plan.stable = (new, o.spec.clone());
     plan.slots.push(SlotPlan {
@@ -353,7 +386,22 @@ pub(super) fn abort(
     }
     let mut weight = canary.weight;
     let mut drained = canary.drained;
-    if weight > 0 {
+    plan.roles.held_out = Some(slot);
+    let (canary_open, stable_open) = (taking_clients(cview), taking_clients(view(o.slots, stable)));
+    let stable_pods = view(o.slots, stable)
+        .pods
+        .iter()
+        .filter(|p| p.steerable())
+        .count();
+    if weight > 0 && (canary_open > 0 || stable_open < stable_pods) {
+        wait(
+            plan,
+            reasons::CANARY_IN_PROGRESS,
+            format!(
+                "aborting the canary at {weight}%: before its keys move back, its pods leave the client Service and stable's return, so that a moved client reconnects through a pod that stays ({canary_open} canary pods still take new clients, {stable_open} of {stable_pods} stable pods do)"
+            ),
+        );
+    } else if weight > 0 {
         match budget::next_weight(weight, 0, live, allowance) {
             Some(next) => {
                 let cost = budget::weight_change_cost(live, weight, next);

@@ -74,11 +74,11 @@ fn partition(
     if current.replicas == 0 || current.pods.is_empty() {
         return 0;
     }
-    let desired = (inputs.revision(), o.control_cert.to_owned());
+    let desired = (inputs.template_revision(), o.control_cert.to_owned());
     if current.template.as_ref() != Some(&desired) {
         plan.progress = Some(Progress {
             reason: reasons::ROLLING_UPDATE,
-            message: format!("rolling update to revision {} started", desired.0),
+            message: format!("rolling update to revision {} started", inputs.revision()),
         });
         plan.requeue = Some(PROGRESS_REQUEUE);
         return replicas;
@@ -100,7 +100,7 @@ fn partition(
     let done = replicas as usize - pending;
     let what = format!(
         "rolling update to revision {}: {done} of {replicas} pods updated",
-        desired.0
+        inputs.revision()
     );
     if p == 0 || !above_done {
         wait(plan, reasons::ROLLING_UPDATE, what);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringway_crds::{AnalysisStatus, CanaryStatus, RolloutSettings, VersionFigures};
 
 use super::{
-    Observed,
+    Mode, Observed,
     analysis::{self, Harm, Measure, Sample, Thresholds, Verdict},
     other_slot,
 };
@@ -69,12 +69,17 @@ pub(super) fn judge(o: &Observed<'_>, canary: &CanaryStatus) -> Judged {
 /// The weight to move towards, and why an automatic canary holds: the
 /// annotation's weight when there is one; else with steps the next step
 /// once the current one passed the analysis (100 after the last); else
-/// where it is.
+/// 100 for a rolling update (neither the canary annotation nor steps),
+/// and where it is for a canary moved by annotation.
 fn target(o: &Observed<'_>, weight: u8, verdict: Option<&Verdict>) -> (u8, Option<String>) {
     if let Some(asked) = o.intent.weight {
         return (asked, None);
     }
     let steps = &o.rollout.steps;
+    if steps.is_empty() && o.intent.mode == Mode::Rolling {
+        // No annotation, no steps: a rolling update, straight to 100%.
+        return (100, None);
+    }
     if steps.is_empty() || weight == 100 {
         return (weight, None);
     }

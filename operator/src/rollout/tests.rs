@@ -28,6 +28,7 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             uid: format!("uid-{i}"),
             restarts: 0,
             owned: None,
+            serving: false,
             unanswered_since: None,
         })
         .collect()
@@ -39,7 +40,7 @@ fn slot(slot: Slot, inputs: &PodInputs, n: i32, connections: i64) -> SlotView {
         inputs: Some(inputs.clone()),
         replicas: n,
         partition: 0,
-        template: Some((inputs.revision(), "cert".into())),
+        template: Some((inputs.template_revision(), "cert".into())),
         pods: pods(slot, n, connections),
     }
 }
@@ -169,6 +170,16 @@ fn silent(mut view: SlotView, ordinals: &[i32], secs: i64) -> SlotView {
     view
 }
 
+/// `view`'s pods after they left the client Service on purpose: not
+/// ready, still serving their shard.
+fn out_of_service(mut view: SlotView) -> SlotView {
+    for pod in &mut view.pods {
+        pod.ready = false;
+        pod.serving = true;
+    }
+    view
+}
+
 fn message(p: &Plan) -> &str {
     p.progress.as_ref().map_or("", |p| p.message.as_str())
 }
@@ -198,6 +209,7 @@ fn a_new_gateway_gets_slot_a_with_every_shard() {
             canary: None,
             weight: 0,
             retiring: None,
+            held_out: None,
         }
     );
     assert!(p.progress.is_none() && p.problems.is_empty() && p.canary.is_none());
@@ -231,8 +243,22 @@ fn with_the_canary_annotation_a_spec_change_starts_a_canary_in_the_free_slot() {
 #[test]
 fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
-    let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "25")]);
+    // The canary's pods are ready: first the stable pods leave the client
+    // Service, and no key moves while any of them still takes clients.
+    let open = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
+    let p = run(&v2, &i, &during(CanaryPhase::Starting, 0, &v1, &v2), &open);
+    assert_eq!((p.roles.weight, p.roles.held_out), (0, Some(Slot::A)));
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Starting));
+    assert!(
+        message(&p).contains("3 stable pods still take new clients"),
+        "{}",
+        message(&p)
+    );
+    let slots = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 0),
+    ];
     let p = run(&v2, &i, &during(CanaryPhase::Starting, 0, &v1, &v2), &slots);
     assert_eq!(
         p.roles,
@@ -241,6 +267,7 @@ fn a_ready_canary_steps_to_the_annotated_weight_then_holds() {
             canary: Some(Slot::B),
             weight: 25,
             retiring: None,
+            held_out: Some(Slot::A),
         }
     );
     assert_eq!(phase_of(&p), Some(CanaryPhase::Shifting));
@@ -280,6 +307,7 @@ fn promotion_swaps_roles_and_waits_for_the_old_pods_to_empty() {
             canary: None,
             weight: 0,
             retiring: Some(Slot::A),
+            held_out: None,
         }
     );
     assert_eq!(p.stable, (Slot::B, v2.clone()));
@@ -356,18 +384,19 @@ fn an_old_pod_that_relays_connections_stops_only_when_the_budget_allows() {
 }
 
 #[test]
-fn a_rolling_restart_costs_what_the_pod_owns_and_relays() {
-    let (v1, v2) = (spec("img:1"), spec("img:2"));
+fn a_restart_in_place_costs_what_the_pod_owns_and_relays() {
+    // A new control certificate restarts the pods in place, one at a time.
+    let v1 = spec("img:1");
     let mut stable = relaying(slot(Slot::A, &v1, 3, 10), 5);
-    // The template is the new revision; no pod runs it yet.
-    stable.template = Some((v2.revision(), "cert".into()));
+    // The template has the new certificate; no pod runs it yet.
+    stable.template = Some((v1.template_revision(), "cert".into()));
     stable.partition = 3;
     for pod in &mut stable.pods {
         pod.updated = false;
     }
     let empty = SlotView::empty(Slot::B);
     let p = run(
-        &v2,
+        &v1,
         &intent(&[]),
         &status(Slot::A, &v1, None),
         &[stable, empty],
@@ -379,8 +408,30 @@ fn a_rolling_restart_costs_what_the_pod_owns_and_relays() {
 fn abort_steps_the_weight_to_zero_then_removes_the_canary() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let i = intent(&[(ROLLOUT, "canary"), (CANARY_ABORT, "true")]);
-    let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 10)];
+    // First the canary's pods leave the client Service and stable's
+    // return; no key moves back before.
+    let slots = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 10),
+    ];
     let p = run(&v2, &i, &during(CanaryPhase::Holding, 30, &v1, &v2), &slots);
+    assert_eq!((p.roles.weight, p.roles.held_out), (30, Some(Slot::B)));
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
+    assert!(
+        message(&p).contains("3 canary pods still take new clients, 0 of 3 stable pods do"),
+        "{}",
+        message(&p)
+    );
+    let slots = [
+        slot(Slot::A, &v1, 3, 10),
+        out_of_service(slot(Slot::B, &v2, 3, 10)),
+    ];
+    let p = run(
+        &v2,
+        &i,
+        &during(CanaryPhase::Aborting, 30, &v1, &v2),
+        &slots,
+    );
     assert_eq!(p.roles.weight, 0);
     assert_eq!(phase_of(&p), Some(CanaryPhase::Aborting));
     // The canary's pods own nothing at weight 0; they stop one at a time.
@@ -414,20 +465,42 @@ fn reverting_the_spec_during_a_canary_aborts_it() {
 }
 
 #[test]
-fn without_the_annotation_a_spec_change_rolls_the_stable_slot_in_place() {
+fn without_the_annotation_a_new_version_runs_beside_the_old_and_walks_straight_to_100() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let slots = [slot(Slot::A, &v1, 3, 10), SlotView::empty(Slot::B)];
     let p = run(&v2, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    assert_eq!(phase_of(&p), Some(CanaryPhase::Starting));
+    let stable = p.slots.iter().find(|s| s.slot == Slot::A).expect("stable");
     assert_eq!(
-        p.slots,
-        vec![SlotPlan {
-            slot: Slot::A,
-            inputs: v2,
-            replicas: 3,
-            partition: 3
-        }]
+        (&stable.inputs, stable.partition),
+        (&v1, 0),
+        "no pod restarts in place"
     );
-    assert_eq!(p.progress.map(|p| p.reason), Some(reasons::ROLLING_UPDATE));
+    let ready = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 0),
+    ];
+    let p = run(
+        &v2,
+        &intent(&[]),
+        &during(CanaryPhase::Starting, 0, &v1, &v2),
+        &ready,
+    );
+    assert_eq!(p.roles.weight, 100, "no hold: the budget alone paces it");
+}
+
+#[test]
+fn a_change_of_limits_alone_starts_no_second_slot() {
+    let v1 = spec("img:1");
+    let mut lower = v1.clone();
+    if let Some(l) = lower.limits.as_mut() {
+        l.max_message_bytes = 1024;
+    }
+    let slots = [slot(Slot::A, &v1, 3, 10), SlotView::empty(Slot::B)];
+    let p = run(&lower, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    assert!(p.canary.is_none());
+    assert_eq!(p.stable, (Slot::A, lower));
+    assert_eq!(p.slots[0].partition, 0);
 }
 
 #[test]
@@ -573,23 +646,23 @@ fn abort_waits_to_hear_from_a_canary_pod_whose_poll_failed() {
 
 #[test]
 fn a_paced_stop_waits_to_hear_from_the_next_pod() {
-    // A rolling restart: the next pod to restart (the highest ordinal)
-    // did not answer.
-    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    // A restart in place (a new control certificate): the next pod to
+    // restart (the highest ordinal) did not answer.
+    let v1 = spec("img:1");
     let mut stable = silent(slot(Slot::A, &v1, 3, 10), &[2], 30);
-    stable.template = Some((v2.revision(), "cert".into()));
+    stable.template = Some((v1.template_revision(), "cert".into()));
     stable.partition = 3;
     for pod in &mut stable.pods {
         pod.updated = false;
     }
     let slots = [stable, SlotView::empty(Slot::B)];
-    let p = run(&v2, &intent(&[]), &status(Slot::A, &v1, None), &slots);
+    let p = run(&v1, &intent(&[]), &status(Slot::A, &v1, None), &slots);
     assert_eq!((p.slots[0].partition, p.disrupting), (3, 0));
     assert_eq!(
         message(&p),
         format!(
             "rolling update to revision {}: 0 of 3 pods updated; waiting to hear how many connections pod gw-a-2 holds (its status polls failed)",
-            v2.revision()
+            v1.revision()
         )
     );
 }

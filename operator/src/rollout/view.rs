@@ -32,6 +32,10 @@ pub struct PodView {
     /// The clients that entered through it and that it relays to their
     /// owner on another pod, from the same report.
     pub relayed: Option<i64>,
+    /// It said, lately, that it serves its shard (has a snapshot, is not
+    /// stopping), even if it answers not ready because the snapshot took
+    /// it out of the client Service (see [`PodView::in_ring`]).
+    pub serving: bool,
     /// `metadata.uid`: a pod deleted and made again under its name is
     /// another pod.
     pub uid: String,
@@ -116,9 +120,12 @@ impl PodView {
         self.running && self.ip.is_some()
     }
 
-    /// Holds a place in the ring: ready, with an address.
+    /// Holds a place in the ring: ready, with an address; or serving
+    /// while out of the client Service on purpose (a version whose keys
+    /// are moving away takes no new clients but owns its keys until they
+    /// have moved).
     pub fn in_ring(&self) -> bool {
-        self.steerable() && self.ready
+        self.steerable() && (self.ready || self.serving)
     }
 }
 

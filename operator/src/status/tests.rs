@@ -48,6 +48,7 @@ impl Case {
                     canary: None,
                     weight: 0,
                     retiring: None,
+                    held_out: None,
                 },
                 stable: (Slot::A, inputs),
                 canary: None,
@@ -113,6 +114,7 @@ fn slot(slot: Slot, pods: i32, ready: i32) -> SlotView {
                 uid: format!("uid-{i}"),
                 restarts: 0,
                 owned: None,
+                serving: false,
                 unanswered_since: None,
             })
             .collect(),

@@ -577,6 +577,7 @@ impl Steer for FakeSteer {
                     Err(FakeSteer::error(a))
                 } else {
                     Ok(PodStatus {
+                        serving: true,
                         connections: vec![ConnectionCount {
                             version: 1,
                             route: "chat".into(),
@@ -625,6 +626,43 @@ impl World {
         let world = Self::with_steer(annotations, shards, Arc::clone(&steer));
         *steer.api.lock().unwrap() = Some(world.api.clone());
         world
+    }
+
+    /// Plays the StatefulSet controller and the kubelet: every StatefulSet
+    /// gets its pods, running and ready, but for those the last snapshot
+    /// takes out of the client Service (`retiring`), whose readiness probe
+    /// fails; pods at or above the partition run the latest template, the
+    /// others keep theirs.
+    pub fn settle(&self) {
+        let retiring: BTreeSet<String> = self
+            .steer
+            .pushed()
+            .last()
+            .map(|(_, s)| s.retiring.iter().cloned().collect())
+            .unwrap_or_default();
+        for sts in self.api.list("statefulsets") {
+            let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
+            let slot_octet = if name.ends_with("-a") { 1 } else { 2 };
+            let wanted = self.stateful_set_pods(sts);
+            for (i, pod) in wanted.iter().enumerate() {
+                self.api.put(
+                    "pods",
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod.name, "namespace": NS, "labels": pod.labels},
+                    "status": {"phase": "Running", "podIP": format!("10.0.{slot_octet}.{i}"),
+                        "conditions": [{"type": "Ready",
+                            "status": if retiring.contains(&pod.name) { "False" } else { "True" }}]}}),
+                );
+            }
+            for pod in self.api.list("pods") {
+                let pod_name = pod["metadata"]["name"].as_str().unwrap();
+                if pod_name.starts_with(&format!("{name}-"))
+                    && !wanted.iter().any(|w| w.name == pod_name)
+                {
+                    self.api.remove("pods", pod_name);
+                }
+            }
+        }
     }
 
     /// Every pod reports `n` connections.
@@ -792,34 +830,6 @@ impl<S: Steer> World<S> {
                 }
             }
         });
-    }
-
-    /// Plays the StatefulSet controller and the kubelet: every StatefulSet
-    /// gets its pods, running and ready; pods at or above the partition
-    /// run the latest template, the others keep theirs.
-    pub fn settle(&self) {
-        for sts in self.api.list("statefulsets") {
-            let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
-            let slot_octet = if name.ends_with("-a") { 1 } else { 2 };
-            let wanted = self.stateful_set_pods(sts);
-            for (i, pod) in wanted.iter().enumerate() {
-                self.api.put(
-                    "pods",
-                    json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod.name, "namespace": NS, "labels": pod.labels},
-                    "status": {"phase": "Running", "podIP": format!("10.0.{slot_octet}.{i}"),
-                        "conditions": [{"type": "Ready", "status": "True"}]}}),
-                );
-            }
-            for pod in self.api.list("pods") {
-                let pod_name = pod["metadata"]["name"].as_str().unwrap();
-                if pod_name.starts_with(&format!("{name}-"))
-                    && !wanted.iter().any(|w| w.name == pod_name)
-                {
-                    self.api.remove("pods", pod_name);
-                }
-            }
-        }
     }
 
     /// Plays the StatefulSet controller for `sts`: records the revision of

@@ -672,3 +672,42 @@ fn a_gateway_close_started_when_the_backend_is_gone_only_stops_forwarding_to_it(
         ]
     );
 }
+
+#[test]
+fn only_the_gateways_own_closes_count_as_decided_by_it() {
+    let mut relayed = Conn::new();
+    relayed.close_frame(Side::Client, 1000);
+    let mut eof = Conn::new();
+    eof.wire.from_client.ended = true;
+    eof.tell(Event::Ended {
+        side: Side::Client,
+        client_spoke_last: true,
+    });
+    let fresh = Conn::new();
+    for by_an_endpoint in [
+        relayed.end(End::StreamsEnded),
+        eof.end(End::StreamsEnded),
+        fresh.end(End::StreamsEnded),
+        fresh.end(End::Failed { reason: "reset" }),
+        fresh.end(End::Failed { reason: "io_error" }),
+    ] {
+        assert!(!by_an_endpoint.decided_by_gateway(), "{by_an_endpoint:?}");
+    }
+
+    let mut too_big = Conn::new();
+    too_big.tell(Event::ProtocolError {
+        from: Side::Client,
+        error: ProtocolError::MessageTooBig,
+    });
+    let mut no_pong = Conn::new();
+    no_pong.tell(Event::HeartbeatTimeout);
+    for by_the_gateway in [
+        // Its close stays its own even when a socket then fails.
+        too_big.end(End::Failed { reason: "reset" }),
+        no_pong.end(End::StreamsEnded),
+        fresh.end(End::SlowConsumer),
+        fresh.end(End::Shed),
+    ] {
+        assert!(by_the_gateway.decided_by_gateway(), "{by_the_gateway:?}");
+    }
+}

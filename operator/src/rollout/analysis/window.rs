@@ -4,6 +4,11 @@
 //! differences. A pod whose process restarted counts from zero again (its
 //! counters did); a pod that came after the window opened counts whole.
 //!
+//! A version's sample is what its own pods counted of the connections
+//! they own, and what every pod counted, as the edge that holds the
+//! client's socket, of the closes it decided for connections of that
+//! version's keys (the client-facing limits are enforced there).
+//!
 //! Windows live in the operator's memory: after a restart of the operator
 //! the next one opens at that moment, and the step's hold starts again.
 
@@ -14,7 +19,7 @@ use ringway_control::proto as v1;
 use ringway_crds::{CanaryStatus, Slot};
 
 use super::{Measure, PerMeasure, Sample};
-use crate::{names::slot_index, rollout::SlotView};
+use crate::rollout::SlotView;
 
 /// What a pod reported of the connections it owns, by measure; cumulative
 /// since `boot`.
@@ -28,26 +33,39 @@ pub struct Counters {
     pub upgrades: u64,
     /// Bad outcomes.
     pub events: PerMeasure<u64>,
+    /// Bad outcomes it decided as the edge of connections other pods own,
+    /// by their keys' version: `[stable, canary]`.
+    pub edge: [PerMeasure<u64>; 2],
+}
+
+/// [`Counters::edge`]'s index of a version.
+fn edge_index(canary: bool) -> usize {
+    usize::from(canary)
 }
 
 impl Counters {
     /// From a pod's report: each labelled count into the measure it counts
     /// in, the rest (the endpoints' own closes, intended ones) left out.
-    pub fn from_report(report: &v1::OwnerCounters) -> Self {
+    pub fn from_report(report: &v1::OwnerCounters, edge: &[v1::VersionCloses]) -> Self {
         let mut counters = Self {
             boot: report.boot,
             connection_millis: report.connection_millis,
             upgrades: report.upgrades,
             events: PerMeasure::default(),
+            edge: [PerMeasure::default(); 2],
         };
+        for by_version in edge {
+            let canary = match v1::Version::try_from(by_version.version) {
+                Ok(v1::Version::Stable) => false,
+                Ok(v1::Version::Canary) => true,
+                _ => continue,
+            };
+            add_closes(&mut counters.edge[edge_index(canary)], &by_version.closes);
+        }
         let counted = report
             .upgrade_failures
             .iter()
             .map(|r| (Measure::of_handshake(&r.reason), r.count))
-            .chain(report.closes.iter().map(|c| {
-                let code = u16::try_from(c.code).ok().filter(|&code| code != 0);
-                (Measure::of_close(code, &c.reason), c.count)
-            }))
             .chain(
                 report
                     .failures
@@ -60,6 +78,7 @@ impl Counters {
                 *sum = sum.saturating_add(count);
             }
         }
+        add_closes(&mut counters.events, &report.closes);
         counters
     }
 
@@ -69,20 +88,44 @@ impl Counters {
         if self.boot != mark.boot {
             return *self;
         }
-        let mut events = PerMeasure::default();
-        for measure in Measure::ALL {
-            *events.get_mut(measure) = self
-                .events
-                .get(measure)
-                .saturating_sub(*mark.events.get(measure));
-        }
         Self {
             boot: self.boot,
             connection_millis: self
                 .connection_millis
                 .saturating_sub(mark.connection_millis),
             upgrades: self.upgrades.saturating_sub(mark.upgrades),
-            events,
+            events: self.events.minus(&mark.events),
+            edge: [0, 1].map(|i| self.edge[i].minus(&mark.edge[i])),
+        }
+    }
+}
+
+/// Adds each close that counts in a measure to it.
+fn add_closes(events: &mut PerMeasure<u64>, closes: &[v1::CloseCount]) {
+    for c in closes {
+        let code = u16::try_from(c.code).ok().filter(|&code| code != 0);
+        if let Some(measure) = Measure::of_close(code, &c.reason) {
+            let sum = events.get_mut(measure);
+            *sum = sum.saturating_add(c.count);
+        }
+    }
+}
+
+impl PerMeasure<u64> {
+    /// Each measure's count less `other`'s, at least 0.
+    fn minus(&self, other: &Self) -> Self {
+        let mut left = Self::default();
+        for measure in Measure::ALL {
+            *left.get_mut(measure) = self.get(measure).saturating_sub(*other.get(measure));
+        }
+        left
+    }
+
+    /// Adds `other`'s counts.
+    fn add(&mut self, other: &Self) {
+        for measure in Measure::ALL {
+            let sum = self.get_mut(measure);
+            *sum = sum.saturating_add(*other.get(measure));
         }
     }
 }
@@ -152,15 +195,23 @@ impl Window {
         Some(window)
     }
 
-    /// What `slot`'s pods measured since the window opened; pods that have
-    /// not reported add nothing yet.
+    /// What `slot`'s version measured since the window opened: its pods'
+    /// counts of the connections they own, and every pod's counts, as the
+    /// edge, of the closes it decided for that version's keys. Pods that
+    /// have not reported add nothing yet.
     pub fn sample(&self, slots: &[SlotView; 2], slot: Slot) -> Sample {
+        let version = edge_index(slot == self.canary);
         let mut sample = Sample::default();
-        for pod in &slots[slot_index(slot)].pods {
+        for (pod_slot, pod) in slots
+            .iter()
+            .flat_map(|s| s.pods.iter().map(move |p| (s.slot, p)))
+        {
+            let own = pod_slot == slot;
             let mark = self.marks.get(&pod.name).filter(|m| m.uid == pod.uid);
-            sample.restarts = sample
-                .restarts
-                .saturating_add(pod.restarts - mark.map_or(0, |m| m.restarts.min(pod.restarts)));
+            if own {
+                let before = mark.map_or(0, |m| m.restarts.min(pod.restarts));
+                sample.restarts = sample.restarts.saturating_add(pod.restarts - before);
+            }
             let Some(now) = pod.owned else {
                 continue;
             };
@@ -171,13 +222,13 @@ impl Window {
                 Some(None) => continue,
                 None => now,
             };
-            sample.connection_seconds = sample
-                .connection_seconds
-                .saturating_add(counted.connection_millis / 1000);
-            sample.upgrades = sample.upgrades.saturating_add(counted.upgrades);
-            for measure in Measure::ALL {
-                let sum = sample.events.get_mut(measure);
-                *sum = sum.saturating_add(*counted.events.get(measure));
+            sample.events.add(&counted.edge[version]);
+            if own {
+                sample.connection_seconds = sample
+                    .connection_seconds
+                    .saturating_add(counted.connection_millis / 1000);
+                sample.upgrades = sample.upgrades.saturating_add(counted.upgrades);
+                sample.events.add(&counted.events);
             }
         }
         sample

@@ -67,7 +67,12 @@ fn holding_at(weight: u8, minutes: u64, too_big: u64, canary_too_big: u64) -> Ca
     let (v1, v2) = (spec("img:1"), spec("img:2"));
     let status = during(CanaryPhase::Holding, weight, &v1, &v2);
     let slots = [
-        counted(slot(Slot::A, &v1, 3, 10), minutes, 100, too_big),
+        counted(
+            out_of_service(slot(Slot::A, &v1, 3, 10)),
+            minutes,
+            100,
+            too_big,
+        ),
         counted(slot(Slot::B, &v2, 3, 10), minutes, 100, canary_too_big),
     ];
     Case {
@@ -112,7 +117,10 @@ fn with_steps_a_spec_change_starts_a_canary_without_the_annotation() {
 #[test]
 fn a_ready_canary_moves_to_the_first_step_by_itself() {
     let (v1, v2) = (spec("img:1"), spec("img:2"));
-    let slots = [slot(Slot::A, &v1, 3, 10), slot(Slot::B, &v2, 3, 0)];
+    let slots = [
+        out_of_service(slot(Slot::A, &v1, 3, 10)),
+        slot(Slot::B, &v2, 3, 0),
+    ];
     let p = run_with(
         &v2,
         &intent(&[]),
@@ -183,7 +191,10 @@ fn a_canary_worse_than_stable_is_aborted_with_both_figures_and_its_revision_held
     let case = holding_at(25, 40, 0, 20);
     let p = case.run(&intent(&[]), &steps(&[5, 25, 50]), 30);
     let c = p.canary.as_ref().expect("canary");
-    assert_eq!((c.phase, c.weight), (CanaryPhase::Aborting, 0));
+    // The weight goes back once the canary's pods have left the client
+    // Service and stable's have returned.
+    assert_eq!((c.phase, c.weight), (CanaryPhase::Aborting, 25));
+    assert_eq!(p.roles.held_out, Some(Slot::B));
     let (reason, event) = p.transition.clone().expect("an event");
     assert_eq!(reason, "CanaryAnalysisFailed");
     assert!(
@@ -312,4 +323,68 @@ fn a_restarted_pod_counts_from_zero_and_a_window_of_another_weight_is_not_used()
         "{}",
         message(&p)
     );
+}
+
+#[test]
+fn closes_an_edge_decided_count_for_the_version_of_the_key() {
+    let case = holding_at(25, 40, 0, 0);
+    let canary = case.status.canary.as_ref().expect("canary");
+    let w = window(canary, &case.slots, 30);
+    // Each stable pod, as the edge of canary keys' connections, closed 10
+    // clients with 1009 under the canary's limits.
+    let mut slots = case.slots.clone();
+    for pod in &mut slots[0].pods {
+        let c = pod.owned.as_mut().expect("counters");
+        c.edge[1].too_big_closes = 10;
+    }
+    assert_eq!(w.sample(&slots, Slot::B).events.too_big_closes, 30);
+    assert_eq!(w.sample(&slots, Slot::A).events.too_big_closes, 0);
+    let p = run_with(
+        &case.v2,
+        &intent(&[]),
+        &case.status,
+        &slots,
+        &steps(&[25, 50]),
+        Some(&w),
+    );
+    assert_eq!(p.transition.expect("event").0, "CanaryAnalysisFailed");
+}
+
+#[test]
+fn a_report_counts_each_close_in_its_measure_and_each_edge_close_by_version() {
+    use ringway_control::proto as v1;
+    let close = |code, reason: &str, count| v1::CloseCount {
+        code,
+        reason: reason.into(),
+        count,
+    };
+    let report = v1::OwnerCounters {
+        boot: 1,
+        connection_millis: 5_000,
+        upgrades: 9,
+        upgrade_failures: vec![v1::ReasonCount {
+            reason: "backend_refused".into(),
+            count: 2,
+        }],
+        closes: vec![
+            close(1009, "client_protocol_error", 3),
+            close(1000, "client", 50),
+            close(0, "backend_eof", 4),
+        ],
+        failures: vec![v1::ReasonCount {
+            reason: "io".into(),
+            count: 1,
+        }],
+    };
+    let edge = [v1::VersionCloses {
+        version: v1::Version::Canary as i32,
+        closes: vec![close(1009, "client_protocol_error", 7)],
+    }];
+    let c = Counters::from_report(&report, &edge);
+    assert_eq!(c.events.backend_failures, 2);
+    assert_eq!(c.events.too_big_closes, 3);
+    assert_eq!(c.events.unclean_closes, 4);
+    assert_eq!(c.events.relay_errors, 1);
+    assert_eq!(c.edge[1].too_big_closes, 7);
+    assert_eq!(c.edge[0].too_big_closes, 0);
 }
