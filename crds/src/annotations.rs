@@ -8,8 +8,9 @@
 //! template of a Deployment or StatefulSet), where the operator's mutating
 //! admission webhook reads them when the pod is created.
 
-/// Set to [`ROLLOUT_CANARY`] so that spec changes start a canary in the free
-/// slot instead of a pod-by-pod rolling update.
+/// Set to [`ROLLOUT_CANARY`] so that a spec change's new version, started in
+/// the free slot, takes the key space by the [`CANARY_WEIGHT`] annotation
+/// instead of straight to all of it.
 pub const ROLLOUT: &str = "ringway.dev/rollout";
 
 /// The value of [`ROLLOUT`] that turns on canary rollouts.

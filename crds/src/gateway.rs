@@ -12,9 +12,11 @@ use crate::{
 
 /// A WebSocket gateway: sharded data-plane pods that hold client WebSockets
 /// and route each one, by a consistent hash of a key taken from the upgrade
-/// request, to a backend Service. Changes to the spec roll out pod by pod, or
-/// as a canary that moves a share of the key space at a time when the
-/// `ringway.dev/rollout: canary` annotation is set.
+/// request, to a backend Service. A change to the spec runs the new version
+/// beside the old one and moves the key space to it within the disruption
+/// budget: straight to all of it, by the `ringway.dev/canary-weight`
+/// annotation when `ringway.dev/rollout: canary` is set, or by
+/// `spec.rollout.steps`, judged against the old version at each.
 // Every printcolumn repeats `type_ = ...`, which clippy mistakes for a
 // duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -76,9 +78,8 @@ pub struct WebSocketGatewaySpec {
     pub shards: u16,
 
     /// Data-plane container image. Defaults to the image the operator was
-    /// installed with. Changing it is a spec change: it rolls pod by pod, or
-    /// starts a canary when the gateway has the `ringway.dev/rollout: canary`
-    /// annotation.
+    /// installed with. Changing it is a spec change: the new version starts
+    /// beside the old one (see `rollout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

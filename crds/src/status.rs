@@ -228,7 +228,7 @@ pub mod condition_reasons {
     pub const SHARDS_NOT_READY: &str = "ShardsNotReady";
     /// A canary rollout is in progress.
     pub const CANARY_IN_PROGRESS: &str = "CanaryInProgress";
-    /// A pod-by-pod rolling update is in progress.
+    /// Pods restart in place, one at a time (a new control certificate).
     pub const ROLLING_UPDATE: &str = "RollingUpdate";
     /// A step waits for the disruption budget.
     pub const WAITING_FOR_BUDGET: &str = "WaitingForBudget";

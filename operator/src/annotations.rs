@@ -61,7 +61,7 @@ pub fn read(annotations: &BTreeMap<String, String>) -> Intent {
             problems.push(Problem {
                 annotation: ROLLOUT,
                 message: format!(
-                    "{other:?} is not a rollout kind; use {ROLLOUT_CANARY:?}, or remove the annotation for pod-by-pod rolling updates"
+                    "{other:?} is not a rollout kind; use {ROLLOUT_CANARY:?}, or remove the annotation to roll each new version straight to 100%"
                 ),
             });
             Mode::Unknown
