@@ -53,6 +53,32 @@ impl Binaries {
         }
         Ok(Self { dataplane, echo })
     }
+
+    /// For a test of another package, which has no
+    /// `CARGO_BIN_EXE_ringway-echo`: both binaries in the target directory
+    /// of the running test executable (`target/debug` for
+    /// `target/debug/deps/<test>`), unless `RINGWAY_ECHO_BIN` or
+    /// `RINGWAY_DATAPLANE_BIN` say otherwise. Testing one package does not
+    /// build another's binaries, so a missing one says how to build it.
+    pub fn in_target_dir() -> anyhow::Result<Self> {
+        let echo = match std::env::var_os("RINGWAY_ECHO_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let exe = std::env::current_exe().context("the test executable's path")?;
+                let deps = exe
+                    .parent()
+                    .context("the test executable has a directory")?;
+                deps.parent().unwrap_or(deps).join("ringway-echo")
+            }
+        };
+        if !echo.exists() {
+            bail!(
+                "{} does not exist: build the binaries first (`cargo build -p ringway-dataplane -p ringway-e2e`), or set RINGWAY_ECHO_BIN",
+                echo.display()
+            );
+        }
+        Self::beside(&echo.to_string_lossy())
+    }
 }
 
 /// A fresh loopback address no other test of this run is likely to use:

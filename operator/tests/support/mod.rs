@@ -131,7 +131,8 @@ fn not_found(what: &str) -> Response<Body> {
     )
 }
 
-fn merge(target: &mut Value, patch: &Value) {
+/// Merges `patch` into `target` as a JSON merge patch does (null removes).
+pub fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
@@ -593,13 +594,24 @@ impl Steer for FakeSteer {
     fn forget(&self, _gateway: &str) {}
 }
 
-pub struct World {
+/// The fake API, the operator's context on it, and the control channel
+/// `S` it steers pods with: [`FakeSteer`] by default, the real one
+/// (`GrpcSteer`) when real data-plane processes play the pods.
+pub struct World<S: Steer = FakeSteer> {
     pub api: FakeApi,
-    pub steer: Arc<FakeSteer>,
-    pub ctx: Arc<Context<Arc<FakeSteer>>>,
+    pub steer: Arc<S>,
+    pub ctx: Arc<Context<Arc<S>>>,
     /// Fill the context's stores, as the watches would; `None` once
     /// handed to real watches ([`World::watches`]).
     writers: Mutex<Option<Writers>>,
+}
+
+/// A pod a StatefulSet wants (see [`World::stateful_set_pods`]).
+pub struct WantedPod {
+    pub name: String,
+    /// The template's labels and the `controller-revision-hash` of the
+    /// revision the pod runs.
+    pub labels: Value,
 }
 
 pub const IMAGE: &str = "ringway/dataplane:1";
@@ -610,6 +622,77 @@ impl World {
     /// A gateway `chat` (routes keyed by the `room` query parameter to the
     /// Service `chat-backend`), that Service and two ready endpoints.
     pub fn new(annotations: Value, shards: u16) -> Self {
+        let steer = Arc::new(FakeSteer::default());
+        let world = Self::with_steer(annotations, shards, Arc::clone(&steer));
+        *steer.api.lock().unwrap() = Some(world.api.clone());
+        world
+    }
+
+    /// Plays the StatefulSet controller and the kubelet: every StatefulSet
+    /// gets its pods, running and ready, but for those the last snapshot
+    /// takes out of the client Service (`retiring`), whose readiness probe
+    /// fails; pods at or above the partition run the latest template, the
+    /// others keep theirs.
+    pub fn settle(&self) {
+        let retiring: BTreeSet<String> = self
+            .steer
+            .pushed()
+            .last()
+            .map(|(_, s)| s.retiring.iter().cloned().collect())
+            .unwrap_or_default();
+        for sts in self.api.list("statefulsets") {
+            let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
+            let slot_octet = if name.ends_with("-a") { 1 } else { 2 };
+            let wanted = self.stateful_set_pods(sts);
+            for (i, pod) in wanted.iter().enumerate() {
+                self.api.put(
+                    "pods",
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod.name, "namespace": NS, "labels": pod.labels},
+                    "status": {"phase": "Running", "podIP": format!("10.0.{slot_octet}.{i}"),
+                        "conditions": [{"type": "Ready",
+                            "status": if retiring.contains(&pod.name) { "False" } else { "True" }}]}}),
+                );
+            }
+            for pod in self.api.list("pods") {
+                let pod_name = pod["metadata"]["name"].as_str().unwrap();
+                if pod_name.starts_with(&format!("{name}-"))
+                    && !wanted.iter().any(|w| w.name == pod_name)
+                {
+                    self.api.remove("pods", pod_name);
+                }
+            }
+        }
+    }
+
+    /// Every pod reports `n` connections.
+    pub fn connections_per_pod(&self, n: u64) {
+        let mut c = self.steer.connections.lock().unwrap();
+        c.clear();
+        for pod in self.api.list("pods") {
+            c.insert(
+                format!("{}:7443", pod["status"]["podIP"].as_str().unwrap()),
+                n,
+            );
+        }
+    }
+
+    /// Reconciles and settles until nothing changes (at most `rounds`).
+    pub async fn run(&self, rounds: usize) {
+        for _ in 0..rounds {
+            self.reconcile().await.unwrap();
+            self.settle();
+        }
+    }
+
+    pub fn last_snapshot(&self) -> Snapshot {
+        self.steer.pushed().last().unwrap().1.clone()
+    }
+}
+
+impl<S: Steer> World<S> {
+    /// [`World::new`]'s gateway, Service and endpoints, steered by `steer`.
+    pub fn with_steer(annotations: Value, shards: u16, steer: Arc<S>) -> Self {
         let api = FakeApi::default();
         api.put(
             "websocketgateways",
@@ -635,8 +718,6 @@ impl World {
                 {"addresses": ["10.1.0.2"]},
                 {"addresses": ["10.1.0.3"], "conditions": {"ready": false}}
             ]}));
-        let steer = Arc::new(FakeSteer::default());
-        *steer.api.lock().unwrap() = Some(api.clone());
         let client = api.client();
         let events = Events::new(
             client.clone(),
@@ -751,94 +832,48 @@ impl World {
         });
     }
 
-    /// Plays the StatefulSet controller and the kubelet: every StatefulSet
-    /// gets its pods, running and ready, but for those the last snapshot
-    /// takes out of the client Service (`retiring`), whose readiness probe
-    /// fails; pods at or above the partition run the latest template, the
-    /// others keep theirs.
-    pub fn settle(&self) {
-        let retiring: BTreeSet<String> = self
-            .steer
-            .pushed()
-            .last()
-            .map(|(_, s)| s.retiring.iter().cloned().collect())
-            .unwrap_or_default();
-        for mut sts in self.api.list("statefulsets") {
-            let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
-            let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
-            let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
-                .as_i64()
-                .unwrap_or(0);
-            let template = &sts["spec"]["template"];
-            let revision = format!(
-                "{}-{}",
-                template["metadata"]["annotations"]["ringway.dev/revision"]
-                    .as_str()
-                    .unwrap_or(""),
-                template["metadata"]["annotations"]["ringway.dev/control-cert"]
-                    .as_str()
-                    .unwrap_or("")
-            );
-            let slot_octet = if name.ends_with("-a") { 1 } else { 2 };
-            for i in 0..replicas {
+    /// Plays the StatefulSet controller for `sts`: records the revision of
+    /// its template and its replicas in its status, and says which pods it
+    /// wants: ordinals below `replicas`; those at or above the partition
+    /// run the latest template, the others keep the revision they run.
+    pub fn stateful_set_pods(&self, mut sts: Value) -> Vec<WantedPod> {
+        let name = sts["metadata"]["name"].as_str().unwrap().to_owned();
+        let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
+        let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
+            .as_i64()
+            .unwrap_or(0);
+        let template = &sts["spec"]["template"];
+        let revision = format!(
+            "{}-{}",
+            template["metadata"]["annotations"]["ringway.dev/revision"]
+                .as_str()
+                .unwrap_or(""),
+            template["metadata"]["annotations"]["ringway.dev/control-cert"]
+                .as_str()
+                .unwrap_or("")
+        );
+        let wanted = (0..replicas)
+            .map(|i| {
                 let pod_name = format!("{name}-{i}");
-                let old = self.api.get("pods", &pod_name);
-                let keep = i < partition && old.is_some();
-                let hash = if keep {
-                    old.as_ref().unwrap()["metadata"]["labels"]["controller-revision-hash"]
+                let running = self.api.get("pods", &pod_name).and_then(|old| {
+                    old["metadata"]["labels"]["controller-revision-hash"]
                         .as_str()
-                        .unwrap()
-                        .to_owned()
-                } else {
-                    revision.clone()
+                        .map(str::to_owned)
+                });
+                let hash = match running {
+                    Some(hash) if i < partition => hash,
+                    _ => revision.clone(),
                 };
                 let mut labels = template["metadata"]["labels"].clone();
                 labels["controller-revision-hash"] = json!(hash);
-                self.api.put(
-                    "pods",
-                    json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod_name, "namespace": NS, "labels": labels},
-                    "status": {"phase": "Running", "podIP": format!("10.0.{slot_octet}.{i}"),
-                        "conditions": [{"type": "Ready",
-                            "status": if retiring.contains(&pod_name) { "False" } else { "True" }}]}}),
-                );
-            }
-            for pod in self.api.list("pods") {
-                let pod_name = pod["metadata"]["name"].as_str().unwrap();
-                if let Some(ordinal) = pod_name
-                    .strip_prefix(&format!("{name}-"))
-                    .and_then(|o| o.parse::<i64>().ok())
-                    && ordinal >= replicas
-                {
-                    self.api.remove("pods", pod_name);
+                WantedPod {
+                    name: pod_name,
+                    labels,
                 }
-            }
-            sts["status"] = json!({"updateRevision": revision, "replicas": replicas});
-            self.api.put("statefulsets", sts);
-        }
-    }
-
-    /// Every pod reports `n` connections.
-    pub fn connections_per_pod(&self, n: u64) {
-        let mut c = self.steer.connections.lock().unwrap();
-        c.clear();
-        for pod in self.api.list("pods") {
-            c.insert(
-                format!("{}:7443", pod["status"]["podIP"].as_str().unwrap()),
-                n,
-            );
-        }
-    }
-
-    /// Reconciles and settles until nothing changes (at most `rounds`).
-    pub async fn run(&self, rounds: usize) {
-        for _ in 0..rounds {
-            self.reconcile().await.unwrap();
-            self.settle();
-        }
-    }
-
-    pub fn last_snapshot(&self) -> Snapshot {
-        self.steer.pushed().last().unwrap().1.clone()
+            })
+            .collect();
+        sts["status"] = json!({"updateRevision": revision, "replicas": replicas});
+        self.api.put("statefulsets", sts);
+        wanted
     }
 }
