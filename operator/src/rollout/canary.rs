@@ -393,7 +393,9 @@ pub(super) fn abort(
         .iter()
         .filter(|p| p.steerable())
         .count();
-    if weight > 0 && (canary_open > 0 || stable_open < stable_pods) {
+    // One stable pod back in the Service is a way in; waiting for all of
+    // them would hold the abort for good on one that cannot get ready.
+    if weight > 0 && (canary_open > 0 || stable_open == 0) {
         wait(
             plan,
             reasons::CANARY_IN_PROGRESS,

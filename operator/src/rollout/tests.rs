@@ -727,4 +727,22 @@ fn pods_that_answered_zero_or_are_not_running_are_not_waited_for() {
     );
 }
 
+#[test]
+fn an_abort_moves_keys_back_once_one_stable_pod_takes_clients_again() {
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_ABORT, "true")]);
+    // Two stable pods cannot get ready; one can: the abort does not wait
+    // for good.
+    let mut stable = out_of_service(slot(Slot::A, &v1, 3, 10));
+    stable.pods[0].ready = true;
+    let slots = [stable, out_of_service(slot(Slot::B, &v2, 3, 10))];
+    let p = run(
+        &v2,
+        &i,
+        &during(CanaryPhase::Aborting, 30, &v1, &v2),
+        &slots,
+    );
+    assert_eq!(p.roles.weight, 0, "{}", message(&p));
+}
+
 mod automatic;
