@@ -37,6 +37,18 @@ fn canary_status(
     }
 }
 
+/// Whether `view`'s pods can leave the client Service and keep their keys:
+/// each said lately that it serves its shard. A data plane from before
+/// per-version hold-outs never says so (and refuses hand-offs while
+/// retiring): its slot stays in the Service, and its clients may be closed
+/// twice, as before.
+fn can_hold_out(view: &SlotView) -> bool {
+    view.pods
+        .iter()
+        .filter(|p| p.steerable())
+        .all(|p| p.serving)
+}
+
 /// Pods of `view` that the client Service still sends new clients to (their
 /// `Ready` condition): a slot left the Service once this is 0.
 fn taking_clients(view: &SlotView) -> usize {
@@ -136,10 +148,15 @@ pub(super) fn shift(
     let mut weight = canary.weight;
     let mut drained = canary.drained;
     let canary_ready = cview.ready() >= o.shards;
-    if canary_ready {
+    let holding_out = canary_ready && can_hold_out(view(o.slots, stable));
+    if holding_out {
         plan.roles.held_out = Some(stable);
     }
-    let still_open = taking_clients(view(o.slots, stable));
+    let still_open = if holding_out {
+        taking_clients(view(o.slots, stable))
+    } else {
+        0
+    };
     let phase = if canary.phase == CanaryPhase::Starting && !canary_ready {
         wait(
             plan,
@@ -386,7 +403,10 @@ pub(super) fn abort(
     }
     let mut weight = canary.weight;
     let mut drained = canary.drained;
-    plan.roles.held_out = Some(slot);
+    let holding_out = can_hold_out(cview);
+    if holding_out {
+        plan.roles.held_out = Some(slot);
+    }
     let (canary_open, stable_open) = (taking_clients(cview), taking_clients(view(o.slots, stable)));
     let stable_pods = view(o.slots, stable)
         .pods
@@ -395,7 +415,7 @@ pub(super) fn abort(
         .count();
     // One stable pod back in the Service is a way in; waiting for all of
     // them would hold the abort for good on one that cannot get ready.
-    if weight > 0 && (canary_open > 0 || stable_open == 0) {
+    if weight > 0 && holding_out && (canary_open > 0 || stable_open == 0) {
         wait(
             plan,
             reasons::CANARY_IN_PROGRESS,

@@ -28,7 +28,7 @@ fn pods(slot: Slot, n: i32, connections: i64) -> Vec<PodView> {
             uid: format!("uid-{i}"),
             restarts: 0,
             owned: None,
-            serving: false,
+            serving: true,
             unanswered_since: None,
         })
         .collect()
@@ -743,6 +743,21 @@ fn an_abort_moves_keys_back_once_one_stable_pod_takes_clients_again() {
         &slots,
     );
     assert_eq!(p.roles.weight, 0, "{}", message(&p));
+}
+
+#[test]
+fn stable_pods_of_an_older_data_plane_stay_in_the_service() {
+    // They never say they serve while retiring (and would refuse the
+    // hand-offs of their keys): holding them out would empty the ring.
+    let (v1, v2) = (spec("img:1"), spec("img:2"));
+    let i = intent(&[(ROLLOUT, "canary"), (CANARY_WEIGHT, "25")]);
+    let mut stable = slot(Slot::A, &v1, 3, 10);
+    for pod in &mut stable.pods {
+        pod.serving = false;
+    }
+    let slots = [stable, slot(Slot::B, &v2, 3, 0)];
+    let p = run(&v2, &i, &during(CanaryPhase::Starting, 0, &v1, &v2), &slots);
+    assert_eq!((p.roles.weight, p.roles.held_out), (25, None));
 }
 
 mod automatic;
