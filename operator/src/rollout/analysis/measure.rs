@@ -204,3 +204,30 @@ impl<T> PerMeasure<T> {
         }
     }
 }
+
+impl PerMeasure<u64> {
+    /// Adds `n` to `measure`'s count; nothing when the outcome counts in
+    /// no measure.
+    pub fn count(&mut self, measure: Option<Measure>, n: u64) {
+        if let Some(measure) = measure {
+            let sum = self.get_mut(measure);
+            *sum = sum.saturating_add(n);
+        }
+    }
+
+    /// Each measure's count less `other`'s, at least 0.
+    pub fn minus(&self, other: &Self) -> Self {
+        let mut left = Self::default();
+        for measure in Measure::ALL {
+            *left.get_mut(measure) = self.get(measure).saturating_sub(*other.get(measure));
+        }
+        left
+    }
+
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &Self) {
+        for measure in Measure::ALL {
+            self.count(Some(measure), *other.get(measure));
+        }
+    }
+}

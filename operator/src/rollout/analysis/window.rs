@@ -62,21 +62,15 @@ impl Counters {
             };
             add_closes(&mut counters.edge[edge_index(canary)], &by_version.closes);
         }
-        let counted = report
-            .upgrade_failures
-            .iter()
-            .map(|r| (Measure::of_handshake(&r.reason), r.count))
-            .chain(
-                report
-                    .failures
-                    .iter()
-                    .map(|r| (Measure::of_failure(&r.reason), r.count)),
-            );
-        for (measure, count) in counted {
-            if let Some(measure) = measure {
-                let sum = counters.events.get_mut(measure);
-                *sum = sum.saturating_add(count);
-            }
+        for r in &report.upgrade_failures {
+            counters
+                .events
+                .count(Measure::of_handshake(&r.reason), r.count);
+        }
+        for r in &report.failures {
+            counters
+                .events
+                .count(Measure::of_failure(&r.reason), r.count);
         }
         add_closes(&mut counters.events, &report.closes);
         counters
@@ -104,29 +98,7 @@ impl Counters {
 fn add_closes(events: &mut PerMeasure<u64>, closes: &[v1::CloseCount]) {
     for c in closes {
         let code = u16::try_from(c.code).ok().filter(|&code| code != 0);
-        if let Some(measure) = Measure::of_close(code, &c.reason) {
-            let sum = events.get_mut(measure);
-            *sum = sum.saturating_add(c.count);
-        }
-    }
-}
-
-impl PerMeasure<u64> {
-    /// Each measure's count less `other`'s, at least 0.
-    fn minus(&self, other: &Self) -> Self {
-        let mut left = Self::default();
-        for measure in Measure::ALL {
-            *left.get_mut(measure) = self.get(measure).saturating_sub(*other.get(measure));
-        }
-        left
-    }
-
-    /// Adds `other`'s counts.
-    fn add(&mut self, other: &Self) {
-        for measure in Measure::ALL {
-            let sum = self.get_mut(measure);
-            *sum = sum.saturating_add(*other.get(measure));
-        }
+        events.count(Measure::of_close(code, &c.reason), c.count);
     }
 }
 
