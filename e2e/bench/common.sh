@@ -209,3 +209,224 @@ write_section() {
   ' "$file" >"$file.new"
   mv "$file.new" "$file"
 }
+
+# ------------------------------------------------------ one URL under load --
+# Used by compare.sh and uring.sh: the echo backends, a Ringway config, and
+# latency and saturation runs against one URL. They read the caller's
+# settings: LOAD_CPU (a taskset CPU list) and LOAD_THREADS [1] for the load
+# generator, LAT_* and TP_* (listed in compare.sh), CURRENT (the column being
+# measured), and a function `proxy_pids KEY` that prints the processes whose
+# CPU counts for that column; they write results into R[KEY.metric].
+
+# load_settings: the latency and saturation settings, from the environment
+# or their defaults (listed in compare.sh).
+load_settings() {
+  DURATION=${DURATION:-10}
+  WARMUP=${WARMUP:-3}
+  LAT_RUNS=${LAT_RUNS:-3}
+  LAT_CONNECTIONS=${LAT_CONNECTIONS:-1000}
+  LAT_RATE=${LAT_RATE:-20000}
+  LAT_SIZE=${LAT_SIZE:-64}
+  TP_DURATION=${TP_DURATION:-10}
+  TP_CONNECTIONS=${TP_CONNECTIONS:-50}
+  TP_WINDOW=${TP_WINDOW:-16}
+  TP_SIZES=${TP_SIZES:-"64 4096"}
+}
+
+# start_echo_backends CPU PORT...: one ringway-echo with one worker per port,
+# pinned to CPU; sets B1_PID (the first) and BACKEND_PIDS.
+start_echo_backends() {
+  local cpu=$1 i=0 port
+  shift
+  B1_PID=
+  BACKEND_PIDS=()
+  for port in "$@"; do
+    i=$((i + 1))
+    start_bg "echo-b$i" "$cpu" "$BIN/ringway-echo" --listen "127.0.0.1:$port" --id "b$i" --workers 1
+    [[ -z $B1_PID ]] && B1_PID=$LAST_PID
+    BACKEND_PIDS+=("$LAST_PID")
+    wait_listening "127.0.0.1:$port" "$LAST_PID" 10 ||
+      die "echo backend b$i did not start: $(tail -1 "$WORK/echo-b$i.log")"
+  done
+}
+
+# write_ringway_config FILE PORT ADMIN_PORT WORKERS BACKEND_PORT...: a
+# standalone data plane on PORT that hashes the `room` query parameter over
+# the backends, with WORKERS runtime threads.
+write_ringway_config() {
+  local file=$1 port=$2 admin=$3 workers=$4 backends
+  shift 4
+  backends=$(printf '127.0.0.1:%s, ' "$@")
+  cat >"$file" <<EOT
+listener: {address: 127.0.0.1:$port}
+admin: {address: 127.0.0.1:$admin}
+routes:
+  - name: echo
+    pathPrefix: /
+    key: {source: Query, name: room}
+    missingKey: Random
+    backends: [${backends%, }]
+connections:
+  heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}
+  idleTimeoutSeconds: 600
+  maxConnections: 19000
+runtime: {workerThreads: $workers}
+EOT
+}
+
+# load OUT ARGS...: ringway-load on the load CPUs, its JSON report into OUT
+# and its human lines into OUT.log, printed when it ends. Keeps in
+# R[$CURRENT.other] the most CPU (in % of one CPU) that processes outside this
+# script's tree used during any of the column's runs: the machine is shared,
+# and a compiler running meanwhile shows up here before it shows up as
+# latency.
+load() {
+  local out=$1 pid busy0 ours0 busy1 ours1 started other status=0
+  shift
+  busy0=$(busy_ticks)
+  ours0=$(tree_ticks $$)
+  started=$(date +%s.%N)
+  RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads "${LOAD_THREADS:-1}" "$@" --json \
+    >"$out" 2>"$out.log" &
+  pid=$!
+  BENCH_PIDS+=("$pid")
+  while alive "$pid"; do sleep 0.2; done
+  wait "$pid" || status=$?
+  busy1=$(busy_ticks)
+  ours1=$(tree_ticks $$)
+  other=$(calc '%d' "100 * (($busy1 - $busy0) - ($ours1 - $ours0)) / (($(date +%s.%N) - $started) * $CLK_TCK)")
+  ((other >= 0)) || other=0 # tick rounding
+  if [[ -z ${R[$CURRENT.other]:-} ]] || ((other > R[$CURRENT.other])); then
+    R[$CURRENT.other]=$other
+  fi
+  sed 's/^/    /' "$out.log" >&2
+  return "$status"
+}
+
+# last_error LOG: the error a ringway-load run ended with, else its last line.
+last_error() {
+  { grep -m1 '^Error: ' "$1" || tail -1 "$1"; } 2>/dev/null | sed 's/^Error: //' | cut -c1-200
+}
+
+# median N...: the median of numbers (the lower middle of an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# measure_latency KEY URL: LAT_RUNS latency runs; each result is the median
+# of the runs', so that one run disturbed by a stall does not make the table.
+measure_latency() {
+  local key=$1 url=$2 run json
+  local -a p50=() p99=() p999=() max=() lag=()
+  local sent=0 received=0 errors=0
+  for ((run = 1; run <= LAT_RUNS; run++)); do
+    json=$WORK/$key-latency-$run.json
+    load "$json" latency --url "$url" --connections "$LAT_CONNECTIONS" --rate "$LAT_RATE" \
+      --size "$LAT_SIZE" --duration "$DURATION" --warmup "$WARMUP" || return 1
+    p50+=("$(jq -r '.round_trip.p50_us' "$json")")
+    p99+=("$(jq -r '.round_trip.p99_us' "$json")")
+    p999+=("$(jq -r '.round_trip.p999_us' "$json")")
+    max+=("$(jq -r '.round_trip.max_us' "$json")")
+    lag+=("$(jq -r '.send_lag.p99_us' "$json")")
+    sent=$((sent + $(jq -r '.sent' "$json")))
+    received=$((received + $(jq -r '.received' "$json")))
+    errors=$((errors + $(jq -r '.errors + .failed' "$json")))
+  done
+  R[$key.p50]=$(median "${p50[@]}")
+  R[$key.p99]=$(median "${p99[@]}")
+  R[$key.p999]=$(median "${p999[@]}")
+  R[$key.max]=$(median "${max[@]}")
+  R[$key.lag]=$(median "${lag[@]}")
+  R[$key.msgs]="$sent / $received / $errors"
+}
+
+# thread_ticks PID...: "TID TICKS" for every thread of the processes (user +
+# system CPU time, in clock ticks).
+thread_ticks() {
+  local pid
+  for pid in "$@"; do
+    awk '{ n = split($0, parts, ") "); split(parts[n], f, " "); print $1, f[12] + f[13] }' \
+      "/proc/$pid"/task/*/stat 2>/dev/null || true
+  done
+}
+
+# measure_cpu KEY URL SIZE: TP_RUNS [1] closed-loop saturation runs of
+# SIZE-byte messages; each result is the median of the runs'.
+# R[KEY.rateSIZE]: messages echoed per second; R[KEY.cpuSIZE]: the
+# processes' CPU time per message echoed, in µs; R[KEY.coresSIZE]: their CPU
+# time over the run's, in CPUs; R[KEY.splitSIZE]: the shares of that time of
+# the two busiest threads (or processes), in %, in the last run.
+measure_cpu() {
+  local key=$1 url=$2 size=$3 run json t0 t1 echoed started
+  local -a pids rate=() cpu=() cores=()
+  mapfile -t pids < <(proxy_pids "$key")
+  for ((run = 1; run <= ${TP_RUNS:-1}; run++)); do
+    json=$WORK/$key-throughput-$size-$run.json
+    t0=$(cpu_ticks "${pids[@]}")
+    thread_ticks "${pids[@]}" >"$json.threads0"
+    started=$(date +%s.%N)
+    load "$json" throughput --url "$url" --connections "$TP_CONNECTIONS" --window "$TP_WINDOW" \
+      --size "$size" --duration "$TP_DURATION" || return 1
+    t1=$(cpu_ticks "${pids[@]}")
+    thread_ticks "${pids[@]}" >"$json.threads1"
+    echoed=$(jq -r '.echoed_total' "$json")
+    ((echoed > 0)) || return 1
+    rate+=("$(jq -r '.rate' "$json")")
+    cpu+=("$(calc '%.4f' "($t1 - $t0) * 1000000 / $CLK_TCK / $echoed")")
+    cores+=("$(calc '%.4f' "($t1 - $t0) / $CLK_TCK / ($(date +%s.%N) - $started)")")
+  done
+  R[$key.rate$size]=$(median "${rate[@]}")
+  R[$key.cpu$size]=$(calc '%.2f' "$(median "${cpu[@]}")")
+  R[$key.cores$size]=$(calc '%.2f' "$(median "${cores[@]}")")
+  R[$key.split$size]=$(awk 'NR == FNR { before[$1] = $2; next } { print $2 - before[$1] }' \
+    "$json.threads0" "$json.threads1" | sort -rn | awk '
+      { used[NR] = $1; total += $1 }
+      END { if (total > 0) printf "%.0f / %.0f", 100 * used[1] / total, 100 * used[2] / total; else print "—" }')
+}
+
+# measure_sizes KEY URL WHAT: measure_cpu for each size in TP_SIZES, logged
+# as WHAT's; a size whose runs fail is marked failed.
+measure_sizes() {
+  local size
+  for size in $TP_SIZES; do
+    log "$3: CPU per message at saturation, $(size_label "$size")"
+    measure_cpu "$1" "$2" "$size" || R[$1.cpu$size]=failed
+  done
+}
+
+# ---------------------------------------------------------------- tables --
+
+size_label() {
+  local b=$1
+  if ((b >= 1048576 && b % 1048576 == 0)); then echo "$((b / 1048576)) MiB"
+  elif ((b >= 1024 && b % 1024 == 0)); then echo "$((b / 1024)) KiB"
+  else echo "$b B"; fi
+}
+
+is_number() { [[ $1 =~ ^-?[0-9]+([.][0-9]+)?$ ]]; }
+
+# cell KEY METRIC [FORMAT]: R[KEY.METRIC] as printed in a table, "skipped"
+# when SKIP[KEY] says why there is none.
+cell() {
+  local v=${R[$1.$2]:-}
+  if [[ -n ${SKIP[$1]:-} ]]; then echo "skipped"
+  elif [[ -z $v ]]; then echo "—"
+  elif is_number "$v" && [[ -n ${3:-} ]]; then calc "$3" "$v"
+  else echo "$v"; fi
+}
+
+# load_rows: sets the array `rows` to the table rows of the latency and saturation
+# results, "metric|label|better|format" (better: low, high, or - for none).
+load_rows() {
+  local size
+  rows=(
+    "p50|round trip p50 (µs)|low|%.0f"
+    "p99|round trip p99 (µs)|low|%.0f"
+    "p999|round trip p99.9 (µs)|low|%.0f"
+    "max|round trip max (µs)|low|%.0f"
+    "msgs|latency runs: sent / received / errors|-|"
+    "lag|latency runs: load generator late by, p99 (µs)|-|%.0f"
+  )
+  for size in $TP_SIZES; do
+    rows+=("rate$size|echoed msg/s at saturation, $(size_label "$size")|high|%.0f")
+    rows+=("cpu$size|CPU per message, $(size_label "$size") (µs)|low|%.2f")
+  done
+}

@@ -18,14 +18,31 @@
 # A proxy that does not start (Ringway's data plane before it runs) is
 # skipped and the table says why.
 #
+# With CORES=2 it asks instead how each proxy scales from one worker to two
+# (`runtime: {workerThreads}`, `worker_processes`, `nbthread`), and writes
+# that table between <!-- cores:begin --> and <!-- cores:end -->:
+#
+#   CORES=2 bash e2e/bench/compare.sh
+#
+# The proxies, the load generator (CORES threads) and the backends then all
+# run on CPUs 0 to CORES-1, unpinned within them, and each proxy runs with one
+# worker and with CORES workers in turn; only the saturation runs are made,
+# and each reports, besides msg/s and CPU per message, how many CPUs the proxy
+# kept busy and how its CPU time split between its two busiest threads or
+# processes. docs/benchmarks.md says why a machine whose load generator
+# shares the proxy's cores cannot show a proxy's throughput doubling.
+#
 # Settings, from the environment (defaults in brackets):
 #   DURATION [10] WARMUP [3]      latency: measured and warmup seconds, of
 #   LAT_RUNS [3]                   runs; the table has the median of each number
 #   LAT_CONNECTIONS [1000] LAT_RATE [20000] LAT_SIZE [64]
 #   TP_DURATION [10] TP_CONNECTIONS [50] TP_WINDOW [16] TP_SIZES ["64 4096"]
+#   TP_RUNS [1; with CORES, 3]   saturation runs per size; the median counts
 #   IDLE_CONNECTIONS [5000] IDLE_SETTLE [3]   seconds between open and RSS
-#   PROXIES ["direct ringway nginx haproxy"]
-#   PROXY_CPU [0] LOAD_CPU [1]
+#   PROXIES ["direct ringway nginx haproxy"; with CORES, "ringway nginx haproxy"]
+#   PROXY_CPU [0] LOAD_CPU [1] (taskset CPU lists; with CORES, both 0-(CORES-1))
+#   CORES [1]   more than 1: the scaling run above
+#   LOAD_THREADS [1; with CORES, CORES]   the load generator's threads
 #   OUT [docs/benchmarks.md] ("-" to only print the table)
 #   KEEP_WORK [0]   1 keeps the configs, logs and raw JSON results
 # The defaults finish in about six minutes, plus the release build.
@@ -34,22 +51,27 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 bench_init compare
 
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-3}
-LAT_RUNS=${LAT_RUNS:-3}
-LAT_CONNECTIONS=${LAT_CONNECTIONS:-1000}
-LAT_RATE=${LAT_RATE:-20000}
-LAT_SIZE=${LAT_SIZE:-64}
-TP_DURATION=${TP_DURATION:-10}
-TP_CONNECTIONS=${TP_CONNECTIONS:-50}
-TP_WINDOW=${TP_WINDOW:-16}
-TP_SIZES=${TP_SIZES:-"64 4096"}
+load_settings
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 IDLE_SETTLE=${IDLE_SETTLE:-3}
-PROXIES=${PROXIES:-"direct ringway nginx haproxy"}
-PROXY_CPU=${PROXY_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
+CORES=${CORES:-1}
 OUT=${OUT:-docs/benchmarks.md}
+if ((CORES > 1)); then
+  (($(nproc) >= CORES)) || die "CORES=$CORES but this machine has $(nproc) CPUs"
+  PROXIES=${PROXIES:-"ringway nginx haproxy"}
+  PROXY_CPU=${PROXY_CPU:-0-$((CORES - 1))}
+  LOAD_CPU=${LOAD_CPU:-0-$((CORES - 1))}
+  LOAD_THREADS=${LOAD_THREADS:-$CORES}
+  TP_RUNS=${TP_RUNS:-3}
+  WORKER_COUNTS="1 $CORES"
+else
+  PROXIES=${PROXIES:-"direct ringway nginx haproxy"}
+  PROXY_CPU=${PROXY_CPU:-0}
+  LOAD_CPU=${LOAD_CPU:-1}
+  LOAD_THREADS=${LOAD_THREADS:-1}
+  TP_RUNS=${TP_RUNS:-1}
+  WORKER_COUNTS=1
+fi
 
 # Idle connections come from their own source addresses, so that they never
 # compete for ports with the TIME_WAIT left by earlier runs on 127.0.0.1.
@@ -61,7 +83,7 @@ declare -A LABEL=([direct]=direct [ringway]=Ringway [nginx]=nginx [haproxy]=HAPr
 declare -A R=()    # results, R[proxy.metric]
 declare -A SKIP=() # why a proxy has no results
 
-if (($(nproc) < 2)); then
+if ((CORES == 1 && $(nproc) < 2)); then
   log "only one CPU: the proxy and the load share it"
   PROXY_CPU=0 LOAD_CPU=0
 fi
@@ -80,28 +102,17 @@ if ! cargo build --release -p ringway-e2e -p ringway-dataplane >"$WORK/build.log
     { tail -30 "$WORK/build-e2e.log" >&2; die "ringway-e2e does not build"; }
 fi
 
-cat >"$WORK/ringway.yaml" <<EOF
-listener: {address: 127.0.0.1:${PORT[ringway]}}
-admin: {address: 127.0.0.1:19091}
-routes:
-  - name: echo
-    pathPrefix: /
-    key: {source: Query, name: room}
-    missingKey: Random
-    backends: [127.0.0.1:${BACKEND_PORTS[0]}, 127.0.0.1:${BACKEND_PORTS[1]}]
-connections:
-  heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}
-  idleTimeoutSeconds: 600
-  maxConnections: 19000
-runtime: {workerThreads: 1}
-EOF
-
-mkdir -p "$WORK/nginx/tmp"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
+# write_configs W: each proxy's config with W workers (processes or threads),
+# in $WORK/W/.
+write_configs() {
+  local w=$1 dir=$WORK/$1
+  mkdir -p "$dir/nginx/tmp"
+  write_ringway_config "$dir/ringway.yaml" "${PORT[ringway]}" 19091 "$w" "${BACKEND_PORTS[@]}"
+  cat >"$dir/nginx/nginx.conf" <<EOF
+worker_processes $w;
 daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
 worker_rlimit_nofile 20000;
 events { worker_connections 19000; }
 http {
@@ -130,10 +141,9 @@ http {
   }
 }
 EOF
-
-cat >"$WORK/haproxy.cfg" <<EOF
+  cat >"$dir/haproxy.cfg" <<EOF
 global
-  nbthread 1
+  nbthread $w
   maxconn 9500
 defaults
   mode http
@@ -151,57 +161,17 @@ backend echo
   server b1 127.0.0.1:${BACKEND_PORTS[0]}
   server b2 127.0.0.1:${BACKEND_PORTS[1]}
 EOF
+}
 
-B1_PID=
-BACKEND_PIDS=()
-for i in 0 1; do
-  start_bg "echo-b$((i + 1))" "$LOAD_CPU" "$BIN/ringway-echo" \
-    --listen "127.0.0.1:${BACKEND_PORTS[i]}" --id "b$((i + 1))" --workers 1
-  [[ -z $B1_PID ]] && B1_PID=$LAST_PID
-  BACKEND_PIDS+=("$LAST_PID")
-  wait_listening "127.0.0.1:${BACKEND_PORTS[i]}" "$LAST_PID" 10 ||
-    die "echo backend b$((i + 1)) did not start: $(tail -1 "$WORK/echo-b$((i + 1)).log")"
-done
+for w in $WORKER_COUNTS; do write_configs "$w"; done
+start_echo_backends "$LOAD_CPU" "${BACKEND_PORTS[@]}"
 
 # ---------------------------------------------------------- measuring --
 
-# load OUT ARGS...: ringway-load on the load CPU, its JSON report into OUT
-# and its human lines into OUT.log, printed when it ends. Keeps in
-# R[$CURRENT.other] the most CPU (in % of one CPU) that processes outside this
-# script's tree used during any of the proxy's runs: the machine is shared,
-# and a compiler running meanwhile shows up here before it shows up as
-# latency.
-load() {
-  local out=$1 pid busy0 ours0 busy1 ours1 started other status=0
-  shift
-  busy0=$(busy_ticks)
-  ours0=$(tree_ticks $$)
-  started=$(date +%s.%N)
-  RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads 1 "$@" --json \
-    >"$out" 2>"$out.log" &
-  pid=$!
-  BENCH_PIDS+=("$pid")
-  while alive "$pid"; do sleep 0.2; done
-  wait "$pid" || status=$?
-  busy1=$(busy_ticks)
-  ours1=$(tree_ticks $$)
-  other=$(calc '%d' "100 * (($busy1 - $busy0) - ($ours1 - $ours0)) / (($(date +%s.%N) - $started) * $CLK_TCK)")
-  ((other >= 0)) || other=0 # tick rounding
-  if [[ -z ${R[$CURRENT.other]:-} ]] || ((other > R[$CURRENT.other])); then
-    R[$CURRENT.other]=$other
-  fi
-  sed 's/^/    /' "$out.log" >&2
-  return "$status"
-}
-
-# last_error LOG: the error a ringway-load run ended with, else its last line.
-last_error() {
-  { grep -m1 '^Error: ' "$1" || tail -1 "$1"; } 2>/dev/null | sed 's/^Error: //' | cut -c1-200
-}
-
-# start_proxy P: starts proxy P and waits for its port; sets PROXY_PID.
+# start_proxy P W: starts proxy P with W workers and waits for its port;
+# sets PROXY_PID.
 start_proxy() {
-  local p=$1
+  local p=$1 dir=$WORK/$2
   case $p in
     direct)
       PROXY_PID=$B1_PID
@@ -209,13 +179,13 @@ start_proxy() {
       ;;
     ringway)
       [[ -x $BIN/ringway-dataplane ]] || { SKIP[ringway]="no ringway-dataplane binary"; return 1; }
-      start_bg ringway "$PROXY_CPU" "$BIN/ringway-dataplane" --config "$WORK/ringway.yaml"
+      start_bg ringway "$PROXY_CPU" "$BIN/ringway-dataplane" --config "$dir/ringway.yaml"
       ;;
     nginx)
-      start_bg nginx "$PROXY_CPU" nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+      start_bg nginx "$PROXY_CPU" nginx -p "$dir/nginx/" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
       ;;
     haproxy)
-      start_bg haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
+      start_bg haproxy "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
       ;;
   esac
   PROXY_PID=$LAST_PID
@@ -226,9 +196,10 @@ start_proxy() {
   fi
 }
 
-# proxy_pids P: the processes whose CPU and memory count for P.
+# proxy_pids KEY: the processes whose CPU and memory count for the column
+# KEY (P, or P-wW with CORES).
 proxy_pids() {
-  if [[ $1 == nginx ]]; then with_children "$PROXY_PID"; else echo "$PROXY_PID"; fi
+  if [[ $1 == nginx* ]]; then with_children "$PROXY_PID"; else echo "$PROXY_PID"; fi
 }
 
 measure_memory() {
@@ -261,107 +232,55 @@ measure_memory() {
   R[$p.mem_opened]=$opened
 }
 
-# median N...: the median of numbers (the lower middle of an even count).
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-
-# measure_latency P URL: LAT_RUNS latency runs; each row is the median of the
-# runs', so that one run disturbed by a stall does not make the table.
-measure_latency() {
-  local p=$1 url=$2 run json
-  local -a p50=() p99=() p999=() max=() lag=()
-  local sent=0 received=0 errors=0
-  for ((run = 1; run <= LAT_RUNS; run++)); do
-    json=$WORK/$p-latency-$run.json
-    load "$json" latency --url "$url" --connections "$LAT_CONNECTIONS" --rate "$LAT_RATE" \
-      --size "$LAT_SIZE" --duration "$DURATION" --warmup "$WARMUP" || return 1
-    p50+=("$(jq -r '.round_trip.p50_us' "$json")")
-    p99+=("$(jq -r '.round_trip.p99_us' "$json")")
-    p999+=("$(jq -r '.round_trip.p999_us' "$json")")
-    max+=("$(jq -r '.round_trip.max_us' "$json")")
-    lag+=("$(jq -r '.send_lag.p99_us' "$json")")
-    sent=$((sent + $(jq -r '.sent' "$json")))
-    received=$((received + $(jq -r '.received' "$json")))
-    errors=$((errors + $(jq -r '.errors + .failed' "$json")))
-  done
-  R[$p.p50]=$(median "${p50[@]}")
-  R[$p.p99]=$(median "${p99[@]}")
-  R[$p.p999]=$(median "${p999[@]}")
-  R[$p.max]=$(median "${max[@]}")
-  R[$p.lag]=$(median "${lag[@]}")
-  R[$p.msgs]="$sent / $received / $errors"
-}
-
-measure_cpu() {
-  local p=$1 url=$2 size=$3 json=$WORK/$1-throughput-$3.json t0 t1 echoed
-  # shellcheck disable=SC2046
-  t0=$(cpu_ticks $(proxy_pids "$p"))
-  load "$json" throughput --url "$url" --connections "$TP_CONNECTIONS" --window "$TP_WINDOW" \
-    --size "$size" --duration "$TP_DURATION" || return 1
-  # shellcheck disable=SC2046
-  t1=$(cpu_ticks $(proxy_pids "$p"))
-  echoed=$(jq -r '.echoed_total' "$json")
-  ((echoed > 0)) || return 1
-  R[$p.rate$size]=$(jq -r '.rate' "$json")
-  R[$p.cpu$size]=$(calc '%.2f' "($t1 - $t0) * 1000000 / $CLK_TCK / $echoed")
-}
-
 measure_routing() {
-  local p=$1 url=$2 json=$WORK/$1-probe.json
+  local key=$1 url=$2 json=$WORK/$1-probe.json
   load "$json" probe --url "$url" --keys 32 --repeat 2 || return 1
-  R[$p.routing]=$(jq -r '([.keys_per_backend | to_entries[] | "\(.key) \(.value)"] | join(" / "))
+  R[$key.routing]=$(jq -r '([.keys_per_backend | to_entries[] | "\(.key) \(.value)"] | join(" / "))
     + (if .sticky then ", sticky" else ", NOT sticky" end)' "$json")
 }
 
-for p in $PROXIES; do
-  [[ -n ${PORT[$p]:-} ]] || die "unknown proxy $p (known: ${!PORT[*]})"
-  CURRENT=$p
-  if [[ -n ${SKIP[$p]:-} ]]; then
-    log "${LABEL[$p]}: skipped, ${SKIP[$p]}"
-    continue
-  fi
-  log "${LABEL[$p]}: starting"
-  if ! start_proxy "$p"; then
-    log "${LABEL[$p]}: skipped, ${SKIP[$p]}"
-    continue
-  fi
+# measure_proxy P W: starts proxy P with W workers and measures it into
+# R[KEY.*] (KEY: P, or P-wW with CORES); fails, with SKIP[P] set, when P
+# does not start or routes wrongly.
+measure_proxy() {
+  local p=$1 w=$2 key url
+  key=$(column_key "$p" "$w")
+  CURRENT=$key
+  log "${LABEL[$p]}: starting with $w worker(s)"
+  start_proxy "$p" "$w" || return 1
   url="ws://127.0.0.1:${PORT[$p]}/echo"
   log "${LABEL[$p]}: routing check"
-  if ! measure_routing "$p" "$url"; then
-    SKIP[$p]="failed its routing check ($(last_error "$WORK/$p-probe.json.log"))"
-    log "${LABEL[$p]}: skipped, ${SKIP[$p]}"
+  if ! measure_routing "$key" "$url"; then
+    SKIP[$p]="failed its routing check ($(last_error "$WORK/$key-probe.json.log"))"
     [[ $p == direct ]] || stop_pid "$PROXY_PID"
-    continue
+    return 1
   fi
-  log "${LABEL[$p]}: memory with $IDLE_CONNECTIONS idle connections"
-  measure_memory "$p" "$url" || R[$p.mem]=failed
-  log "${LABEL[$p]}: latency, $LAT_CONNECTIONS connections x $LAT_RATE msg/s"
-  measure_latency "$p" "$url" || R[$p.p50]=failed
-  for size in $TP_SIZES; do
-    log "${LABEL[$p]}: CPU per message at saturation, $size B"
-    measure_cpu "$p" "$url" "$size" || R[$p.cpu$size]=failed
-  done
+  if ((CORES == 1)); then
+    log "${LABEL[$p]}: memory with $IDLE_CONNECTIONS idle connections"
+    measure_memory "$key" "$url" || R[$key.mem]=failed
+    log "${LABEL[$p]}: latency, $LAT_CONNECTIONS connections x $LAT_RATE msg/s"
+    measure_latency "$key" "$url" || R[$key.p50]=failed
+  fi
+  measure_sizes "$key" "$url" "${LABEL[$p]} with $w worker(s)"
   [[ $p == direct ]] || stop_pid "$PROXY_PID"
+}
+
+# column_key P W: where the results of P with W workers go in R.
+column_key() { if ((CORES == 1)); then echo "$1"; else echo "$1-w$2"; fi; }
+
+for p in $PROXIES; do
+  [[ -n ${PORT[$p]:-} ]] || die "unknown proxy $p (known: ${!PORT[*]})"
+  # direct is the echo backend itself, with its one worker.
+  workers=$WORKER_COUNTS
+  [[ $p == direct ]] && workers=1
+  for w in $workers; do
+    if [[ -z ${SKIP[$p]:-} ]] && measure_proxy "$p" "$w"; then continue; fi
+    log "${LABEL[$p]}: skipped, ${SKIP[$p]}"
+    break
+  done
 done
 
 # --------------------------------------------------------------- table --
-
-size_label() {
-  local b=$1
-  if ((b >= 1048576 && b % 1048576 == 0)); then echo "$((b / 1048576)) MiB"
-  elif ((b >= 1024 && b % 1024 == 0)); then echo "$((b / 1024)) KiB"
-  else echo "$b B"; fi
-}
-
-is_number() { [[ $1 =~ ^-?[0-9]+([.][0-9]+)?$ ]]; }
-
-# cell P METRIC FORMAT: a result as printed in the table.
-cell() {
-  local v=${R[$1.$2]:-}
-  if [[ -n ${SKIP[$1]:-} ]]; then echo "skipped"
-  elif [[ -z $v ]]; then echo "—"
-  elif is_number "$v" && [[ -n ${3:-} ]]; then calc "$3" "$v"
-  else echo "$v"; fi
-}
 
 # ratio METRIC BETTER: Ringway's result over the best of nginx and HAProxy
 # ("low" or "high" is better).
@@ -388,46 +307,29 @@ ratio() {
   echo "$(calc '%.2f' "$mine / $best")× $best_name"
 }
 
-rows=(
-  "p50|round trip p50 (µs)|low|%.0f"
-  "p99|round trip p99 (µs)|low|%.0f"
-  "p999|round trip p99.9 (µs)|low|%.0f"
-  "max|round trip max (µs)|low|%.0f"
-  "msgs|latency runs: sent / received / errors|-|"
-  "lag|latency runs: load generator late by, p99 (µs)|-|%.0f"
-)
-for size in $TP_SIZES; do
-  rows+=("rate$size|echoed msg/s at saturation, $(size_label "$size")|high|%.0f")
-  rows+=("cpu$size|CPU per message, $(size_label "$size") (µs)|low|%.2f")
-done
+load_rows
 rows+=(
   "mem|memory per idle connection (KiB)|low|%.1f"
   "routing|keys per backend (of 32)|-|"
   "other|other processes' CPU during the runs, most (% of one CPU)|-|"
 )
 
-table=$WORK/table.md
-{
-  echo "### Proxies compared, $(date -u '+%Y-%m-%d')"
-  echo
-  machine_description
+# peer_versions: the sentence naming the peers' versions.
+peer_versions() {
   printf ' nginx %s, HAProxy %s.\n' \
     "$(nginx -v 2>&1 | sed 's|.*nginx/||' || echo '?')" \
     "$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' || echo '?')"
-  echo
-  printf 'Settings: proxy on CPU %s; load generator and both echo backends on CPU %s. ' "$PROXY_CPU" "$LOAD_CPU"
-  printf 'Latency: %s connections, %s msg/s in all of %s, %s s warmup + %s s measured, median of %s runs. ' \
-    "$LAT_CONNECTIONS" "$LAT_RATE" "$(size_label "$LAT_SIZE")" "$WARMUP" "$DURATION" "$LAT_RUNS"
-  printf 'Saturation: %s connections × %s messages in flight, %s s per size. ' \
-    "$TP_CONNECTIONS" "$TP_WINDOW" "$TP_DURATION"
-  printf 'Memory: %s idle connections, RSS %s s after they opened.\n' "$IDLE_CONNECTIONS" "$IDLE_SETTLE"
-  echo
-  header="| |" rule="|---|"
+}
+
+# proxy_table ROW...: a table with a column per proxy and one per ROW
+# ("metric|label|better|format", better: low, high or - for no ratio).
+proxy_table() {
+  local header="| |" rule="|---|" row metric label better format line p
   for p in $PROXIES; do header+=" ${LABEL[$p]} |"; rule+="---:|"; done
   if [[ " $PROXIES " == *" ringway "* ]]; then header+=" Ringway ÷ best peer |"; rule+="---:|"; fi
   echo "$header"
   echo "$rule"
-  for row in "${rows[@]}"; do
+  for row in "$@"; do
     IFS='|' read -r metric label better format <<<"$row"
     line="| $label |"
     for p in $PROXIES; do line+=" $(cell "$p" "$metric" "$format") |"; done
@@ -436,19 +338,121 @@ table=$WORK/table.md
     fi
     echo "$line"
   done
+}
+
+skipped_lines() {
+  local p
+  for p in $PROXIES; do
+    if [[ -n ${SKIP[$p]:-} ]]; then echo "*${LABEL[$p]}* was skipped: ${SKIP[$p]}."; fi
+  done
+}
+
+compare_table() {
+  echo "### Proxies compared, $(date -u '+%Y-%m-%d')"
+  echo
+  machine_description
+  peer_versions
+  echo
+  printf 'Settings: proxy on CPU %s; load generator and both echo backends on CPU %s. ' "$PROXY_CPU" "$LOAD_CPU"
+  printf 'Latency: %s connections, %s msg/s in all of %s, %s s warmup + %s s measured, median of %s runs. ' \
+    "$LAT_CONNECTIONS" "$LAT_RATE" "$(size_label "$LAT_SIZE")" "$WARMUP" "$DURATION" "$LAT_RUNS"
+  printf 'Saturation: %s connections × %s messages in flight, %s s per size%s. ' \
+    "$TP_CONNECTIONS" "$TP_WINDOW" "$TP_DURATION" "$( ((TP_RUNS == 1)) || echo ", median of $TP_RUNS runs")"
+  printf 'Memory: %s idle connections, RSS %s s after they opened.\n' "$IDLE_CONNECTIONS" "$IDLE_SETTLE"
+  echo
+  proxy_table "${rows[@]}"
   echo
   echo "The last row is CPU time the machine spent outside the measurement (a build, say) while a proxy's runs went on; more than a few percent means that column's latencies are disturbed."
   if [[ " $PROXIES " == *" direct "* ]]; then
     echo "*direct*: the client talks to echo backend b1 itself; its CPU and memory rows are b1's own, what the echo costs, not a proxy's."
   fi
-  for p in $PROXIES; do
-    if [[ -n ${SKIP[$p]:-} ]]; then echo "*${LABEL[$p]}* was skipped: ${SKIP[$p]}."; fi
+  skipped_lines
+}
+
+# cores_table: the CORES run: a row per proxy and worker count, then each
+# proxy at its most workers, with the ratios to one worker and to the peers.
+cores_table() {
+  local most=${WORKER_COUNTS##* } p w key size line metric other
+  local -a summary=()
+  echo "### One worker and $most, $(date -u '+%Y-%m-%d')"
+  echo
+  machine_description
+  peer_versions
+  echo
+  printf 'Settings: every process on CPUs %s, unpinned within them: the proxy, the load generator (%s threads) and both echo backends (one thread each). ' \
+    "$PROXY_CPU" "$LOAD_THREADS"
+  printf 'Saturation: %s connections × %s messages in flight, %s s per size and worker count, median of %s runs.\n' \
+    "$TP_CONNECTIONS" "$TP_WINDOW" "$TP_DURATION" "$TP_RUNS"
+  echo
+  line="| proxy | workers |"
+  for size in $TP_SIZES; do
+    line+=" msg/s, $(size_label "$size") | CPU per message (µs) | CPUs busy | busiest two threads (% of its CPU) |"
   done
-} >"$table"
+  echo "$line"
+  line="|---|---:|"
+  for size in $TP_SIZES; do line+="---:|---:|---:|---:|"; done
+  echo "$line"
+  for p in $PROXIES; do
+    for w in $WORKER_COUNTS; do
+      [[ $p == direct && $w != 1 ]] && continue
+      key=$(column_key "$p" "$w")
+      line="| ${LABEL[$p]} | $w |"
+      for size in $TP_SIZES; do
+        line+=" $(cell "$key" "rate$size" %.0f) | $(cell "$key" "cpu$size" %.2f) | $(cell "$key" "cores$size" %.2f) | $(cell "$key" "split$size") |"
+      done
+      echo "$line"
+    done
+  done
+  echo
+  # The summary's columns are the proxies at their most workers.
+  for p in $PROXIES; do
+    key=$(column_key "$p" "$most")
+    other=0
+    for w in $WORKER_COUNTS; do
+      metric=${R[$(column_key "$p" "$w").other]:-0}
+      ((metric > other)) && other=$metric
+    done
+    R[$p.other]=$other
+    for size in $TP_SIZES; do
+      R[$p.rate$size]=${R[$key.rate$size]:-}
+      R[$p.cpu$size]=${R[$key.cpu$size]:-}
+      R[$p.rate_scale$size]=$(scaled "$p" "rate$size")
+      R[$p.cpu_scale$size]=$(scaled "$p" "cpu$size")
+    done
+  done
+  for size in $TP_SIZES; do
+    summary+=("rate$size|msg/s at saturation, $most workers, $(size_label "$size")|high|%.0f")
+    summary+=("rate_scale$size|… ÷ the same with 1 worker|-|%.2f")
+    summary+=("cpu$size|CPU per message, $most workers, $(size_label "$size") (µs)|low|%.2f")
+    summary+=("cpu_scale$size|… ÷ the same with 1 worker|-|%.2f")
+  done
+  summary+=("other|other processes' CPU during the runs, most (% of one CPU)|-|")
+  proxy_table "${summary[@]}"
+  echo
+  echo "*CPUs busy*: the proxy's CPU time over the run's time; *busiest two threads*: the shares of the proxy's CPU time taken by its two busiest threads (nginx: processes), which tell whether the second worker carried half the work."
+  skipped_lines
+}
+
+# scaled P METRIC: P's METRIC with its most workers over with one.
+scaled() {
+  local one=${R[$(column_key "$1" 1).$2]:-} most=${R[$(column_key "$1" "${WORKER_COUNTS##* }").$2]:-}
+  if is_number "$one" && is_number "$most" && (($(calc '%d' "$one > 0"))); then
+    calc '%.2f' "$most / $one"
+  fi
+}
+
+table=$WORK/table.md
+if ((CORES > 1)); then
+  cores_table >"$table"
+  section=cores rerun="CORES=$CORES bash e2e/bench/compare.sh"
+else
+  compare_table >"$table"
+  section=compare rerun='bash e2e/bench/compare.sh'
+fi
 
 echo
 cat "$table"
 if [[ $OUT != - ]]; then
-  write_section "$OUT" compare "$table" 'bash e2e/bench/compare.sh'
+  write_section "$OUT" "$section" "$table" "$rerun"
   log "wrote the table to $OUT"
 fi
