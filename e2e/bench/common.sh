@@ -209,3 +209,288 @@ write_section() {
   ' "$file" >"$file.new"
   mv "$file.new" "$file"
 }
+
+# ------------------------------------------------ proxies side by side --
+#
+# compare.sh and tls.sh run Ringway, nginx and HAProxy one at a time in front
+# of the same two ringway-echo backends and measure each the same way. The
+# helpers below use the caller's globals: PORT[proxy] (the port each proxy
+# listens on), BACKEND_PORTS, PROXY_CPU and LOAD_CPU; they set PROXY_PID,
+# B1_PID and BACKEND_PIDS, and keep results in R[proxy.metric], why a proxy
+# has none in SKIP[proxy], and its name in LABEL[proxy]; CURRENT is the proxy
+# being measured. A ringway-load option given by environment (for instance
+# RINGWAY_LOAD_CA_FILE for wss://) applies to every run.
+
+# write_ringway_config LISTENER: $WORK/ringway.yaml, one worker thread,
+# routing the `room` query parameter over both backends, with LISTENER (its
+# YAML line, `listener: {address: ...}`).
+write_ringway_config() {
+  cat >"$WORK/ringway.yaml" <<EOF
+$1
+admin: {address: 127.0.0.1:19091}
+routes:
+  - name: echo
+    pathPrefix: /
+    key: {source: Query, name: room}
+    missingKey: Random
+    backends: [127.0.0.1:${BACKEND_PORTS[0]}, 127.0.0.1:${BACKEND_PORTS[1]}]
+connections:
+  heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}
+  idleTimeoutSeconds: 600
+  maxConnections: 19000
+runtime: {workerThreads: 1}
+EOF
+}
+
+# write_nginx_config SERVER: $WORK/nginx/nginx.conf, one worker, hashing
+# `room` consistently over both backends; SERVER is the server block's
+# `listen` directive and what goes with it.
+write_nginx_config() {
+  mkdir -p "$WORK/nginx/tmp"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path tmp/body;
+  proxy_temp_path tmp/proxy;
+  fastcgi_temp_path tmp/fastcgi;
+  uwsgi_temp_path tmp/uwsgi;
+  scgi_temp_path tmp/scgi;
+  upstream echo {
+    hash \$arg_room consistent;
+    server 127.0.0.1:${BACKEND_PORTS[0]};
+    server 127.0.0.1:${BACKEND_PORTS[1]};
+  }
+  server {
+    $1
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host \$host;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+EOF
+}
+
+# write_haproxy_config BIND: $WORK/haproxy.cfg, one thread, hashing `room`
+# consistently over both backends; BIND is the frontend's `bind` line.
+write_haproxy_config() {
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 9500
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+  timeout http-request 10s
+frontend ws
+  $1
+  default_backend echo
+backend echo
+  balance url_param room
+  hash-type consistent
+  server b1 127.0.0.1:${BACKEND_PORTS[0]}
+  server b2 127.0.0.1:${BACKEND_PORTS[1]}
+EOF
+}
+
+# start_echo_backends: the two ringway-echo backends on the load CPU.
+start_echo_backends() {
+  local i
+  B1_PID=
+  BACKEND_PIDS=()
+  for i in 0 1; do
+    start_bg "echo-b$((i + 1))" "$LOAD_CPU" "$BIN/ringway-echo" \
+      --listen "127.0.0.1:${BACKEND_PORTS[i]}" --id "b$((i + 1))" --workers 1
+    [[ -z $B1_PID ]] && B1_PID=$LAST_PID
+    BACKEND_PIDS+=("$LAST_PID")
+    wait_listening "127.0.0.1:${BACKEND_PORTS[i]}" "$LAST_PID" 10 ||
+      die "echo backend b$((i + 1)) did not start: $(tail -1 "$WORK/echo-b$((i + 1)).log")"
+  done
+}
+
+# load OUT ARGS...: ringway-load on the load CPU, its JSON report into OUT
+# and its human lines into OUT.log, printed when it ends. Keeps in
+# R[$CURRENT.other] the most CPU (in % of one CPU) that processes outside this
+# script's tree used during any of the proxy's runs: the machine is shared,
+# and a compiler running meanwhile shows up here before it shows up as
+# latency.
+load() {
+  local out=$1 pid busy0 ours0 busy1 ours1 started other status=0
+  shift
+  busy0=$(busy_ticks)
+  ours0=$(tree_ticks $$)
+  started=$(date +%s.%N)
+  RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads 1 "$@" --json \
+    >"$out" 2>"$out.log" &
+  pid=$!
+  BENCH_PIDS+=("$pid")
+  while alive "$pid"; do sleep 0.2; done
+  wait "$pid" || status=$?
+  busy1=$(busy_ticks)
+  ours1=$(tree_ticks $$)
+  other=$(calc '%d' "100 * (($busy1 - $busy0) - ($ours1 - $ours0)) / (($(date +%s.%N) - $started) * $CLK_TCK)")
+  ((other >= 0)) || other=0 # tick rounding
+  if [[ -z ${R[$CURRENT.other]:-} ]] || ((other > R[$CURRENT.other])); then
+    R[$CURRENT.other]=$other
+  fi
+  sed 's/^/    /' "$out.log" >&2
+  return "$status"
+}
+
+# last_error LOG: the error a ringway-load run ended with, else its last line.
+last_error() {
+  { grep -m1 '^Error: ' "$1" || tail -1 "$1"; } 2>/dev/null | sed 's/^Error: //' | cut -c1-200
+}
+
+# start_proxy P: starts proxy P and waits for its port; sets PROXY_PID.
+start_proxy() {
+  local p=$1
+  case $p in
+    direct)
+      PROXY_PID=$B1_PID
+      return 0
+      ;;
+    ringway)
+      [[ -x $BIN/ringway-dataplane ]] || { SKIP[ringway]="no ringway-dataplane binary"; return 1; }
+      start_bg ringway "$PROXY_CPU" "$BIN/ringway-dataplane" --config "$WORK/ringway.yaml"
+      ;;
+    nginx)
+      start_bg nginx "$PROXY_CPU" nginx -p "$WORK/nginx/" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log"
+      ;;
+    haproxy)
+      start_bg haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
+      ;;
+  esac
+  PROXY_PID=$LAST_PID
+  if ! wait_listening "127.0.0.1:${PORT[$p]}" "$PROXY_PID" 15; then
+    SKIP[$p]="did not start: $(tail -1 "$WORK/$p.log" 2>/dev/null | cut -c1-160)"
+    stop_pid "$PROXY_PID"
+    return 1
+  fi
+}
+
+# proxy_pids P: the processes whose CPU and memory count for P.
+proxy_pids() {
+  if [[ $1 == nginx ]]; then with_children "$PROXY_PID"; else echo "$PROXY_PID"; fi
+}
+
+# measure_memory P URL: R[P.mem], the KiB of resident memory P holds per
+# idle connection, with IDLE_CONNECTIONS of them open (from IDLE_SOURCES)
+# for IDLE_SETTLE seconds.
+measure_memory() {
+  local p=$1 url=$2 json=$WORK/$1-idle.json lpid before after opened deadline
+  sleep 1
+  # shellcheck disable=SC2046
+  before=$(rss_kib $(proxy_pids "$p"))
+  RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads 1 idle --url "$url" \
+    --connections "$IDLE_CONNECTIONS" --hold $((IDLE_SETTLE + 5)) --sources "$IDLE_SOURCES" \
+    --json >"$json" 2>"$WORK/$p-idle.log" &
+  lpid=$!
+  BENCH_PIDS+=("$lpid")
+  deadline=$((SECONDS + IDLE_CONNECTIONS / 1000 + 30))
+  until grep -q 'holding them up to' "$WORK/$p-idle.log"; do
+    if ! alive "$lpid" || ((SECONDS > deadline)); then
+      log "  idle connections did not open: $(last_error "$WORK/$p-idle.log")"
+      stop_pid "$lpid"
+      return 1
+    fi
+    sleep 0.2
+  done
+  sleep "$IDLE_SETTLE"
+  # shellcheck disable=SC2046
+  after=$(rss_kib $(proxy_pids "$p"))
+  wait "$lpid" || true
+  sed 's/^/    /' "$WORK/$p-idle.log" >&2
+  opened=$(jq -r '.opened // 0' "$json" 2>/dev/null || echo 0)
+  ((opened > 0)) || return 1
+  R[$p.mem]=$(calc '%.1f' "($after - $before) / $opened")
+  R[$p.mem_opened]=$opened
+}
+
+# median N...: the median of numbers (the lower middle of an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+
+# measure_cpu P URL SIZE: R[P.cpuSIZE], P's CPU time per message of SIZE
+# bytes echoed at saturation (TP_CONNECTIONS x TP_WINDOW for TP_DURATION
+# seconds), in microseconds, and R[P.rateSIZE], the messages echoed per second.
+measure_cpu() {
+  local p=$1 url=$2 size=$3 json=$WORK/$1-throughput-$3.json t0 t1 echoed
+  # shellcheck disable=SC2046
+  t0=$(cpu_ticks $(proxy_pids "$p"))
+  load "$json" throughput --url "$url" --connections "$TP_CONNECTIONS" --window "$TP_WINDOW" \
+    --size "$size" --duration "$TP_DURATION" || return 1
+  # shellcheck disable=SC2046
+  t1=$(cpu_ticks $(proxy_pids "$p"))
+  echoed=$(jq -r '.echoed_total' "$json")
+  ((echoed > 0)) || return 1
+  R[$p.rate$size]=$(jq -r '.rate' "$json")
+  R[$p.cpu$size]=$(calc '%.2f' "($t1 - $t0) * 1000000 / $CLK_TCK / $echoed")
+}
+
+# measure_routing P URL: R[P.routing], the keys per backend of 32 keys
+# connected twice each, and whether every key reached the same backend.
+measure_routing() {
+  local p=$1 url=$2 json=$WORK/$1-probe.json
+  load "$json" probe --url "$url" --keys 32 --repeat 2 || return 1
+  R[$p.routing]=$(jq -r '([.keys_per_backend | to_entries[] | "\(.key) \(.value)"] | join(" / "))
+    + (if .sticky then ", sticky" else ", NOT sticky" end)' "$json")
+}
+
+# size_label BYTES: 64 B, 4 KiB, 1 MiB.
+size_label() {
+  local b=$1
+  if ((b >= 1048576 && b % 1048576 == 0)); then echo "$((b / 1048576)) MiB"
+  elif ((b >= 1024 && b % 1024 == 0)); then echo "$((b / 1024)) KiB"
+  else echo "$b B"; fi
+}
+
+# is_number V: whether V is a decimal number.
+is_number() { [[ $1 =~ ^-?[0-9]+([.][0-9]+)?$ ]]; }
+
+# cell P METRIC FORMAT: a result as printed in the table.
+cell() {
+  local v=${R[$1.$2]:-}
+  if [[ -n ${SKIP[$1]:-} ]]; then echo "skipped"
+  elif [[ -z $v ]]; then echo "—"
+  elif is_number "$v" && [[ -n ${3:-} ]]; then calc "$3" "$v"
+  else echo "$v"; fi
+}
+
+# ratio METRIC BETTER: Ringway's result over the best of nginx and HAProxy
+# ("low" or "high" is better).
+ratio() {
+  local metric=$1 better=$2 best='' best_name='' peer v
+  local mine=${R[ringway.$metric]:-}
+  if [[ -n ${SKIP[ringway]:-} ]] || ! is_number "$mine"; then
+    echo "—"
+    return
+  fi
+  for peer in nginx haproxy; do
+    v=${R[$peer.$metric]:-}
+    if [[ -n ${SKIP[$peer]:-} ]] || ! is_number "$v"; then continue; fi
+    if [[ -z $best ]] ||
+      { [[ $better == low ]] && (($(calc '%d' "$v < $best"))); } ||
+      { [[ $better == high ]] && (($(calc '%d' "$v > $best"))); }; then
+      best=$v best_name=${LABEL[$peer]}
+    fi
+  done
+  if [[ -z $best ]] || (($(calc '%d' "$best <= 0"))); then
+    echo "—"
+    return
+  fi
+  echo "$(calc '%.2f' "$mine / $best")× $best_name"
+}
