@@ -357,6 +357,9 @@ pub enum TlsError {
     /// rustls refused the certificate and key.
     #[error("certificate and key: {0}")]
     CertificateAndKey(#[source] rustls::Error),
+    /// The session ticket keys could not be made (no randomness).
+    #[error("session ticket keys: {0}")]
+    Tickets(#[source] rustls::Error),
     /// A file of the control port could not be read.
     #[error("shard.control.{key} {}: {source}", path.display())]
     ControlFile {

@@ -9,6 +9,9 @@
 # shellcheck shell=bash
 # The variables set here are used by the scripts that source this file.
 # shellcheck disable=SC2034
+# The functions for proxies side by side read the caller's associative
+# arrays (PORT, LABEL, SKIP, R), which shellcheck cannot see from here.
+# shellcheck disable=SC2004,SC2153,SC2154
 
 BENCH_PIDS=()
 
@@ -252,13 +255,16 @@ start_echo_backends() {
 
 # write_ringway_config FILE PORT ADMIN_PORT WORKERS BACKEND_PORT...: a
 # standalone data plane on PORT that hashes the `room` query parameter over
-# the backends, with WORKERS runtime threads.
+# the backends, with WORKERS runtime threads; over TLS when TLS_CERT and
+# TLS_KEY name a certificate and its key.
 write_ringway_config() {
-  local file=$1 port=$2 admin=$3 workers=$4 backends
+  local file=$1 port=$2 admin=$3 workers=$4 backends listener
   shift 4
   backends=$(printf '127.0.0.1:%s, ' "$@")
+  listener="address: 127.0.0.1:$port"
+  [[ -n ${TLS_CERT:-} ]] && listener+=", tls: {certFile: $TLS_CERT, keyFile: $TLS_KEY}"
   cat >"$file" <<EOT
-listener: {address: 127.0.0.1:$port}
+listener: {$listener}
 admin: {address: 127.0.0.1:$admin}
 routes:
   - name: echo
@@ -428,5 +434,224 @@ load_rows() {
   for size in $TP_SIZES; do
     rows+=("rate$size|echoed msg/s at saturation, $(size_label "$size")|high|%.0f")
     rows+=("cpu$size|CPU per message, $(size_label "$size") (µs)|low|%.2f")
+  done
+}
+
+# ------------------------------------------------ proxies side by side --
+# Used by compare.sh and tls.sh: the same job done by Ringway, nginx and
+# HAProxy (and "direct", the first echo backend itself), each started from
+# its config in $WORK/W/ (W: its number of workers) and measured into R[KEY.*],
+# and the table that compares them. They read the caller's PORT, LABEL,
+# PROXIES, PROXY_CPU, SKIP, IDLE_CONNECTIONS, IDLE_SETTLE and IDLE_SOURCES.
+
+# write_nginx_config DIR WORKERS LISTEN: DIR/nginx/nginx.conf, nginx with
+# WORKERS worker processes proxying WebSockets to the backends
+# (BACKEND_PORTS), hashing the `room` query parameter; LISTEN is the server's
+# `listen` directive and any directives that go with it (TLS).
+write_nginx_config() {
+  local dir=$1 workers=$2 listen=$3
+  mkdir -p "$dir/nginx/tmp"
+  cat >"$dir/nginx/nginx.conf" <<EOF
+worker_processes $workers;
+daemon off;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  client_body_temp_path tmp/body;
+  proxy_temp_path tmp/proxy;
+  fastcgi_temp_path tmp/fastcgi;
+  uwsgi_temp_path tmp/uwsgi;
+  scgi_temp_path tmp/scgi;
+  upstream echo {
+    hash \$arg_room consistent;
+    server 127.0.0.1:${BACKEND_PORTS[0]};
+    server 127.0.0.1:${BACKEND_PORTS[1]};
+  }
+  server {
+    $listen
+    location / {
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_set_header Host \$host;
+      proxy_read_timeout 3600s;
+      proxy_send_timeout 3600s;
+    }
+  }
+}
+EOF
+}
+
+# write_haproxy_config DIR WORKERS BIND: DIR/haproxy.cfg, HAProxy with
+# WORKERS threads and the same routing; BIND is the frontend's `bind` line.
+write_haproxy_config() {
+  local dir=$1 workers=$2 bind=$3
+  cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread $workers
+  maxconn 9500
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+  timeout http-request 10s
+frontend ws
+  $bind
+  default_backend echo
+backend echo
+  balance url_param room
+  hash-type consistent
+  server b1 127.0.0.1:${BACKEND_PORTS[0]}
+  server b2 127.0.0.1:${BACKEND_PORTS[1]}
+EOF
+}
+
+# start_proxy P W: starts proxy P with W workers and waits for its port;
+# sets PROXY_PID.
+start_proxy() {
+  local p=$1 dir=$WORK/$2
+  case $p in
+    direct)
+      PROXY_PID=$B1_PID
+      return 0
+      ;;
+    ringway)
+      [[ -x $BIN/ringway-dataplane ]] || { SKIP[ringway]="no ringway-dataplane binary"; return 1; }
+      start_bg ringway "$PROXY_CPU" "$BIN/ringway-dataplane" --config "$dir/ringway.yaml"
+      ;;
+    nginx)
+      start_bg nginx "$PROXY_CPU" nginx -p "$dir/nginx/" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
+      ;;
+    haproxy)
+      start_bg haproxy "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
+      ;;
+  esac
+  PROXY_PID=$LAST_PID
+  if ! wait_listening "127.0.0.1:${PORT[$p]}" "$PROXY_PID" 15; then
+    SKIP[$p]="did not start: $(tail -1 "$WORK/$p.log" 2>/dev/null | cut -c1-160)"
+    stop_pid "$PROXY_PID"
+    return 1
+  fi
+}
+
+# proxy_pids KEY: the processes whose CPU and memory count for the column
+# KEY (P, or P-wW with CORES).
+proxy_pids() {
+  if [[ $1 == nginx* ]]; then with_children "$PROXY_PID"; else echo "$PROXY_PID"; fi
+}
+
+# measure_memory KEY URL [EVERY]: R[KEY.mem], the proxy's RSS growth per
+# connection with IDLE_CONNECTIONS idle connections open, IDLE_SETTLE s after
+# the last opened. With EVERY (seconds), R[KEY.mem_used] instead: each
+# connection sends a message every EVERY seconds and checks its echo, and the
+# RSS is read once every connection had time to send (EVERY + IDLE_SETTLE s),
+# between its messages: what a connection that carries messages holds.
+measure_memory() {
+  local p=$1 url=$2 every=${3:-0} json lpid before after opened echoed deadline settle metric=mem
+  local -a echo=()
+  settle=$IDLE_SETTLE
+  if [[ $every != 0 ]]; then
+    metric=mem_used echo=(--echo-every "$every") settle=$(calc '%.1f' "$every + $IDLE_SETTLE")
+  fi
+  json=$WORK/$p-$metric.json
+  sleep 1
+  # shellcheck disable=SC2046
+  before=$(rss_kib $(proxy_pids "$p"))
+  RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads 1 idle --url "$url" \
+    --connections "$IDLE_CONNECTIONS" --hold "$(calc '%.0f' "$settle + 5")" --sources "$IDLE_SOURCES" \
+    "${echo[@]}" --json >"$json" 2>"$json.log" &
+  lpid=$!
+  BENCH_PIDS+=("$lpid")
+  deadline=$((SECONDS + IDLE_CONNECTIONS / 1000 + 30))
+  until grep -q 'holding them up to' "$json.log"; do
+    if ! alive "$lpid" || ((SECONDS > deadline)); then
+      log "  idle connections did not open: $(last_error "$json.log")"
+      stop_pid "$lpid"
+      return 1
+    fi
+    sleep 0.2
+  done
+  sleep "$settle"
+  # shellcheck disable=SC2046
+  after=$(rss_kib $(proxy_pids "$p"))
+  wait "$lpid" || true
+  sed 's/^/    /' "$json.log" >&2
+  opened=$(jq -r '.opened // 0' "$json" 2>/dev/null || echo 0)
+  ((opened > 0)) || return 1
+  if [[ $every != 0 ]]; then
+    echoed=$(jq -r '.echo.echoed // 0' "$json")
+    ((echoed >= opened)) || { log "  only $echoed echoes for $opened connections"; return 1; }
+  fi
+  R[$p.$metric]=$(calc '%.1f' "($after - $before) / $opened")
+}
+
+measure_routing() {
+  local key=$1 url=$2 json=$WORK/$1-probe.json
+  load "$json" probe --url "$url" --keys 32 --repeat 2 || return 1
+  R[$key.routing]=$(jq -r '([.keys_per_backend | to_entries[] | "\(.key) \(.value)"] | join(" / "))
+    + (if .sticky then ", sticky" else ", NOT sticky" end)' "$json")
+}
+
+# ratio METRIC BETTER: Ringway's result over the best of nginx and HAProxy
+# ("low" or "high" is better).
+ratio() {
+  local metric=$1 better=$2 best='' best_name='' peer v
+  local mine=${R[ringway.$metric]:-}
+  if [[ -n ${SKIP[ringway]:-} ]] || ! is_number "$mine"; then
+    echo "—"
+    return
+  fi
+  for peer in nginx haproxy; do
+    v=${R[$peer.$metric]:-}
+    if [[ -n ${SKIP[$peer]:-} ]] || ! is_number "$v"; then continue; fi
+    if [[ -z $best ]] ||
+      { [[ $better == low ]] && (($(calc '%d' "$v < $best"))); } ||
+      { [[ $better == high ]] && (($(calc '%d' "$v > $best"))); }; then
+      best=$v best_name=${LABEL[$peer]}
+    fi
+  done
+  if [[ -z $best ]] || (($(calc '%d' "$best <= 0"))); then
+    echo "—"
+    return
+  fi
+  echo "$(calc '%.2f' "$mine / $best")× $best_name"
+}
+
+# peer_versions: the sentence naming the peers' versions.
+peer_versions() {
+  printf ' nginx %s, HAProxy %s.\n' \
+    "$(nginx -v 2>&1 | sed 's|.*nginx/||' || echo '?')" \
+    "$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' || echo '?')"
+}
+
+# proxy_table ROW...: a table with a column per proxy and one per ROW
+# ("metric|label|better|format", better: low, high or - for no ratio).
+proxy_table() {
+  local header="| |" rule="|---|" row metric label better format line p
+  for p in $PROXIES; do header+=" ${LABEL[$p]} |"; rule+="---:|"; done
+  if [[ " $PROXIES " == *" ringway "* ]]; then header+=" Ringway ÷ best peer |"; rule+="---:|"; fi
+  echo "$header"
+  echo "$rule"
+  for row in "$@"; do
+    IFS='|' read -r metric label better format <<<"$row"
+    line="| $label |"
+    for p in $PROXIES; do line+=" $(cell "$p" "$metric" "$format") |"; done
+    if [[ " $PROXIES " == *" ringway "* ]]; then
+      if [[ $better == - ]]; then line+=" |"; else line+=" $(ratio "$metric" "$better") |"; fi
+    fi
+    echo "$line"
+  done
+}
+
+skipped_lines() {
+  local p
+  for p in $PROXIES; do
+    if [[ -n ${SKIP[$p]:-} ]]; then echo "*${LABEL[$p]}* was skipped: ${SKIP[$p]}."; fi
   done
 }

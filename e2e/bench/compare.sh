@@ -10,7 +10,8 @@
 # All three proxies hash the same key (the `room` query parameter)
 # consistently over the same two backends. Per proxy it measures:
 #   - memory per idle connection: RSS with IDLE_CONNECTIONS idle connections
-#     open, less RSS before they opened, divided by their number;
+#     open, less RSS before they opened, divided by their number; and again
+#     with connections that each echo a message every USED_EVERY seconds;
 #   - latency: round trips at a fixed rate (open loop), p50 to max;
 #   - CPU per message: the proxy's CPU time (utime + stime, all its
 #     processes) during a closed-loop saturation run, divided by the messages
@@ -39,6 +40,8 @@
 #   TP_DURATION [10] TP_CONNECTIONS [50] TP_WINDOW [16] TP_SIZES ["64 4096"]
 #   TP_RUNS [1; with CORES, 3]   saturation runs per size; the median counts
 #   IDLE_CONNECTIONS [5000] IDLE_SETTLE [3]   seconds between open and RSS
+#   USED_EVERY [2]   seconds between the messages of the connections whose
+#                    memory is measured again while they carry messages
 #   PROXIES ["direct ringway nginx haproxy"; with CORES, "ringway nginx haproxy"]
 #   PROXY_CPU [0] LOAD_CPU [1] (taskset CPU lists; with CORES, both 0-(CORES-1))
 #   CORES [1]   more than 1: the scaling run above
@@ -54,6 +57,7 @@ bench_init compare
 load_settings
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 IDLE_SETTLE=${IDLE_SETTLE:-3}
+USED_EVERY=${USED_EVERY:-2}
 CORES=${CORES:-1}
 OUT=${OUT:-docs/benchmarks.md}
 if ((CORES > 1)); then
@@ -106,138 +110,15 @@ fi
 # in $WORK/W/.
 write_configs() {
   local w=$1 dir=$WORK/$1
-  mkdir -p "$dir/nginx/tmp"
   write_ringway_config "$dir/ringway.yaml" "${PORT[ringway]}" 19091 "$w" "${BACKEND_PORTS[@]}"
-  cat >"$dir/nginx/nginx.conf" <<EOF
-worker_processes $w;
-daemon off;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-worker_rlimit_nofile 20000;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  client_body_temp_path tmp/body;
-  proxy_temp_path tmp/proxy;
-  fastcgi_temp_path tmp/fastcgi;
-  uwsgi_temp_path tmp/uwsgi;
-  scgi_temp_path tmp/scgi;
-  upstream echo {
-    hash \$arg_room consistent;
-    server 127.0.0.1:${BACKEND_PORTS[0]};
-    server 127.0.0.1:${BACKEND_PORTS[1]};
-  }
-  server {
-    listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-    location / {
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade \$http_upgrade;
-      proxy_set_header Connection "upgrade";
-      proxy_set_header Host \$host;
-      proxy_read_timeout 3600s;
-      proxy_send_timeout 3600s;
-    }
-  }
-}
-EOF
-  cat >"$dir/haproxy.cfg" <<EOF
-global
-  nbthread $w
-  maxconn 9500
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-  timeout http-request 10s
-frontend ws
-  bind 127.0.0.1:${PORT[haproxy]}
-  default_backend echo
-backend echo
-  balance url_param room
-  hash-type consistent
-  server b1 127.0.0.1:${BACKEND_PORTS[0]}
-  server b2 127.0.0.1:${BACKEND_PORTS[1]}
-EOF
+  write_nginx_config "$dir" "$w" "listen 127.0.0.1:${PORT[nginx]} backlog=4096;"
+  write_haproxy_config "$dir" "$w" "bind 127.0.0.1:${PORT[haproxy]}"
 }
 
 for w in $WORKER_COUNTS; do write_configs "$w"; done
 start_echo_backends "$LOAD_CPU" "${BACKEND_PORTS[@]}"
 
 # ---------------------------------------------------------- measuring --
-
-# start_proxy P W: starts proxy P with W workers and waits for its port;
-# sets PROXY_PID.
-start_proxy() {
-  local p=$1 dir=$WORK/$2
-  case $p in
-    direct)
-      PROXY_PID=$B1_PID
-      return 0
-      ;;
-    ringway)
-      [[ -x $BIN/ringway-dataplane ]] || { SKIP[ringway]="no ringway-dataplane binary"; return 1; }
-      start_bg ringway "$PROXY_CPU" "$BIN/ringway-dataplane" --config "$dir/ringway.yaml"
-      ;;
-    nginx)
-      start_bg nginx "$PROXY_CPU" nginx -p "$dir/nginx/" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
-      ;;
-    haproxy)
-      start_bg haproxy "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg"
-      ;;
-  esac
-  PROXY_PID=$LAST_PID
-  if ! wait_listening "127.0.0.1:${PORT[$p]}" "$PROXY_PID" 15; then
-    SKIP[$p]="did not start: $(tail -1 "$WORK/$p.log" 2>/dev/null | cut -c1-160)"
-    stop_pid "$PROXY_PID"
-    return 1
-  fi
-}
-
-# proxy_pids KEY: the processes whose CPU and memory count for the column
-# KEY (P, or P-wW with CORES).
-proxy_pids() {
-  if [[ $1 == nginx* ]]; then with_children "$PROXY_PID"; else echo "$PROXY_PID"; fi
-}
-
-measure_memory() {
-  local p=$1 url=$2 json=$WORK/$1-idle.json lpid before after opened deadline
-  sleep 1
-  # shellcheck disable=SC2046
-  before=$(rss_kib $(proxy_pids "$p"))
-  RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads 1 idle --url "$url" \
-    --connections "$IDLE_CONNECTIONS" --hold $((IDLE_SETTLE + 5)) --sources "$IDLE_SOURCES" \
-    --json >"$json" 2>"$WORK/$p-idle.log" &
-  lpid=$!
-  BENCH_PIDS+=("$lpid")
-  deadline=$((SECONDS + IDLE_CONNECTIONS / 1000 + 30))
-  until grep -q 'holding them up to' "$WORK/$p-idle.log"; do
-    if ! alive "$lpid" || ((SECONDS > deadline)); then
-      log "  idle connections did not open: $(last_error "$WORK/$p-idle.log")"
-      stop_pid "$lpid"
-      return 1
-    fi
-    sleep 0.2
-  done
-  sleep "$IDLE_SETTLE"
-  # shellcheck disable=SC2046
-  after=$(rss_kib $(proxy_pids "$p"))
-  wait "$lpid" || true
-  sed 's/^/    /' "$WORK/$p-idle.log" >&2
-  opened=$(jq -r '.opened // 0' "$json" 2>/dev/null || echo 0)
-  ((opened > 0)) || return 1
-  R[$p.mem]=$(calc '%.1f' "($after - $before) / $opened")
-  R[$p.mem_opened]=$opened
-}
-
-measure_routing() {
-  local key=$1 url=$2 json=$WORK/$1-probe.json
-  load "$json" probe --url "$url" --keys 32 --repeat 2 || return 1
-  R[$key.routing]=$(jq -r '([.keys_per_backend | to_entries[] | "\(.key) \(.value)"] | join(" / "))
-    + (if .sticky then ", sticky" else ", NOT sticky" end)' "$json")
-}
 
 # measure_proxy P W: starts proxy P with W workers and measures it into
 # R[KEY.*] (KEY: P, or P-wW with CORES); fails, with SKIP[P] set, when P
@@ -258,6 +139,8 @@ measure_proxy() {
   if ((CORES == 1)); then
     log "${LABEL[$p]}: memory with $IDLE_CONNECTIONS idle connections"
     measure_memory "$key" "$url" || R[$key.mem]=failed
+    log "${LABEL[$p]}: memory with $IDLE_CONNECTIONS connections echoing a message every $USED_EVERY s"
+    measure_memory "$key" "$url" "$USED_EVERY" || R[$key.mem_used]=failed
     log "${LABEL[$p]}: latency, $LAT_CONNECTIONS connections x $LAT_RATE msg/s"
     measure_latency "$key" "$url" || R[$key.p50]=failed
   fi
@@ -282,70 +165,13 @@ done
 
 # --------------------------------------------------------------- table --
 
-# ratio METRIC BETTER: Ringway's result over the best of nginx and HAProxy
-# ("low" or "high" is better).
-ratio() {
-  local metric=$1 better=$2 best='' best_name='' peer v
-  local mine=${R[ringway.$metric]:-}
-  if [[ -n ${SKIP[ringway]:-} ]] || ! is_number "$mine"; then
-    echo "—"
-    return
-  fi
-  for peer in nginx haproxy; do
-    v=${R[$peer.$metric]:-}
-    if [[ -n ${SKIP[$peer]:-} ]] || ! is_number "$v"; then continue; fi
-    if [[ -z $best ]] ||
-      { [[ $better == low ]] && (($(calc '%d' "$v < $best"))); } ||
-      { [[ $better == high ]] && (($(calc '%d' "$v > $best"))); }; then
-      best=$v best_name=${LABEL[$peer]}
-    fi
-  done
-  if [[ -z $best ]] || (($(calc '%d' "$best <= 0"))); then
-    echo "—"
-    return
-  fi
-  echo "$(calc '%.2f' "$mine / $best")× $best_name"
-}
-
 load_rows
 rows+=(
   "mem|memory per idle connection (KiB)|low|%.1f"
+  "mem_used|memory per connection that carries messages (KiB)|low|%.1f"
   "routing|keys per backend (of 32)|-|"
   "other|other processes' CPU during the runs, most (% of one CPU)|-|"
 )
-
-# peer_versions: the sentence naming the peers' versions.
-peer_versions() {
-  printf ' nginx %s, HAProxy %s.\n' \
-    "$(nginx -v 2>&1 | sed 's|.*nginx/||' || echo '?')" \
-    "$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}' || echo '?')"
-}
-
-# proxy_table ROW...: a table with a column per proxy and one per ROW
-# ("metric|label|better|format", better: low, high or - for no ratio).
-proxy_table() {
-  local header="| |" rule="|---|" row metric label better format line p
-  for p in $PROXIES; do header+=" ${LABEL[$p]} |"; rule+="---:|"; done
-  if [[ " $PROXIES " == *" ringway "* ]]; then header+=" Ringway ÷ best peer |"; rule+="---:|"; fi
-  echo "$header"
-  echo "$rule"
-  for row in "$@"; do
-    IFS='|' read -r metric label better format <<<"$row"
-    line="| $label |"
-    for p in $PROXIES; do line+=" $(cell "$p" "$metric" "$format") |"; done
-    if [[ " $PROXIES " == *" ringway "* ]]; then
-      if [[ $better == - ]]; then line+=" |"; else line+=" $(ratio "$metric" "$better") |"; fi
-    fi
-    echo "$line"
-  done
-}
-
-skipped_lines() {
-  local p
-  for p in $PROXIES; do
-    if [[ -n ${SKIP[$p]:-} ]]; then echo "*${LABEL[$p]}* was skipped: ${SKIP[$p]}."; fi
-  done
-}
 
 compare_table() {
   echo "### Proxies compared, $(date -u '+%Y-%m-%d')"
@@ -358,7 +184,8 @@ compare_table() {
     "$LAT_CONNECTIONS" "$LAT_RATE" "$(size_label "$LAT_SIZE")" "$WARMUP" "$DURATION" "$LAT_RUNS"
   printf 'Saturation: %s connections × %s messages in flight, %s s per size%s. ' \
     "$TP_CONNECTIONS" "$TP_WINDOW" "$TP_DURATION" "$( ((TP_RUNS == 1)) || echo ", median of $TP_RUNS runs")"
-  printf 'Memory: %s idle connections, RSS %s s after they opened.\n' "$IDLE_CONNECTIONS" "$IDLE_SETTLE"
+  printf 'Memory: %s idle connections, RSS %s s after they opened; then %s connections each echoing a message every %s s, RSS %s s after they opened.\n' \
+    "$IDLE_CONNECTIONS" "$IDLE_SETTLE" "$IDLE_CONNECTIONS" "$USED_EVERY" "$(calc '%g' "$USED_EVERY + $IDLE_SETTLE")"
   echo
   proxy_table "${rows[@]}"
   echo

@@ -1,29 +1,33 @@
-//! The server a load generator dials: its `ws://` URL, the socket address
-//! behind it, and the per-connection routing key appended to the query, so
-//! that every connection of a run hashes to its own place on the proxy's
-//! ring (`?room=k17`).
+//! The server a load generator dials: its `ws://` or `wss://` URL, the
+//! socket address behind it, and the per-connection routing key appended to
+//! the query, so that every connection of a run hashes to its own place on
+//! the proxy's ring (`?room=k17`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use anyhow::{Context, bail};
 
-/// A `ws://` URL and the address its host resolves to.
+/// A `ws://` or `wss://` URL and the address its host resolves to.
 #[derive(Clone, Debug)]
 pub struct Target {
     url: String,
     addr: SocketAddr,
+    /// The host as the URL names it, without port or brackets: what a TLS
+    /// client sends as its server name and checks the certificate against.
+    host: String,
+    tls: bool,
 }
 
 impl Target {
-    /// Parses `url` (`ws://host[:port]/path?query`; port 80 when absent)
-    /// and resolves its host once. `wss://` is refused: the generator speaks
-    /// plain TCP, as every benchmark here does.
+    /// Parses `url` (`ws://host[:port]/path?query`, port 80 when absent, or
+    /// `wss://…`, port 443) and resolves its host once.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let Some(rest) = url.strip_prefix("ws://") else {
-            if url.starts_with("wss://") {
-                bail!("{url}: wss:// is not supported, use ws://");
-            }
-            bail!("{url}: expected a ws:// URL");
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("ws://") {
+            (rest, false, 80)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            (rest, true, 443)
+        } else {
+            bail!("{url}: expected a ws:// or wss:// URL");
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.is_empty() || authority.contains('@') {
@@ -32,7 +36,11 @@ impl Target {
         let with_port = if has_port(authority) {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
+        };
+        let host = match authority.rsplit_once(']') {
+            Some((bracketed, _)) => bracketed.trim_start_matches('['),
+            None => authority.split(':').next().unwrap_or_default(),
         };
         let addr = with_port
             .to_socket_addrs()
@@ -42,7 +50,19 @@ impl Target {
         Ok(Self {
             url: url.to_owned(),
             addr,
+            host: host.to_owned(),
+            tls,
         })
+    }
+
+    /// Whether the URL is `wss://`.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The host the URL names (an IPv6 address without its brackets).
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The address to open the TCP connection to.
@@ -127,12 +147,26 @@ mod tests {
 
         let target = Target::parse("ws://[::1]:9001/").unwrap();
         assert_eq!(target.addr(), "[::1]:9001".parse().unwrap());
+        assert_eq!(target.host(), "::1");
+        assert!(!target.is_tls());
     }
 
     #[test]
-    fn only_plain_ws_urls_are_accepted() {
+    fn a_wss_target_names_its_host_and_defaults_to_port_443() {
+        let target = Target::parse("wss://localhost/echo").unwrap();
+        assert!(target.is_tls());
+        assert_eq!(target.host(), "localhost");
+        assert_eq!(target.addr().port(), 443);
+
+        let target = Target::parse("wss://127.0.0.1:18443/echo").unwrap();
+        assert_eq!(target.host(), "127.0.0.1");
+        assert_eq!(target.addr(), "127.0.0.1:18443".parse().unwrap());
+    }
+
+    #[test]
+    fn only_ws_and_wss_urls_are_accepted() {
         for bad in [
-            "wss://127.0.0.1/",
+            "https://127.0.0.1/",
             "http://127.0.0.1/",
             "127.0.0.1:80",
             "ws:///path",

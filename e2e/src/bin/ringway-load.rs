@@ -5,8 +5,8 @@
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringway_e2e::load::{
-    self, Report, hostile::HostileArgs, idle::IdleArgs, latency::LatencyArgs, probe::ProbeArgs,
-    steady::SteadyArgs, throughput::ThroughputArgs,
+    self, Report, handshakes::HandshakesArgs, hostile::HostileArgs, idle::IdleArgs,
+    latency::LatencyArgs, probe::ProbeArgs, steady::SteadyArgs, throughput::ThroughputArgs,
 };
 
 /// Load generator for WebSocket echo servers and the proxies in front of them.
@@ -44,6 +44,9 @@ enum Command {
     /// One client at a steady pace that prints each round trip as it comes,
     /// until its standard input closes.
     Steady(SteadyArgs),
+    /// Connections opened and closed in loops: handshakes per second (TLS
+    /// with wss://, resumed with --resume).
+    Handshakes(HandshakesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,5 +71,6 @@ async fn run(command: Command) -> anyhow::Result<Report> {
         Command::Probe(args) => load::probe::run(args).await,
         Command::Hostile(args) => load::hostile::run(args).await,
         Command::Steady(args) => load::steady::run(args).await,
+        Command::Handshakes(args) => load::handshakes::run(args).await,
     }
 }

@@ -1,25 +1,28 @@
-//! Opening the connections of a run: TCP from a chosen source address, the
-//! WebSocket upgrade with the connection's key in the URL, at a bounded rate
-//! and with a deadline, and a tally of why the failed ones failed.
+//! Opening the connections of a run: TCP from a chosen source address, TLS
+//! for `wss://`, the WebSocket upgrade with the connection's key in the URL,
+//! at a bounded rate and with a deadline, and a tally of why the failed ones
+//! failed.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 use super::report::Tally;
+use super::tls::{ClientTls, Negotiated, Stream};
 use crate::echo::BACKEND_HEADER;
 use crate::sources::SourceAddrs;
 use crate::target::Target;
 
 /// An open client WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Stream>;
 
 /// Connection attempts in flight at once, whatever the ramp: enough to
 /// keep up with any ramp here, few enough not to overflow a listen backlog.
@@ -31,9 +34,21 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Where and how every subcommand connects.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// WebSocket URL to connect to (ws:// only), e.g. ws://127.0.0.1:8080/echo.
+    /// WebSocket URL to connect to, e.g. ws://127.0.0.1:8080/echo or
+    /// wss://localhost:8443/echo (with --ca-file).
     #[arg(long, env = "RINGWAY_LOAD_URL")]
     pub url: String,
+
+    /// CA certificate (PEM) that a wss:// server's certificate must chain
+    /// to; its name is checked against the URL's host.
+    #[arg(long, env = "RINGWAY_LOAD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// wss://: keep the session tickets servers send and resume with them on
+    /// later connections, as a browser does; without it every connection is
+    /// a full TLS handshake.
+    #[arg(long)]
+    pub resume: bool,
 
     /// Query parameter that carries each connection's key (`k<n>`), so that
     /// connections spread over a proxy's hash ring; empty for none.
@@ -79,6 +94,7 @@ pub struct Connector {
     key_offset: u64,
     owned: Option<OwnedKeys>,
     sources: Option<SourceAddrs>,
+    tls: Option<ClientTls>,
     timeout: Duration,
     read_buffer_bytes: usize,
 }
@@ -120,6 +136,8 @@ pub struct Connected {
     pub ws: Ws,
     /// The backend that answered, from its `X-Ringway-Backend` header.
     pub backend: Option<String>,
+    /// What its TLS handshake negotiated (`wss://`).
+    pub tls: Option<Negotiated>,
 }
 
 impl Connector {
@@ -139,12 +157,19 @@ impl Connector {
                 })
             }
         };
+        let target = Target::parse(&args.url)?;
+        let tls = match (target.is_tls(), &args.ca_file) {
+            (false, _) => None,
+            (true, Some(ca_file)) => Some(ClientTls::new(ca_file, target.host(), args.resume)?),
+            (true, None) => anyhow::bail!("{}: wss:// needs --ca-file", args.url),
+        };
         Ok(Self {
-            target: Target::parse(&args.url)?,
+            target,
             key_param: Some(args.key_param.clone()).filter(|p| !p.is_empty()),
             key_offset: args.key_offset,
             owned,
             sources: args.sources.clone(),
+            tls,
             timeout: super::seconds("connect-timeout", args.connect_timeout)?,
             read_buffer_bytes,
         })
@@ -186,6 +211,13 @@ impl Connector {
         stream
             .set_nodelay(true)
             .map_err(|e| format!("nodelay: {e}"))?;
+        let (stream, tls) = match &self.tls {
+            None => (Stream::Plain(stream), None),
+            Some(tls) => {
+                let (stream, negotiated) = tls.handshake(stream).await?;
+                (stream, Some(negotiated))
+            }
+        };
         let url = self
             .target
             .keyed_url(self.key_param.as_deref(), &self.key(index));
@@ -198,7 +230,12 @@ impl Connector {
             .get(BACKEND_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(Connected { index, ws, backend })
+        Ok(Connected {
+            index,
+            ws,
+            backend,
+            tls,
+        })
     }
 }
 

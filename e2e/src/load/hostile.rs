@@ -141,6 +141,8 @@ pub async fn run(args: HostileArgs) -> anyhow::Result<Report> {
         );
     }
     let target = Target::parse(&args.url)?;
+    // The attacks write raw bytes on TCP.
+    ensure!(!target.is_tls(), "{}: hostile speaks ws:// only", args.url);
     let gateway = Gateway::new(args.pid)?;
     let env = Arc::new(Env {
         addr: target.addr(),

@@ -15,9 +15,14 @@
 //!   requests and frames, churn) while a legitimate client is timed; the
 //!   gateway's memory and descriptors before, at the peak and after;
 //! - [`steady`]: one client at a steady pace that prints each round trip
-//!   as it comes (the hostile probe's legitimate client).
+//!   as it comes (the hostile probe's legitimate client);
+//! - [`handshakes`]: connections opened and closed in loops, as fast as they
+//!   go: handshakes per second, and how many TLS sessions resumed.
+//!
+//! Every subcommand speaks `wss://` as well ([`tls`]).
 
 pub mod connect;
+pub mod handshakes;
 pub mod hostile;
 pub mod idle;
 pub mod latency;
@@ -26,6 +31,7 @@ pub mod probe;
 pub mod report;
 pub mod steady;
 pub mod throughput;
+pub mod tls;
 
 use std::time::Duration;
 

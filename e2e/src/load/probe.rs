@@ -147,6 +147,7 @@ async fn echo_once(connected: Connected) -> (usize, Result<String, String>) {
         index,
         mut ws,
         backend,
+        ..
     } = connected;
     let result = async {
         ws.send(Message::text(PROBE_MESSAGE))
