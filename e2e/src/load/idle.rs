@@ -182,7 +182,7 @@ impl EchoTrack {
     fn new(index: usize, echoes: &Echoes, start: Instant) -> Self {
         Self {
             index,
-            sending: !echoes.every.is_zero() && index as u64 % echoes.one_in == 0,
+            sending: !echoes.every.is_zero() && (index as u64).is_multiple_of(echoes.one_in),
             next_send: start + echoes.every.mul_f64(fastrand::f64()),
             next_seq: 0,
             outstanding: VecDeque::new(),
