@@ -213,6 +213,34 @@ write_section() {
   mv "$file.new" "$file"
 }
 
+# set_sysctl NAME VALUE: sets a kernel setting for the run, remembering the
+# value it had; restore_sysctls puts back every one set so, last first.
+BENCH_SYSCTLS=()
+set_sysctl() {
+  local name=$1 value=$2 was
+  was=$(sysctl -n "$name" | tr '\t' ' ')
+  [[ $was == "$value" ]] && return 0
+  sysctl -q -w "$name=$value" >/dev/null || die "could not set $name=$value (run as root)"
+  BENCH_SYSCTLS+=("$name=$was")
+  log "sysctl $name: $was -> $value (restored at the end)"
+}
+
+restore_sysctls() {
+  local i
+  for ((i = ${#BENCH_SYSCTLS[@]} - 1; i >= 0; i--)); do
+    sysctl -q -w "${BENCH_SYSCTLS[i]}" >/dev/null || log "could not restore ${BENCH_SYSCTLS[i]}"
+  done
+  BENCH_SYSCTLS=()
+}
+
+# meminfo_kib FIELD: a line of /proc/meminfo (MemAvailable, Slab,
+# SUnreclaim, ...), in KiB.
+meminfo_kib() { awk -v f="$1:" '$1 == f {print $2}' /proc/meminfo; }
+
+# tcp_mem_pages: the memory TCP has charged for its sockets' buffers, in
+# pages (the "mem" of /proc/net/sockstat, what net.ipv4.tcp_mem bounds).
+tcp_mem_pages() { awk '$1 == "TCP:" { for (i = 2; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat; }
+
 # ------------------------------------------------------ one URL under load --
 # Used by compare.sh and uring.sh: the echo backends, a Ringway config, and
 # latency and saturation runs against one URL. They read the caller's

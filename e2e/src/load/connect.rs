@@ -281,6 +281,27 @@ pub async fn open_for_run(
 /// limit) and at most [`MAX_CONNECTS_IN_FLIGHT`] at once; reports progress
 /// on stderr every couple of seconds while it lasts.
 pub async fn connect_all(connector: Arc<Connector>, count: usize, ramp: u32) -> Established {
+    let mut connections = Vec::with_capacity(count);
+    let (failures, elapsed) = connect_each(connector, count, ramp, |connected| {
+        connections.push(connected)
+    })
+    .await;
+    Established {
+        connections,
+        failures,
+        elapsed,
+    }
+}
+
+/// As [`connect_all`], but hands each connection to `on_open` as soon as it
+/// opens (a client that must answer pings while the others still open);
+/// returns why the others failed and how long opening took.
+pub async fn connect_each(
+    connector: Arc<Connector>,
+    count: usize,
+    ramp: u32,
+    mut on_open: impl FnMut(Connected),
+) -> (Tally, Duration) {
     let started = Instant::now();
     let in_flight = Arc::new(Semaphore::new(MAX_CONNECTS_IN_FLIGHT));
     let opened = Arc::new(AtomicU64::new(0));
@@ -288,10 +309,9 @@ pub async fn connect_all(connector: Arc<Connector>, count: usize, ramp: u32) -> 
     let progress = tokio::spawn(report_progress(count, opened.clone(), failed.clone()));
 
     let failures = Tally::default();
-    let mut connections = Vec::with_capacity(count);
     let mut attempts = JoinSet::new();
     let mut collect = |result: Result<Connected, String>| match result {
-        Ok(connected) => connections.push(connected),
+        Ok(connected) => on_open(connected),
         Err(reason) => failures.add(reason),
     };
     for index in 0..count {
@@ -320,11 +340,7 @@ pub async fn connect_all(connector: Arc<Connector>, count: usize, ramp: u32) -> 
         collect(done.unwrap_or_else(|e| Err(format!("connect task: {e}"))));
     }
     progress.abort();
-    Established {
-        connections,
-        failures,
-        elapsed: started.elapsed(),
-    }
+    (failures, started.elapsed())
 }
 
 async fn report_progress(count: usize, opened: Arc<AtomicU64>, failed: Arc<AtomicU64>) {

@@ -10,7 +10,12 @@
 //! loses no message the backend had time to answer before the close: a
 //! message still unanswered when its connection ends counts as `lost` when
 //! it was sent at least `--echo-grace` before the end, and as
-//! `in_flight_at_close` when later (the close handshake may cut those).
+//! `in_flight_at_close` when later (the close handshake may cut those);
+//! `--echo-one-in` makes only a sample of the connections send.
+//!
+//! Each connection is held, and so reads and answers the server's pings,
+//! from the moment it opens: a ramp of many thousand connections may take
+//! longer than the server's heartbeat timeout.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,13 +31,16 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::CLOSE_TIMEOUT;
-use super::connect::{ConnectArgs, Connector, Ws, connect_all};
+use super::connect::{ConnectArgs, Connector, Ws, connect_each};
 use super::latency::lock;
 use super::report::{self, Report, Tally, describe_counts, round1};
 use crate::limits::check_connection_budget;
 
-/// Read buffer per connection: idle connections read only pings and closes.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Read buffer per connection, allocated for every connection: idle
+/// connections read only pings, closes and short echoes, and a million of
+/// them on one machine (`e2e/bench/million.sh`) must hold little memory
+/// each. A larger frame still arrives, in several reads.
+const READ_BUFFER_BYTES: usize = 256;
 
 /// How often a long wait reports on stderr.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -73,6 +81,11 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 0.0)]
     pub echo_every: f64,
 
+    /// With --echo-every, only one connection in this many sends (those
+    /// whose number is a multiple of it): a sample of a large run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub echo_one_in: u64,
+
     /// A message still unechoed when its connection ends counts as lost when
     /// it was sent at least this many seconds before the end (the close
     /// frame, or the socket closing), and as in flight at the close when
@@ -93,6 +106,19 @@ impl Closes {
     }
 }
 
+/// What every held connection reports to, shared by their tasks.
+#[derive(Debug)]
+struct Held {
+    /// Connections open now.
+    open: AtomicU64,
+    /// Closes the server made.
+    closes: Closes,
+    /// The echo messages' outcome.
+    echoes: Echoes,
+    /// The server's pings, each answered with a pong.
+    pings: AtomicU64,
+}
+
 /// What the connections' echo messages came to (`--echo-every`), counted
 /// as it happens by every connection's task.
 #[derive(Debug)]
@@ -102,6 +128,8 @@ struct Echoes {
     /// How long before its connection's end an unechoed message must have
     /// been sent to count as lost.
     grace: Duration,
+    /// Only connections whose number is a multiple of this send.
+    one_in: u64,
     sent: AtomicU64,
     echoed: AtomicU64,
     lost: AtomicU64,
@@ -110,10 +138,11 @@ struct Echoes {
 }
 
 impl Echoes {
-    fn new(every: Duration, grace: Duration) -> Self {
+    fn new(every: Duration, grace: Duration, one_in: u64) -> Self {
         Self {
             every,
             grace,
+            one_in: one_in.max(1),
             sent: AtomicU64::new(0),
             echoed: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -148,12 +177,13 @@ struct EchoTrack {
 
 impl EchoTrack {
     /// The track of connection `index`, held from `start`: its first message
-    /// is due at a random moment within the first period.
-    fn new(index: usize, every: Duration, start: Instant) -> Self {
+    /// is due at a random moment within the first period; it sends nothing
+    /// when it is not in the sample.
+    fn new(index: usize, echoes: &Echoes, start: Instant) -> Self {
         Self {
             index,
-            sending: !every.is_zero(),
-            next_send: start + every.mul_f64(fastrand::f64()),
+            sending: !echoes.every.is_zero() && (index as u64).is_multiple_of(echoes.one_in),
+            next_send: start + echoes.every.mul_f64(fastrand::f64()),
             next_seq: 0,
             outstanding: VecDeque::new(),
         }
@@ -295,22 +325,49 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     check_connection_budget(args.connections)?;
     let hold = super::seconds("hold", args.hold)?;
     ensure!(args.connections > 0, "--connections must be more than 0");
-    let echoes = Arc::new(Echoes::new(
-        super::seconds("echo-every", args.echo_every)?,
-        super::seconds("echo-grace", args.echo_grace)?,
-    ));
+    let held = Arc::new(Held {
+        open: AtomicU64::new(0),
+        closes: Closes::default(),
+        echoes: Echoes::new(
+            super::seconds("echo-every", args.echo_every)?,
+            super::seconds("echo-grace", args.echo_grace)?,
+            args.echo_one_in,
+        ),
+        pings: AtomicU64::new(0),
+    });
 
     let connector = Arc::new(Connector::new(&args.connect, READ_BUFFER_BYTES)?);
-    let established = connect_all(connector, args.connections, args.connect.ramp).await;
-    let opened = established.connections.len();
-    let failures = established.failures.counts();
-    let connected_line = format!(
-        "idle: {opened} of {} connections open ({} failed: {}) to {} in {:.1} s",
+    let (stop, stopped) = watch::channel(false);
+    let mut holders = JoinSet::new();
+    let mut opened = 0;
+    let (failures, elapsed) = connect_each(
+        connector,
         args.connections,
-        established.failures.total(),
+        args.connect.ramp,
+        |connected| {
+            opened += 1;
+            held.open.fetch_add(1, Ordering::Relaxed);
+            let track = EchoTrack::new(connected.index, &held.echoes, Instant::now());
+            holders.spawn(hold_connection(
+                connected.ws,
+                stopped.clone(),
+                held.clone(),
+                track,
+            ));
+        },
+    )
+    .await;
+    let failed = failures.total();
+    let failures = failures.counts();
+    // Closes that came before the last connection opened: a server that
+    // dropped them, or pings that went unanswered.
+    let closed_while_opening = lock(&held.closes.events).len();
+    let connected_line = format!(
+        "idle: {opened} of {} connections open ({failed} failed: {}) to {} in {:.1} s",
+        args.connections,
         describe_counts(&failures),
         args.connect.url,
-        established.elapsed.as_secs_f64()
+        elapsed.as_secs_f64()
     );
     // Scripts wait for this line before they measure the server.
     eprintln!(
@@ -324,21 +381,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     );
 
     let held_from = Instant::now();
-    let open = Arc::new(AtomicU64::new(opened as u64));
-    let closes = Arc::new(Closes::default());
-    let (stop, stopped) = watch::channel(false);
-    let mut holders = JoinSet::new();
-    for connected in established.connections {
-        holders.spawn(hold_connection(
-            connected.ws,
-            stopped.clone(),
-            open.clone(),
-            closes.clone(),
-            EchoTrack::new(connected.index, echoes.every, held_from),
-            echoes.clone(),
-        ));
-    }
-
+    let (open, closes, echoes) = (&held.open, &held.closes, &held.echoes);
     let deadline = held_from + hold;
     let mut next_progress = held_from + PROGRESS_EVERY;
     while Instant::now() < deadline && open.load(Ordering::Relaxed) > 0 {
@@ -352,7 +395,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
             );
         }
     }
-    let held = held_from.elapsed();
+    let held_for = held_from.elapsed();
     let still_open = open.load(Ordering::Relaxed);
     let _ = stop.send(true);
     let _ = tokio::time::timeout(CLOSE_TIMEOUT * 2, async {
@@ -377,11 +420,13 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
     let first_close_after = first.map(|f| f.saturating_duration_since(held_from).as_secs_f64());
     let last = events.iter().map(|(at, _)| *at).max();
 
+    let pings = held.pings.load(Ordering::Relaxed);
     let mut lines = vec![
         connected_line,
         format!(
-            "held {:.1} s: {still_open} still open, {closed} closed by the server ({})",
-            held.as_secs_f64(),
+            "held {:.1} s: {still_open} still open, {closed} closed by the server ({}), \
+             {closed_while_opening} of them while the others opened; {pings} pings answered",
+            held_for.as_secs_f64(),
             describe_counts(&codes)
         ),
     ];
@@ -404,10 +449,12 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
         let (lost, in_flight) = (count(&echoes.lost), count(&echoes.in_flight_at_close));
         let examples = std::mem::take(&mut *lock(&echoes.lost_examples));
         lines.push(format!(
-            "echo: sent {sent} (one per connection every {:.1} s), echoed {echoed}, \
+            "echo: sent {sent} (one per sending connection every {:.1} s, one connection \
+             in {}), echoed {echoed}, \
              lost {lost} (sent at least {:.1} s before the connection ended), \
              in flight at the close {in_flight}{}",
             echoes.every.as_secs_f64(),
+            echoes.one_in,
             echoes.grace.as_secs_f64(),
             if examples.is_empty() {
                 String::new()
@@ -417,6 +464,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
         ));
         json!({
             "every_seconds": echoes.every.as_secs_f64(),
+            "one_in": echoes.one_in,
             "grace_seconds": echoes.grace.as_secs_f64(),
             "sent": sent,
             "echoed": echoed,
@@ -433,13 +481,15 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
         "url": args.connect.url,
         "connections": args.connections,
         "opened": opened,
-        "failed": established.failures.total(),
+        "failed": failed,
         "failures": failures,
-        "connect_seconds": round1(established.elapsed.as_secs_f64()),
+        "connect_seconds": round1(elapsed.as_secs_f64()),
         "until_closed": args.until_closed,
-        "held_seconds": round1(held.as_secs_f64()),
+        "held_seconds": round1(held_for.as_secs_f64()),
         "still_open": still_open,
         "closed": closed,
+        "closed_while_opening": closed_while_opening,
+        "pings": pings,
         "close_codes": codes,
         "first_close_after_seconds": first_close_after.map(round1),
         // Wall-clock times, so that a script can line closes up with the
@@ -469,11 +519,10 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<Report> {
 async fn hold_connection(
     mut ws: Ws,
     mut stop: watch::Receiver<bool>,
-    open: Arc<AtomicU64>,
-    closes: Arc<Closes>,
+    held: Arc<Held>,
     mut track: EchoTrack,
-    echoes: Arc<Echoes>,
 ) {
+    let (open, closes, echoes) = (&held.open, &held.closes, &held.echoes);
     let mut closed_by_server = false;
     // Polled only while the connection sends, so that a connection that only
     // reads holds no timer.
@@ -483,17 +532,20 @@ async fn hold_connection(
         tokio::select! {
             item = ws.next() => match item {
                 Some(Ok(Message::Close(frame))) => {
-                    track.ended(Instant::now(), "close", &echoes);
+                    track.ended(Instant::now(), "close", echoes);
                     closes.record(report::close_code(frame.as_ref()));
                     closed_by_server = true;
                     open.fetch_sub(1, Ordering::Relaxed);
                     // Keep reading: tungstenite answers the close, and the
                     // stream ends when the server closes the socket.
                 }
-                Some(Ok(message)) => track.received(&message, &echoes),
+                Some(Ok(Message::Ping(_))) => {
+                    held.pings.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Ok(message)) => track.received(&message, echoes),
                 Some(Err(e)) => {
                     if !closed_by_server {
-                        track.ended(Instant::now(), "the connection dropped", &echoes);
+                        track.ended(Instant::now(), "the connection dropped", echoes);
                         closes.record(format!("no close frame: {}", short_error(&e)));
                         open.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -501,7 +553,7 @@ async fn hold_connection(
                 }
                 None => {
                     if !closed_by_server {
-                        track.ended(Instant::now(), "the socket closed", &echoes);
+                        track.ended(Instant::now(), "the socket closed", echoes);
                         closes.record("no close frame: socket closed".to_owned());
                         open.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -509,7 +561,7 @@ async fn hold_connection(
                 }
             },
             () = &mut next_send, if track.sending && !closed_by_server => {
-                let message = track.message(Instant::now(), &echoes);
+                let message = track.message(Instant::now(), echoes);
                 let mut queued = false;
                 let sent = tokio::time::timeout(SEND_TIMEOUT, async {
                     ws.feed(message).await?;
@@ -520,7 +572,7 @@ async fn hold_connection(
                 if !queued {
                     // Refused, or stuck behind a server that does not read:
                     // it never left.
-                    track.send_failed(&echoes);
+                    track.send_failed(echoes);
                 } else if let Ok(Err(_)) = sent {
                     // Queued, but the connection broke: its end settles the
                     // message, and the read sees why. One still flushing
@@ -538,14 +590,14 @@ async fn hold_connection(
             let _ = ws.close(None).await;
             while let Some(item) = ws.next().await {
                 match item {
-                    Ok(Message::Close(_)) => track.ended(Instant::now(), "close", &echoes),
-                    Ok(message) => track.received(&message, &echoes),
+                    Ok(Message::Close(_)) => track.ended(Instant::now(), "close", echoes),
+                    Ok(message) => track.received(&message, echoes),
                     Err(_) => {}
                 }
             }
         })
         .await;
-        track.ended(Instant::now(), "the connection ended", &echoes);
+        track.ended(Instant::now(), "the connection ended", echoes);
     }
 }
 
@@ -580,6 +632,7 @@ mod tests {
         Echoes::new(
             Duration::from_millis(every_ms),
             Duration::from_millis(grace_ms),
+            1,
         )
     }
 
@@ -596,64 +649,74 @@ mod tests {
     #[test]
     fn a_connection_that_does_not_echo_sends_nothing_and_allocates_nothing() {
         let start = Instant::now();
-        let track = EchoTrack::new(3, Duration::ZERO, start);
+        let track = EchoTrack::new(3, &echoes(0, 500), start);
         assert!(!track.sending);
         assert_eq!(track.outstanding.capacity(), 0);
     }
 
     #[test]
-    fn messages_are_spread_over_the_first_period_then_sent_every_period() {
-        let echoes = echoes(200, 500);
+    fn with_a_sample_only_every_nth_connection_sends() {
+        let echoes = Echoes::new(Duration::from_secs(30), Duration::ZERO, 10);
         let start = Instant::now();
-        let mut track = EchoTrack::new(7, echoes.every, start);
+        let sending: Vec<usize> = (0..35)
+            .filter(|&i| EchoTrack::new(i, &echoes, start).sending)
+            .collect();
+        assert_eq!(sending, [0, 10, 20, 30]);
+    }
+
+    #[test]
+    fn messages_are_spread_over_the_first_period_then_sent_every_period() {
+        let echoes = &echoes(200, 500);
+        let start = Instant::now();
+        let mut track = EchoTrack::new(7, echoes, start);
         assert!(track.sending);
         assert!(track.next_send >= start && track.next_send < start + echoes.every);
         let due = track.next_send;
-        assert_eq!(track.message(due, &echoes), Message::text("7:0"));
+        assert_eq!(track.message(due, echoes), Message::text("7:0"));
         assert_eq!(track.next_send, due + echoes.every);
         // Late by more than a period: the next one is a period from now.
         let late = due + Duration::from_secs(1);
-        assert_eq!(track.message(late, &echoes), Message::text("7:1"));
+        assert_eq!(track.message(late, echoes), Message::text("7:1"));
         assert_eq!(track.next_send, late + echoes.every);
-        assert_eq!(counts(&echoes), [2, 0, 0, 0]);
+        assert_eq!(counts(echoes), [2, 0, 0, 0]);
     }
 
     #[test]
     fn echoes_answer_messages_in_order_and_the_end_settles_the_rest() {
-        let echoes = echoes(100, 500);
+        let echoes = &echoes(100, 500);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut track = EchoTrack::new(1, echoes.every, t0);
+        let mut track = EchoTrack::new(1, echoes, t0);
         let sent: Vec<Message> = [0, 100, 900, 1200]
-            .map(|at| track.message(t0 + ms(at), &echoes))
+            .map(|at| track.message(t0 + ms(at), echoes))
             .into();
-        track.received(&sent[0], &echoes);
+        track.received(&sent[0], echoes);
         // Not ours, or already answered: ignored.
-        track.received(&Message::text("2:1"), &echoes);
-        track.received(&sent[0], &echoes);
-        track.received(&Message::binary(b"1:1".to_vec()), &echoes);
-        assert_eq!(counts(&echoes), [4, 1, 0, 0]);
+        track.received(&Message::text("2:1"), echoes);
+        track.received(&sent[0], echoes);
+        track.received(&Message::binary(b"1:1".to_vec()), echoes);
+        assert_eq!(counts(echoes), [4, 1, 0, 0]);
         // The connection ends 1.3 s in: seq 1 (1.2 s before) and seq 2
         // (0.4 s before) and seq 3 (0.1 s before) are still outstanding.
-        track.ended(t0 + ms(1300), "close", &echoes);
-        assert_eq!(counts(&echoes), [4, 1, 1, 2]);
+        track.ended(t0 + ms(1300), "close", echoes);
+        assert_eq!(counts(echoes), [4, 1, 1, 2]);
         assert_eq!(
             *lock(&echoes.lost_examples),
             ["conn 1 seq 1 sent 1.2 s before close"]
         );
         assert!(track.outstanding.is_empty());
-        track.ended(t0 + ms(5000), "close", &echoes);
-        assert_eq!(counts(&echoes), [4, 1, 1, 2]);
+        track.ended(t0 + ms(5000), "close", echoes);
+        assert_eq!(counts(echoes), [4, 1, 1, 2]);
     }
 
     #[test]
     fn a_later_echo_shows_the_earlier_messages_lost() {
-        let echoes = echoes(100, 500);
+        let echoes = &echoes(100, 500);
         let t0 = Instant::now();
-        let mut track = EchoTrack::new(4, echoes.every, t0);
-        let sent: Vec<Message> = (0..3).map(|_| track.message(t0, &echoes)).collect();
-        track.received(&sent[2], &echoes);
-        assert_eq!(counts(&echoes), [3, 1, 2, 0]);
+        let mut track = EchoTrack::new(4, echoes, t0);
+        let sent: Vec<Message> = (0..3).map(|_| track.message(t0, echoes)).collect();
+        track.received(&sent[2], echoes);
+        assert_eq!(counts(echoes), [3, 1, 2, 0]);
         assert_eq!(
             *lock(&echoes.lost_examples),
             [
@@ -662,34 +725,34 @@ mod tests {
             ]
         );
         // A late echo of a lost message counts no more.
-        track.received(&sent[0], &echoes);
-        assert_eq!(counts(&echoes), [3, 1, 2, 0]);
+        track.received(&sent[0], echoes);
+        assert_eq!(counts(echoes), [3, 1, 2, 0]);
     }
 
     #[test]
     fn a_refused_send_is_not_counted_and_stops_sending() {
-        let echoes = echoes(100, 500);
+        let echoes = &echoes(100, 500);
         let t0 = Instant::now();
-        let mut track = EchoTrack::new(0, echoes.every, t0);
-        track.message(t0, &echoes);
-        track.message(t0, &echoes);
-        track.send_failed(&echoes);
+        let mut track = EchoTrack::new(0, echoes, t0);
+        track.message(t0, echoes);
+        track.message(t0, echoes);
+        track.send_failed(echoes);
         assert!(!track.sending);
-        assert_eq!(counts(&echoes), [1, 0, 0, 0]);
-        track.received(&Message::text("0:0"), &echoes);
-        assert_eq!(counts(&echoes), [1, 1, 0, 0]);
+        assert_eq!(counts(echoes), [1, 0, 0, 0]);
+        track.received(&Message::text("0:0"), echoes);
+        assert_eq!(counts(echoes), [1, 1, 0, 0]);
     }
 
     #[test]
     fn only_a_few_lost_messages_are_named() {
-        let echoes = echoes(100, 0);
+        let echoes = &echoes(100, 0);
         let t0 = Instant::now();
-        let mut track = EchoTrack::new(0, echoes.every, t0);
+        let mut track = EchoTrack::new(0, echoes, t0);
         for _ in 0..20 {
-            track.message(t0, &echoes);
+            track.message(t0, echoes);
         }
-        track.ended(t0 + Duration::from_secs(1), "the socket closed", &echoes);
-        assert_eq!(counts(&echoes), [20, 0, 20, 0]);
+        track.ended(t0 + Duration::from_secs(1), "the socket closed", echoes);
+        assert_eq!(counts(echoes), [20, 0, 20, 0]);
         let examples = lock(&echoes.lost_examples);
         assert_eq!(examples.len(), LOST_EXAMPLES);
         assert_eq!(
