@@ -494,3 +494,24 @@ ratio() {
   fi
   echo "$(calc '%.2f' "$mine / $best")× $best_name"
 }
+
+# proxy_table ROW...: the Markdown table of the results in R for the proxies
+# in PROXIES, a ROW being "metric|label|better|format" (better: low or high,
+# or - for no ratio; format: a printf format for numbers), with the
+# "Ringway ÷ best peer" column when Ringway is among them.
+proxy_table() {
+  local header="| |" rule="|---|" p row metric label better format line
+  for p in $PROXIES; do header+=" ${LABEL[$p]} |"; rule+="---:|"; done
+  if [[ " $PROXIES " == *" ringway "* ]]; then header+=" Ringway ÷ best peer |"; rule+="---:|"; fi
+  echo "$header"
+  echo "$rule"
+  for row in "$@"; do
+    IFS='|' read -r metric label better format <<<"$row"
+    line="| $label |"
+    for p in $PROXIES; do line+=" $(cell "$p" "$metric" "$format") |"; done
+    if [[ " $PROXIES " == *" ringway "* ]]; then
+      if [[ $better == - ]]; then line+=" |"; else line+=" $(ratio "$metric" "$better") |"; fi
+    fi
+    echo "$line"
+  done
+}

@@ -205,20 +205,7 @@ table=$WORK/table.md
     "$TP_CONNECTIONS" "$TP_WINDOW" "$TP_DURATION"
   printf 'Memory: %s idle connections, RSS %s s after they opened.\n' "$IDLE_CONNECTIONS" "$IDLE_SETTLE"
   echo
-  header="| |" rule="|---|"
-  for p in $PROXIES; do header+=" ${LABEL[$p]} |"; rule+="---:|"; done
-  if [[ " $PROXIES " == *" ringway "* ]]; then header+=" Ringway ÷ best peer |"; rule+="---:|"; fi
-  echo "$header"
-  echo "$rule"
-  for row in "${rows[@]}"; do
-    IFS='|' read -r metric label better format <<<"$row"
-    line="| $label |"
-    for p in $PROXIES; do line+=" $(cell "$p" "$metric" "$format") |"; done
-    if [[ " $PROXIES " == *" ringway "* ]]; then
-      if [[ $better == - ]]; then line+=" |"; else line+=" $(ratio "$metric" "$better") |"; fi
-    fi
-    echo "$line"
-  done
+  proxy_table "${rows[@]}"
   echo
   for p in $PROXIES; do
     if [[ -n ${SKIP[$p]:-} ]]; then echo "*${LABEL[$p]}* was skipped: ${SKIP[$p]}."; fi
