@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -21,14 +20,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::CLOSE_TIMEOUT;
 use super::connect::{ConnectArgs, Connected, Connector};
+use super::probe::{check_echo, close};
 use super::report::{Percentiles, Report, Tally, describe_counts, nanos_histogram, round1};
 
 /// How long a loop waits after a failed attempt, so that a refusing server
 /// is not hammered by a busy loop.
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
-
-/// How long an echo may take.
-const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connections opened, used and closed in loops.
 #[derive(Clone, Debug, clap::Args)]
@@ -189,7 +186,7 @@ async fn connect_in_a_loop(client: Connector, shared: Arc<Shared>) {
         };
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         // Saturates at the histogram's top rather than failing.
-        let _ = shared
+        shared
             .setup
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -209,32 +206,10 @@ async fn connect_in_a_loop(client: Connector, shared: Arc<Shared>) {
 /// the WebSocket close handshake.
 async fn use_and_close(connected: Connected, shared: &Shared) {
     let mut ws = connected.ws;
-    if !shared.echo.is_empty() {
-        let echoed = async {
-            ws.send(Message::binary(shared.echo.clone()))
-                .await
-                .map_err(|e| format!("send: {e}"))?;
-            loop {
-                match tokio::time::timeout(ECHO_TIMEOUT, ws.next()).await {
-                    Err(_) => return Err("no echo within 5 s".to_owned()),
-                    Ok(None) => return Err("closed before the echo".to_owned()),
-                    Ok(Some(Err(e))) => return Err(format!("receive: {e}")),
-                    Ok(Some(Ok(Message::Binary(data)))) if data[..] == shared.echo[..] => {
-                        return Ok(());
-                    }
-                    Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-                    Ok(Some(Ok(_))) => return Err("wrong echo".to_owned()),
-                }
-            }
-        }
-        .await;
-        if let Err(reason) = echoed {
-            shared.echo_errors.add(reason);
-        }
+    if !shared.echo.is_empty()
+        && let Err(reason) = check_echo(&mut ws, Message::binary(shared.echo.clone())).await
+    {
+        shared.echo_errors.add(reason);
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        let _ = ws.close(None).await;
-        while ws.next().await.is_some() {}
-    })
-    .await;
+    close(&mut ws, CLOSE_TIMEOUT).await;
 }

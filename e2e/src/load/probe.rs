@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::connect::{ConnectArgs, Connected, Connector, connect_all};
+use super::connect::{ConnectArgs, Connected, Connector, Ws, connect_all};
 use super::report::{Report, Tally, describe_counts};
 
 /// How long one echo may take.
@@ -149,27 +149,36 @@ async fn echo_once(connected: Connected) -> (usize, Result<String, String>) {
         backend,
         ..
     } = connected;
-    let result = async {
-        ws.send(Message::text(PROBE_MESSAGE))
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        loop {
-            match tokio::time::timeout(ECHO_TIMEOUT, ws.next()).await {
-                Err(_) => return Err("no echo within 5 s".to_owned()),
-                Ok(None) => return Err("closed before the echo".to_owned()),
-                Ok(Some(Err(e))) => return Err(format!("receive: {e}")),
-                Ok(Some(Ok(Message::Text(text)))) if text.as_str() == PROBE_MESSAGE => break,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-                Ok(Some(Ok(other))) => return Err(format!("wrong echo: {other:?}")),
-            }
+    let result = check_echo(&mut ws, Message::text(PROBE_MESSAGE))
+        .await
+        .map(|()| backend.unwrap_or_else(|| "(no X-Ringway-Backend header)".to_owned()));
+    close(&mut ws, ECHO_TIMEOUT).await;
+    (index, result)
+}
+
+/// Sends `message` and waits for the same message back (pings and pongs
+/// aside); on failure, the reason to count it by.
+pub(super) async fn check_echo(ws: &mut Ws, message: Message) -> Result<(), String> {
+    ws.send(message.clone())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    loop {
+        match tokio::time::timeout(ECHO_TIMEOUT, ws.next()).await {
+            Err(_) => return Err("no echo within 5 s".to_owned()),
+            Ok(None) => return Err("closed before the echo".to_owned()),
+            Ok(Some(Err(e))) => return Err(format!("receive: {e}")),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(Some(Ok(echoed))) if echoed == message => return Ok(()),
+            Ok(Some(Ok(_))) => return Err("wrong echo".to_owned()),
         }
-        Ok(backend.unwrap_or_else(|| "(no X-Ringway-Backend header)".to_owned()))
     }
-    .await;
-    let _ = tokio::time::timeout(ECHO_TIMEOUT, async {
+}
+
+/// Closes with the WebSocket close handshake, waiting at most `within`.
+pub(super) async fn close(ws: &mut Ws, within: Duration) {
+    let _ = tokio::time::timeout(within, async {
         let _ = ws.close(None).await;
         while ws.next().await.is_some() {}
     })
     .await;
-    (index, result)
 }
