@@ -290,6 +290,7 @@ write_ringway_config() {
   shift 4
   backends=$(printf '127.0.0.1:%s, ' "$@")
   listener="address: 127.0.0.1:$port"
+  mkdir -p "$(dirname "$file")"
   [[ -n ${TLS_CERT:-} ]] && listener+=", tls: {certFile: $TLS_CERT, keyFile: $TLS_KEY}"
   cat >"$file" <<EOT
 listener: {$listener}

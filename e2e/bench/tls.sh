@@ -103,7 +103,7 @@ export RINGWAY_LOAD_CA_FILE=$WORK/ca.pem
 # 1.3 everywhere, each library's default cipher suites and groups, and the
 # client's order of preference followed (HAProxy's default is its own, which
 # puts AES-256-GCM first): all three negotiate what a browser would.
-mkdir -p "$WORK/1"
+
 TLS_CERT=$WORK/cert.pem TLS_KEY=$WORK/key.pem \
   write_ringway_config "$WORK/1/ringway.yaml" "${PORT[ringway]}" 19091 1 "${BACKEND_PORTS[@]}"
 write_nginx_config "$WORK/1" 1 "listen 127.0.0.1:${PORT[nginx]} ssl backlog=4096;
