@@ -575,9 +575,9 @@ proxy_pids() {
   if [[ $1 == nginx* ]]; then with_children "$PROXY_PID"; else echo "$PROXY_PID"; fi
 }
 
-# measure_memory KEY URL [EVERY]: R[KEY.mem], the proxy's RSS growth per
-# connection with IDLE_CONNECTIONS idle connections open, IDLE_SETTLE s after
-# the last opened. With EVERY (seconds), R[KEY.mem_used] instead: each
+# measure_memory KEY URL [EVERY]: R[KEY.mem], the proxy's RSS per connection
+# with IDLE_CONNECTIONS idle connections open, IDLE_SETTLE s after the last
+# opened, less its RSS before it held any. With EVERY (seconds), R[KEY.mem_used] instead: each
 # connection sends a message every EVERY seconds and checks its echo, and the
 # RSS is read once every connection had time to send (EVERY + IDLE_SETTLE s),
 # between its messages: what a connection that carries messages holds.
@@ -590,8 +590,13 @@ measure_memory() {
   fi
   json=$WORK/$p-$metric.json
   sleep 1
-  # shellcheck disable=SC2046
-  before=$(rss_kib $(proxy_pids "$p"))
+  # Against the proxy's RSS before its first connections: a second run
+  # reuses the memory the first freed, and its own growth would be nothing.
+  if [[ -z ${R[$p.rss0]:-} ]]; then
+    # shellcheck disable=SC2046
+    R[$p.rss0]=$(rss_kib $(proxy_pids "$p"))
+  fi
+  before=${R[$p.rss0]}
   RUST_BACKTRACE=0 taskset -c "$LOAD_CPU" "$BIN/ringway-load" --threads 1 idle --url "$url" \
     --connections "$IDLE_CONNECTIONS" --hold "$(calc '%.0f' "$settle + 5")" --sources "$IDLE_SOURCES" \
     "${echo[@]}" --json >"$json" 2>"$json.log" &
