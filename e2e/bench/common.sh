@@ -284,9 +284,13 @@ start_echo_backends() {
 # write_ringway_config FILE PORT ADMIN_PORT WORKERS BACKEND_PORT...: a
 # standalone data plane on PORT that hashes the `room` query parameter over
 # the backends, with WORKERS runtime threads; over TLS when TLS_CERT and
-# TLS_KEY name a certificate and its key.
+# TLS_KEY name a certificate and its key. CONNECTIONS replaces the
+# `connections` settings (a YAML flow mapping's entries; by default a
+# heartbeat every 20 s, 10 min idle timeout, 19,000 connections) and DRAIN,
+# when set, gives the `drain` settings the same way.
 write_ringway_config() {
   local file=$1 port=$2 admin=$3 workers=$4 backends listener
+  local connections=${CONNECTIONS:-"heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}, idleTimeoutSeconds: 600, maxConnections: 19000"}
   shift 4
   backends=$(printf '127.0.0.1:%s, ' "$@")
   listener="address: 127.0.0.1:$port"
@@ -301,12 +305,10 @@ routes:
     key: {source: Query, name: room}
     missingKey: Random
     backends: [${backends%, }]
-connections:
-  heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}
-  idleTimeoutSeconds: 600
-  maxConnections: 19000
+connections: {$connections}
 runtime: {workerThreads: $workers}
 EOT
+  if [[ -n ${DRAIN:-} ]]; then echo "drain: {$DRAIN}" >>"$file"; fi
 }
 
 # load OUT ARGS...: ringway-load on the load CPUs, its JSON report into OUT

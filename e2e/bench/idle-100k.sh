@@ -77,13 +77,14 @@ ensure_packages jq
 # ------------------------------------------------------------ backends --
 
 backend_list=""
-BACKEND_PIDS=()
+BACKEND_PIDS=() BACKEND_PORTS=()
 for ((j = 0; j < BACKENDS; j++)); do
   port=$((BACKEND_PORT + j))
   start_bg "echo-$j" "$ALL_CPUS" "$BIN/ringway-echo" --listen "127.0.0.1:$port" --id "b$j" --workers 1
   BACKEND_PIDS+=("$LAST_PID")
   wait_listening "127.0.0.1:$port" "$LAST_PID" 10 || die "echo backend $j did not start: $(tail -1 "$WORK/echo-$j.log")"
   backend_list+="${backend_list:+, }127.0.0.1:$port"
+  BACKEND_PORTS+=("$port")
 done
 log "$BACKENDS echo backends up ($backend_list)"
 
@@ -94,22 +95,9 @@ if ((DIRECT)); then
   log "DIRECT=1: no data plane; load generators connect to the backends"
 else
   for ((i = 0; i < DATAPLANES; i++)); do
-    cat >"$WORK/dataplane-$i.yaml" <<EOF
-listener: {address: 127.0.0.1:$((DP_PORT + i))}
-admin: {address: 127.0.0.1:$((ADMIN_PORT + i))}
-routes:
-  - name: echo
-    pathPrefix: /
-    key: {source: Query, name: room}
-    missingKey: Random
-    backends: [$backend_list]
-connections:
-  heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}
-  idleTimeoutSeconds: 600
-  maxConnections: $MAX_PER_DATAPLANE
-runtime: {workerThreads: 1}
-drain: {windowSeconds: $DRAIN_WINDOW, closeTimeoutSeconds: $CLOSE_TIMEOUT, maxClosesPerSecond: $MAX_CLOSES}
-EOF
+    CONNECTIONS="heartbeat: {intervalSeconds: 20, timeoutSeconds: 10}, idleTimeoutSeconds: 600, maxConnections: $MAX_PER_DATAPLANE" \
+      DRAIN="windowSeconds: $DRAIN_WINDOW, closeTimeoutSeconds: $CLOSE_TIMEOUT, maxClosesPerSecond: $MAX_CLOSES" \
+      write_ringway_config "$WORK/dataplane-$i.yaml" $((DP_PORT + i)) $((ADMIN_PORT + i)) 1 "${BACKEND_PORTS[@]}"
     start_bg "dataplane-$i" "$ALL_CPUS" "$BIN/ringway-dataplane" --config "$WORK/dataplane-$i.yaml"
     DP_PIDS+=("$LAST_PID")
   done

@@ -143,22 +143,9 @@ for ((i = 0; i < CELLS; i++)); do
   start_bg "echo-$i" "$ALL_CPUS" "$BIN/ringway-echo" --listen "127.0.0.1:$((BACKEND_PORT + i))" \
     --id "b$i" --workers 1 --read-buffer "$READ_BUFFER"
   BACKEND_PIDS+=("$LAST_PID")
-  cat >"$WORK/dataplane-$i.yaml" <<EOF
-listener: {address: 127.0.0.1:$((DP_PORT + i))}
-admin: {address: 127.0.0.1:$((ADMIN_PORT + i))}
-routes:
-  - name: echo
-    pathPrefix: /
-    key: {source: Query, name: room}
-    missingKey: Random
-    backends: [127.0.0.1:$((BACKEND_PORT + i))]
-connections:
-  heartbeat: {intervalSeconds: $HEARTBEAT, timeoutSeconds: $HEARTBEAT_TIMEOUT}
-  idleTimeoutSeconds: 0
-  maxConnections: $MAX_PER_CELL
-runtime: {workerThreads: 1}
-drain: {windowSeconds: $window, closeTimeoutSeconds: $CLOSE_TIMEOUT, maxClosesPerSecond: $per_dp_rate}
-EOF
+  CONNECTIONS="heartbeat: {intervalSeconds: $HEARTBEAT, timeoutSeconds: $HEARTBEAT_TIMEOUT}, idleTimeoutSeconds: 0, maxConnections: $MAX_PER_CELL" \
+    DRAIN="windowSeconds: $window, closeTimeoutSeconds: $CLOSE_TIMEOUT, maxClosesPerSecond: $per_dp_rate" \
+    write_ringway_config "$WORK/dataplane-$i.yaml" $((DP_PORT + i)) $((ADMIN_PORT + i)) 1 $((BACKEND_PORT + i))
   start_bg "dataplane-$i" "$ALL_CPUS" "$BIN/ringway-dataplane" --config "$WORK/dataplane-$i.yaml"
   DP_PIDS+=("$LAST_PID")
 done
