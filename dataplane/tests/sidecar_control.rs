@@ -8,7 +8,11 @@
 
 mod support;
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ringway_control::{
     ControlClient, Options, TlsIdentity,
@@ -136,6 +140,22 @@ impl Sidecar {
         }
     }
 
+    /// As [`Sidecar::start`] with usable files in `dir`, whose control port
+    /// must serve. Its port comes from `free_ports`, which another test may
+    /// take between its release and this bind; a sidecar that cannot bind
+    /// it goes on without one (and its preStop drain waits for no
+    /// operator), so the start is tried again on other ports.
+    async fn serving(app: SocketAddr, window: f64, rate: u32, dir: &Path) -> Self {
+        for _ in 0..5 {
+            let sc = Self::start(app, window, rate, Some(dir.to_owned())).await;
+            if sc.control.is_some() {
+                return sc;
+            }
+            sc.gw.stop(Shutdown::Graceful).await;
+        }
+        panic!("the sidecar's control port did not bind in 5 tries");
+    }
+
     fn control(&self) -> &str {
         self.control.as_deref().expect("the control port serves")
     }
@@ -214,7 +234,7 @@ fn drain_at(rate: u32) -> v1::DrainRequest {
 async fn with_its_files_a_sidecar_serves_the_control_port_to_the_operator_only() {
     let files = ControlFiles::new("mtls");
     let app = support::echo_backend("app").await;
-    let sc = Sidecar::start(app, 30.0, 100, Some(files.dir.0.clone())).await;
+    let sc = Sidecar::serving(app, 30.0, 100, &files.dir.0).await;
     assert!(sc.has_metric("ringway_sidecar_control_serving 1"));
     let clients = sc.clients(2).await;
     let operator = files.operator();
@@ -288,7 +308,7 @@ async fn the_operators_drain_closes_clients_at_its_rate_and_a_lower_rate_slows_i
     let files = ControlFiles::new("pace");
     let app = support::echo_backend("app").await;
     // Its own rate would be 1,000/s, spread over 30 s: under 2 a second.
-    let sc = Sidecar::start(app, 30.0, 1_000, Some(files.dir.0.clone())).await;
+    let sc = Sidecar::serving(app, 30.0, 1_000, &files.dir.0).await;
     let closes = closes_of(sc.clients(CLIENTS).await);
     let operator = files.operator();
     let start = Instant::now();
@@ -337,7 +357,7 @@ async fn the_prestop_drain_waits_for_the_operator_then_falls_back_to_its_own_rat
     let wait = Duration::from_secs_f64(sidecar::OPERATOR_WAIT_SECONDS);
 
     // The operator paces the drain within the wait.
-    let sc = Sidecar::start(app, 0.5, 1_000, Some(files.dir.0.clone())).await;
+    let sc = Sidecar::serving(app, 0.5, 1_000, &files.dir.0).await;
     let closes = closes_of(sc.clients(5).await);
     let asked = Instant::now();
     let admin = sc.admin();
@@ -368,7 +388,7 @@ async fn the_prestop_drain_waits_for_the_operator_then_falls_back_to_its_own_rat
     sc.gw.stop(Shutdown::Graceful).await;
 
     // No operator: after the wait, at the sidecar's own rate.
-    let sc = Sidecar::start(app, 0.5, 1_000, Some(files.dir.0.clone())).await;
+    let sc = Sidecar::serving(app, 0.5, 1_000, &files.dir.0).await;
     let closes = closes_of(sc.clients(5).await);
     let asked = Instant::now();
     let answer = support::raw(sc.admin(), &prestop()).await;
